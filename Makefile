@@ -1,0 +1,42 @@
+# quantdrift developer targets. `make test` is the one test command: it
+# creates .venv, installs the test tools, builds the extension in release
+# mode, and runs the Rust and Python test suites.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.deps-stamp
+
+.PHONY: test test-rust test-python test-slow develop bench lint clean
+
+test: test-rust test-python
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "maturin>=1.9.4,<2.0" "pytest>=7" "hypothesis>=6" "scipy>=1.7" "numpy>=1.21" "ml_dtypes>=0.2"
+	touch $(STAMP)
+
+develop: $(STAMP)
+	$(PY) -m maturin develop --release --quiet
+
+test-rust:
+	cargo test --workspace --release
+
+test-python: develop
+	$(PY) -m pytest -q
+
+test-slow: develop
+	$(PY) -m pytest -q -m slow
+
+bench: develop
+	$(PY) -m pip install --quiet "scipy>=1.7"
+	$(PY) benches/bench_divergence.py
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --release -- -D warnings
+
+clean:
+	cargo clean
+	rm -rf $(VENV)

@@ -1,0 +1,55 @@
+"""Getting numpy arrays into the shapes and dtypes the core reads, without
+copying when they already are."""
+
+from __future__ import annotations
+
+from typing import Any, Tuple
+
+import numpy as np
+
+from ._errors import DtypeError
+
+try:  # ml_dtypes gives numpy its bfloat16 and float8 dtypes
+    import ml_dtypes
+
+    BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - ml_dtypes is a dependency
+    BFLOAT16 = None
+
+SCORE_DTYPES = "float32, float64, float16 or bfloat16"
+
+
+def as_scores(x: Any, name: str) -> Tuple[np.ndarray, str]:
+    """Returns ``(array, dtype16)``: float32/float64 arrays as they are, and
+    float16/bfloat16 arrays as uint16 views named by ``dtype16``.
+
+    Integer and other inputs raise DtypeError; lists become float64.
+    """
+    arr = np.asarray(x)
+    if arr.dtype == np.float32 or arr.dtype == np.float64:
+        return arr, "float32"
+    if arr.dtype == np.float16:
+        return arr.view(np.uint16), "float16"
+    if BFLOAT16 is not None and arr.dtype == BFLOAT16:
+        return arr.view(np.uint16), "bfloat16"
+    if arr.dtype.kind in "iub" and not isinstance(x, np.ndarray):
+        return arr.astype(np.float64), "float32"
+    raise DtypeError(f"{name} must be {SCORE_DTYPES}, got dtype {arr.dtype}")
+
+
+def rows_along(arr: np.ndarray, axis: int, name: str) -> Tuple[np.ndarray, Tuple[int, ...]]:
+    """Moves ``axis`` last and flattens the rest: returns a C-contiguous
+    ``(rows, vocab)`` matrix and the batch shape of the result."""
+    if arr.ndim == 0:
+        from ._errors import ShapeError
+
+        raise ShapeError(f"{name} must have at least one axis (the vocabulary), got a scalar")
+    try:
+        moved = np.moveaxis(arr, axis, -1)
+    except np.exceptions.AxisError if hasattr(np, "exceptions") else np.AxisError as e:  # type: ignore[attr-defined]
+        from ._errors import ShapeError
+
+        raise ShapeError(f"axis {axis} is out of range for {name} of shape {arr.shape}") from e
+    batch = moved.shape[:-1]
+    rows = int(np.prod(batch, dtype=np.int64))
+    return np.ascontiguousarray(moved).reshape(rows, moved.shape[-1]), batch

@@ -1,0 +1,21 @@
+//! quantdrift-core: the arithmetic of quantdrift, with no Python in it.
+//!
+//! * [`diverge`]: divergences (KL, JS, TV, Hellinger, χ², Rényi, cross-entropy,
+//!   entropy) between rows of next-token distributions given as logits,
+//!   log-probabilities or probabilities, and the distillation loss.
+//! * [`simd`]: vectorised `exp`/`ln` on lanes of `f32` and runtime CPU-feature
+//!   dispatch (AVX-512, AVX2+FMA, NEON, scalar) on stable Rust.
+//! * [`threads`]: the rayon pool, sized by `QUANTDRIFT_NUM_THREADS`.
+//!
+//! Every fast kernel has a scalar float64 reference beside it; the reference
+//! is the specification and the tests run both on the same inputs.
+#![deny(missing_docs)]
+
+pub mod diverge;
+pub mod error;
+pub mod rows;
+pub mod simd;
+pub mod threads;
+
+pub use error::{CoreError, Result};
+pub use rows::{Dtype, Rows};

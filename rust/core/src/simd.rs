@@ -1,0 +1,318 @@
+//! Vectorised math on lanes of `f32`, and runtime CPU-feature dispatch.
+//!
+//! Kernels are written once, over fixed-size arrays ([`V`], [`LANES`] wide),
+//! with every helper `#[inline(always)]`. [`dispatch`] then runs the kernel
+//! inside a function compiled for the best instruction set the CPU has
+//! (AVX-512, AVX2+FMA, or the baseline, which is NEON on aarch64), so LLVM
+//! turns the lane loops into the widest vector code the machine runs. This is
+//! the `pulp`/`multiversion` pattern on stable Rust with no dependency.
+//!
+//! The transcendental functions are Cephes-style polynomials with errors of
+//! about 1 ulp over the ranges the kernels use; the unit tests bound them
+//! against `f64` libm.
+
+/// Width of a lane group: 16 `f32`s, one AVX-512 register, two AVX2 ones.
+pub const LANES: usize = 16;
+
+/// A lane group.
+pub type V = [f32; LANES];
+
+/// A computation that is compiled once per instruction set by [`dispatch`].
+///
+/// Implementations must mark `run` `#[inline(always)]`, and everything it
+/// calls too, so that the code lands inside the feature-enabled function.
+pub trait Kernel {
+    /// What the computation returns.
+    type Output;
+    /// Runs the computation.
+    fn run(self) -> Self::Output;
+}
+
+/// The instruction set [`dispatch`] picks on this machine.
+pub fn isa_name() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx512() {
+            return "avx512";
+        }
+        if has_avx2() {
+            return "avx2+fma";
+        }
+        "sse2"
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        "neon"
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        "scalar"
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512dq")
+        && std::is_x86_feature_detected!("avx512vl")
+        && std::is_x86_feature_detected!("fma")
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
+unsafe fn run_avx512<K: Kernel>(kernel: K) -> K::Output {
+    kernel.run()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn run_avx2<K: Kernel>(kernel: K) -> K::Output {
+    kernel.run()
+}
+
+/// Runs `kernel` compiled for the widest instruction set this CPU supports.
+#[inline]
+pub fn dispatch<K: Kernel>(kernel: K) -> K::Output {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx512() {
+            // SAFETY: the CPU reports every feature run_avx512 is compiled for.
+            return unsafe { run_avx512(kernel) };
+        }
+        if has_avx2() {
+            // SAFETY: the CPU reports AVX2 and FMA.
+            return unsafe { run_avx2(kernel) };
+        }
+    }
+    kernel.run()
+}
+
+/// Forces the portable (baseline) build of `kernel`; tests use it to check
+/// that every instruction set computes the same thing.
+pub fn run_baseline<K: Kernel>(kernel: K) -> K::Output {
+    kernel.run()
+}
+
+// ---------------------------------------------------------------------------
+// Lane helpers. Written as plain loops so LLVM vectorises them.
+// ---------------------------------------------------------------------------
+
+/// Broadcast.
+#[inline(always)]
+pub fn splat(x: f32) -> V {
+    [x; LANES]
+}
+
+/// Elementwise map of one lane group.
+#[inline(always)]
+pub fn map(a: V, f: impl Fn(f32) -> f32) -> V {
+    let mut out = [0.0; LANES];
+    for i in 0..LANES {
+        out[i] = f(a[i]);
+    }
+    out
+}
+
+/// Elementwise map of two lane groups.
+#[inline(always)]
+pub fn zip(a: V, b: V, f: impl Fn(f32, f32) -> f32) -> V {
+    let mut out = [0.0; LANES];
+    for i in 0..LANES {
+        out[i] = f(a[i], b[i]);
+    }
+    out
+}
+
+/// Lane-wise `a + b`, accumulated into `acc`.
+#[inline(always)]
+pub fn add_into(acc: &mut V, a: V) {
+    for i in 0..LANES {
+        acc[i] += a[i];
+    }
+}
+
+/// Sum of the lanes in float64.
+#[inline(always)]
+pub fn hsum_f64(a: V) -> f64 {
+    let mut s = 0.0f64;
+    for x in a {
+        s += x as f64;
+    }
+    s
+}
+
+/// Branch-free select.
+#[inline(always)]
+pub fn select(cond: bool, a: f32, b: f32) -> f32 {
+    if cond {
+        a
+    } else {
+        b
+    }
+}
+
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// Adding then subtracting 1.5·2^23 rounds to the nearest integer.
+const ROUND_MAGIC: f32 = 12_582_912.0;
+
+/// `e^x` for one lane; 0 below −87.3 (the smallest normal float32 result),
+/// `+inf` above 88.72. Error about 1 ulp.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let clamped = x.clamp(-87.336_55, 88.722_83);
+    let k = (clamped * LOG2E + ROUND_MAGIC) - ROUND_MAGIC;
+    let r = k.mul_add(-LN2_LO, k.mul_add(-LN2_HI, clamped));
+    let mut p = 1.987_569_1e-4f32;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 1.666_666_5e-1);
+    p = p.mul_add(r, 5.000_000_1e-1);
+    let er = p.mul_add(r * r, r) + 1.0;
+    // 2^k with k in [-126, 128]; k = 128 only when x ≥ 88.72, where the
+    // result overflows to inf as it should.
+    let two_k = f32::from_bits(((k as i32 + 127).clamp(0, 255) as u32) << 23);
+    let y = if k >= 128.0 {
+        er * 2.0 * f32::from_bits(127 << 23)
+    } else {
+        er * two_k
+    };
+    let y = select(x > 88.722_83, f32::INFINITY, y);
+    let y = select(x < -87.336_55, 0.0, y);
+    select(x.is_nan(), x, y)
+}
+
+/// `e^x − 1` for one lane, accurate near 0 (Taylor polynomial for |x| < 0.5).
+#[inline(always)]
+pub fn expm1(x: f32) -> f32 {
+    let mut p = 1.0f32 / 362_880.0;
+    p = p.mul_add(x, 1.0 / 40_320.0);
+    p = p.mul_add(x, 1.0 / 5_040.0);
+    p = p.mul_add(x, 1.0 / 720.0);
+    p = p.mul_add(x, 1.0 / 120.0);
+    p = p.mul_add(x, 1.0 / 24.0);
+    p = p.mul_add(x, 1.0 / 6.0);
+    p = p.mul_add(x, 0.5);
+    let small = (p * x).mul_add(x, x);
+    select(x.abs() < 0.5, small, exp(x) - 1.0)
+}
+
+/// Natural logarithm for one lane: `ln(0) = −inf`, `ln(+inf) = +inf`,
+/// NaN for negative input. Subnormal inputs are handled. Error about 1 ulp.
+#[inline(always)]
+pub fn ln(x: f32) -> f32 {
+    // Lift subnormals into the normal range first (exact scaling by 2^23).
+    let tiny = x < f32::MIN_POSITIVE;
+    let xs = select(tiny, x * 8_388_608.0, x);
+    let bits = xs.to_bits();
+    let mut e = ((bits >> 23) & 0xff) as i32 - 127;
+    let mut m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000); // [1, 2)
+    let big = m > std::f32::consts::SQRT_2;
+    m = select(big, m * 0.5, m);
+    e += big as i32;
+    let e = e as f32 - select(tiny, 23.0, 0.0);
+    let f = m - 1.0;
+    let z = f * f;
+    let mut p = 7.037_683_6e-2f32;
+    p = p.mul_add(f, -1.151_461e-1);
+    p = p.mul_add(f, 1.167_699_9e-1);
+    p = p.mul_add(f, -1.242_014_1e-1);
+    p = p.mul_add(f, 1.424_932_3e-1);
+    p = p.mul_add(f, -1.666_805_8e-1);
+    p = p.mul_add(f, 2.000_071_4e-1);
+    p = p.mul_add(f, -2.499_999_4e-1);
+    p = p.mul_add(f, 3.333_333e-1);
+    let mut y = p * f * z;
+    y = e.mul_add(-2.121_944_4e-4, y);
+    y = (-0.5f32).mul_add(z, y);
+    let r = e.mul_add(0.693_359_4, f + y);
+    let r = select(x == 0.0, f32::NEG_INFINITY, r);
+    let r = select(x == f32::INFINITY, f32::INFINITY, r);
+    select(x < 0.0 || x.is_nan(), f32::NAN, r)
+}
+
+/// `ln(1 + x)` for one lane, accurate near 0 (x > −1; −inf at −1).
+#[inline(always)]
+pub fn ln_1p(x: f32) -> f32 {
+    // Goldberg's trick: the rounding error of u = 1 + x is divided out.
+    let u = 1.0 + x;
+    let d = u - 1.0;
+    let r = ln(u) * (x / d);
+    select(d == 0.0, x, select(u == f32::INFINITY, u, r))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ulps(got: f32, want: f64) -> f64 {
+        let w32 = want as f32;
+        if w32 == got {
+            return 0.0;
+        }
+        let ulp = (f32::from_bits(w32.abs().to_bits() + 1) - w32.abs()) as f64;
+        (got as f64 - want).abs() / ulp
+    }
+
+    fn sweep(lo: f32, hi: f32, n: usize) -> impl Iterator<Item = f32> {
+        (0..=n).map(move |i| lo + (hi - lo) * (i as f32 / n as f32))
+    }
+
+    #[test]
+    fn exp_is_within_two_ulps() {
+        for x in sweep(-87.0, 88.0, 200_000) {
+            let e = ulps(exp(x), (x as f64).exp());
+            assert!(e <= 2.0, "exp({x}) off by {e} ulp");
+        }
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(-100.0), 0.0);
+        assert_eq!(exp(f32::INFINITY), f32::INFINITY);
+        assert_eq!(exp(89.0), f32::INFINITY);
+        assert!(exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn expm1_is_accurate_near_zero() {
+        for x in sweep(-20.0, 20.0, 100_001).chain(sweep(-1e-3, 1e-3, 10_001)) {
+            let want = (x as f64).exp_m1();
+            let err = (expm1(x) as f64 - want).abs() / want.abs().max(f64::MIN_POSITIVE);
+            assert!(
+                err < 4e-7 || (x == 0.0 && expm1(x) == 0.0),
+                "expm1({x}) rel err {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn ln_is_within_two_ulps_including_subnormals() {
+        let mut x = 1e-44f32;
+        while x < 3e38 {
+            let e = ulps(ln(x), (x as f64).ln());
+            assert!(e <= 2.0, "ln({x}) off by {e} ulp");
+            x = (x * 1.000_37).max(f32::from_bits(x.to_bits() + 1));
+        }
+        assert_eq!(ln(1.0), 0.0);
+        assert_eq!(ln(0.0), f32::NEG_INFINITY);
+        assert_eq!(ln(f32::INFINITY), f32::INFINITY);
+        assert!(ln(-1.0).is_nan());
+    }
+
+    #[test]
+    fn ln_1p_is_accurate_near_zero() {
+        for x in sweep(-0.999, 10.0, 100_001).chain(sweep(-1e-4, 1e-4, 10_001)) {
+            let want = (x as f64).ln_1p();
+            let err = (ln_1p(x) as f64 - want).abs() / want.abs().max(f64::MIN_POSITIVE);
+            assert!(err < 3e-7 || x == 0.0, "ln_1p({x}) rel err {err}");
+        }
+        assert_eq!(ln_1p(-1.0), f32::NEG_INFINITY);
+    }
+}

@@ -1,0 +1,43 @@
+//! `quantdrift._core`: thin PyO3 wrappers over `quantdrift-core`.
+//!
+//! Each wrapper borrows its numpy inputs, releases the GIL around the core
+//! call (`py.detach`), and moves the result into a numpy array without a
+//! copy. The public, documented API is the Python package `quantdrift`.
+
+mod array;
+mod diverge;
+mod errors;
+
+use pyo3::prelude::*;
+
+/// The compiled core of quantdrift.
+#[pymodule]
+mod _core {
+    #[pymodule_export]
+    use super::diverge::{distill_loss, divergence};
+
+    use pyo3::prelude::*;
+
+    /// The instruction set the kernels dispatch to on this CPU
+    /// (``"avx512"``, ``"avx2+fma"``, ``"sse2"``, ``"neon"`` or ``"scalar"``).
+    #[pyfunction]
+    fn isa() -> &'static str {
+        quantdrift_core::simd::isa_name()
+    }
+
+    /// The number of threads kernels run on (``QUANTDRIFT_NUM_THREADS``
+    /// sets it before the first call).
+    #[pyfunction]
+    fn num_threads() -> usize {
+        quantdrift_core::threads::num_threads()
+    }
+
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        Ok(())
+    }
+}
+
+#[allow(unused_imports)]
+use _core as _;
