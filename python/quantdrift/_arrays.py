@@ -52,4 +52,8 @@ def rows_along(arr: np.ndarray, axis: int, name: str) -> Tuple[np.ndarray, Tuple
         raise ShapeError(f"axis {axis} is out of range for {name} of shape {arr.shape}") from e
     batch = moved.shape[:-1]
     rows = int(np.prod(batch, dtype=np.int64))
+    if rows > 0 and moved.shape[-1] == 0:
+        from ._errors import ShapeError
+
+        raise ShapeError(f"the vocabulary axis has length 0 in {name} of shape {arr.shape}")
     return np.ascontiguousarray(moved).reshape(rows, moved.shape[-1]), batch

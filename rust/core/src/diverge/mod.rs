@@ -88,7 +88,7 @@ impl Kind {
             }
             other => {
                 return Err(CoreError::Value(format!(
-                    "unknown divergence kind {other:?}; expected one of {}",
+                    "unknown divergence kind '{other}'; expected one of {}",
                     KIND_NAMES.join(", ")
                 )))
             }
@@ -146,7 +146,7 @@ impl Inputs {
             "logprobs" => Ok(Inputs::LogProbs),
             "probs" => Ok(Inputs::Probs),
             other => Err(CoreError::Value(format!(
-                "unknown inputs {other:?}; expected 'logits', 'logprobs' or 'probs'"
+                "unknown inputs '{other}'; expected 'logits', 'logprobs' or 'probs'"
             ))),
         }
     }
