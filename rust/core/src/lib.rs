@@ -13,6 +13,7 @@
 
 pub mod diverge;
 pub mod error;
+pub mod roofline;
 pub mod rows;
 pub mod simd;
 pub mod threads;

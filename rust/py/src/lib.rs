@@ -32,6 +32,14 @@ mod _core {
         quantdrift_core::threads::num_threads()
     }
 
+    /// Reads every byte of a contiguous uint8 array on all threads and
+    /// returns a checksum; benchmarks time it as the memory-read roofline.
+    #[pyfunction]
+    fn read_all(py: Python<'_>, data: numpy::PyReadonlyArray1<'_, u8>) -> PyResult<u64> {
+        let bytes = data.as_slice()?;
+        Ok(py.detach(|| quantdrift_core::roofline::read_all(bytes)))
+    }
+
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -226,27 +226,42 @@ impl<const K: usize> Sums<K> {
     }
 }
 
-/// Loops over the lane groups of a row pair, giving shifted, tempered
-/// scores a = (p − max_p)/τ and b = (q − max_q)/τ (−inf past the end).
-#[inline(always)]
-fn for_groups<P: Load, Q: Load>(
+/// The lane groups of a row pair as shifted, tempered scores
+/// a = (p − max_p)/τ and b = (q − max_q)/τ (−inf past the end).
+///
+/// Kernels loop with `while let Some((a, b)) = groups.next()` rather than
+/// taking a closure: a closure is compiled as its own function, outside the
+/// feature-enabled one that [`simd::dispatch`] inlines kernels into.
+struct Groups<P, Q> {
     p: P,
     q: Q,
     max_p: f32,
     max_q: f32,
     inv_t: f32,
-    mut f: impl FnMut(V, V),
-) {
-    let n = p.len();
-    let neg = f32::NEG_INFINITY;
-    let mut start = 0;
-    while start < n {
-        let pv = p.group(start, neg);
-        let qv = q.group(start, neg);
-        let a = simd::map(pv, |x| (x - max_p) * inv_t);
-        let b = simd::map(qv, |y| (y - max_q) * inv_t);
-        f(a, b);
-        start += LANES;
+    start: usize,
+}
+
+impl<P: Load, Q: Load> Groups<P, Q> {
+    #[inline(always)]
+    fn new(p: P, q: Q, max_p: f32, max_q: f32, inv_t: f32) -> Self {
+        Groups { p, q, max_p, max_q, inv_t, start: 0 }
+    }
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<(V, V)> {
+        if self.start >= self.p.len() {
+            return None;
+        }
+        let pv = self.p.group(self.start, f32::NEG_INFINITY);
+        let qv = self.q.group(self.start, f32::NEG_INFINITY);
+        self.start += LANES;
+        let mut a = [0.0; LANES];
+        let mut b = [0.0; LANES];
+        for i in 0..LANES {
+            a[i] = (pv[i] - self.max_p) * self.inv_t;
+            b[i] = (qv[i] - self.max_q) * self.inv_t;
+        }
+        Some((a, b))
     }
 }
 
@@ -331,13 +346,18 @@ impl<P: Load, Q: Load> Kernel for RowKernel<P, Q> {
                     return Ok(Some(f64::INFINITY));
                 }
                 let mut sums = Sums::<3>::new();
-                for_groups(p, q, s.max_p, s.max_q, inv_t, |a, b| {
+                let mut groups = Groups::new(p, q, s.max_p, s.max_q, inv_t);
+                let entropy = kind == Kind::Entropy;
+                while let Some((a, b)) = groups.next() {
                     let w = simd::map(a, simd::exp);
                     let v = simd::map(b, simd::exp);
-                    let score = if kind == Kind::Entropy { a } else { b };
-                    let wx = simd::zip(w, score, |w, x| simd::select(w > 0.0, w * x, 0.0));
+                    let mut wx = [0.0; LANES];
+                    for i in 0..LANES {
+                        let score = simd::select(entropy, a[i], b[i]);
+                        wx[i] = simd::select(w[i] > 0.0, w[i] * score, 0.0);
+                    }
                     sums.add([w, v, wx]);
-                });
+                }
                 let [sp, sq, swx] = sums.finish();
                 let lse = if kind == Kind::Entropy {
                     sp.ln()
@@ -364,7 +384,8 @@ fn kl<P: Load, Q: Load>(p: P, q: Q, s: &Scan, inv_t: f32, p_outside_q: bool) -> 
     let robust = k.is_finite();
     let k = if robust { k } else { 0.0 };
     let mut sums = Sums::<4>::new();
-    for_groups(p, q, s.max_p, s.max_q, inv_t, |a, b| {
+    let mut groups = Groups::new(p, q, s.max_p, s.max_q, inv_t);
+    while let Some((a, b)) = groups.next() {
         let w = simd::map(a, simd::exp);
         let v = simd::map(b, simd::exp);
         let mut wu = [0.0; LANES];
@@ -380,7 +401,7 @@ fn kl<P: Load, Q: Load>(p: P, q: Q, s: &Scan, inv_t: f32, p_outside_q: bool) -> 
             rem[i] = simd::select(positive, simd::select(u.abs() <= 0.25, small, large), ve);
         }
         sums.add([w, v, wu, rem]);
-    });
+    }
     let [sp, sq, su, sr] = sums.finish();
     let mean_u = su / sp;
     let excess = (sr - su) / sp; // E_P[e^(−u)] − 1
@@ -402,9 +423,10 @@ fn normalised<P: Load, Q: Load>(p: P, q: Q, s: &Scan, kind: Kind, inv_t: f32) ->
         _ => {}
     }
     let mut sums = Sums::<2>::new();
-    for_groups(p, q, s.max_p, s.max_q, inv_t, |a, b| {
+    let mut groups = Groups::new(p, q, s.max_p, s.max_q, inv_t);
+    while let Some((a, b)) = groups.next() {
         sums.add([simd::map(a, simd::exp), simd::map(b, simd::exp)]);
-    });
+    }
     let [sp, sq] = sums.finish();
     let (inv_sp, inv_sq) = ((1.0 / sp) as f32, (1.0 / sq) as f32);
     // ln(Q/P) = b − a + (ln Sp − ln Sq).
@@ -415,7 +437,8 @@ fn normalised<P: Load, Q: Load>(p: P, q: Q, s: &Scan, kind: Kind, inv_t: f32) ->
         _ => 0.0,
     };
     let mut terms = Sums::<1>::new();
-    for_groups(p, q, s.max_p, s.max_q, inv_t, |a, b| {
+    let mut groups = Groups::new(p, q, s.max_p, s.max_q, inv_t);
+    while let Some((a, b)) = groups.next() {
         let mut t = [0.0; LANES];
         for i in 0..LANES {
             let w = simd::exp(a[i]);
@@ -456,7 +479,7 @@ fn normalised<P: Load, Q: Load>(p: P, q: Q, s: &Scan, kind: Kind, inv_t: f32) ->
             };
         }
         terms.add([t]);
-    });
+    }
     let [total] = terms.finish();
     let value = match kind {
         Kind::Js => (total / 4.0).clamp(0.0, std::f64::consts::LN_2),
