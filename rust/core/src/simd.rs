@@ -150,11 +150,10 @@ pub fn hsum_f64(a: V) -> f64 {
 /// Branch-free select.
 #[inline(always)]
 pub fn select(cond: bool, a: f32, b: f32) -> f32 {
-    if cond {
-        a
-    } else {
-        b
-    }
+    // Bit arithmetic rather than `if`: LLVM's SLP vectoriser turns this into
+    // a blend reliably, where a branchy select is sometimes left scalar.
+    let mask = (cond as u32).wrapping_neg();
+    f32::from_bits((a.to_bits() & mask) | (b.to_bits() & !mask))
 }
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;

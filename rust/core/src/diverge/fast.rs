@@ -49,21 +49,40 @@ pub trait Load: Copy + Sync {
     fn get(self, i: usize) -> f32;
     /// Row length.
     fn len(self) -> usize;
+    /// The [`LANES`] elements from `start`, which must all be in the row.
+    fn full_group(self, start: usize) -> V;
+    /// The [`BLK`] elements from `start`, which must all be in the row.
+    fn full_block(self, start: usize, out: &mut [f32; BLK]);
+    /// The block from `start`, padded with −inf past the end of the row.
+    #[inline(always)]
+    fn block(self, start: usize, out: &mut [f32; BLK]) {
+        if start + BLK <= self.len() {
+            return self.full_block(start, out);
+        }
+        *out = [f32::NEG_INFINITY; BLK];
+        for i in 0..self.len() - start {
+            out[i] = self.get(start + i);
+        }
+    }
     /// Lane group starting at `start`, padded with `pad` past the end.
     #[inline(always)]
     fn group(self, start: usize, pad: f32) -> V {
-        let mut out = [pad; LANES];
         if start + LANES <= self.len() {
-            for i in 0..LANES {
-                out[i] = self.get(start + i);
-            }
-        } else {
-            for i in 0..self.len() - start {
-                out[i] = self.get(start + i);
-            }
+            return self.full_group(start);
+        }
+        let mut out = [pad; LANES];
+        for i in 0..self.len() - start {
+            out[i] = self.get(start + i);
         }
         out
     }
+}
+
+/// The `LANES` items from `start` as an array reference: one bounds check,
+/// then plain vector loads.
+#[inline(always)]
+fn chunk<T>(data: &[T], start: usize) -> &[T; LANES] {
+    data[start..start + LANES].try_into().expect("a full lane group")
 }
 
 impl Load for &[f32] {
@@ -74,6 +93,14 @@ impl Load for &[f32] {
     #[inline(always)]
     fn len(self) -> usize {
         <[f32]>::len(self)
+    }
+    #[inline(always)]
+    fn full_group(self, start: usize) -> V {
+        *chunk(self, start)
+    }
+    #[inline(always)]
+    fn full_block(self, start: usize, out: &mut [f32; BLK]) {
+        out.copy_from_slice(&self[start..start + BLK]);
     }
 }
 
@@ -93,6 +120,21 @@ impl Load for F16Row<'_> {
     fn len(self) -> usize {
         self.0.len()
     }
+    #[inline(always)]
+    fn full_group(self, start: usize) -> V {
+        let bits = chunk(self.0, start);
+        let mut out = [0.0; LANES];
+        for i in 0..LANES {
+            out[i] = f16_to_f32(bits[i]);
+        }
+        out
+    }
+    #[inline(always)]
+    fn full_block(self, start: usize, out: &mut [f32; BLK]) {
+        for (o, &x) in out.iter_mut().zip(&self.0[start..start + BLK]) {
+            *o = f16_to_f32(x);
+        }
+    }
 }
 
 impl Load for Bf16Row<'_> {
@@ -104,6 +146,21 @@ impl Load for Bf16Row<'_> {
     fn len(self) -> usize {
         self.0.len()
     }
+    #[inline(always)]
+    fn full_group(self, start: usize) -> V {
+        let bits = chunk(self.0, start);
+        let mut out = [0.0; LANES];
+        for i in 0..LANES {
+            out[i] = bf16_to_f32(bits[i]);
+        }
+        out
+    }
+    #[inline(always)]
+    fn full_block(self, start: usize, out: &mut [f32; BLK]) {
+        for (o, &x) in out.iter_mut().zip(&self.0[start..start + BLK]) {
+            *o = bf16_to_f32(x);
+        }
+    }
 }
 
 /// What the scan pass learns about a pair of rows.
@@ -111,12 +168,8 @@ impl Load for Bf16Row<'_> {
 pub struct Scan {
     /// max of p.
     pub max_p: f32,
-    /// First index of max of p.
-    pub argmax_p: usize,
     /// max of q.
     pub max_q: f32,
-    /// First index of max of q.
-    pub argmax_q: usize,
     /// p holds NaN or +inf.
     pub p_bad: bool,
     /// q holds NaN or +inf.
@@ -132,24 +185,17 @@ fn scan<P: Load, Q: Load>(p: P, q: Q) -> Scan {
     let n = p.len();
     let neg = f32::NEG_INFINITY;
     let (mut mp, mut mq) = ([neg; LANES], [neg; LANES]);
-    let (mut ip, mut iq) = ([u32::MAX; LANES], [u32::MAX; LANES]);
-    let (mut bad_p, mut bad_q, mut p_out, mut q_out) =
-        ([0u32; LANES], [0u32; LANES], [0u32; LANES], [0u32; LANES]);
+    let (mut bad_p, mut bad_q, mut p_out, mut q_out) = ([0u32; LANES], [0u32; LANES], [0u32; LANES], [0u32; LANES]);
     let mut start = 0;
     while start < n {
         let pv = p.group(start, neg);
         let qv = q.group(start, neg);
         for i in 0..LANES {
             let (x, y) = (pv[i], qv[i]);
-            let idx = (start + i) as u32;
-            // `x > mp` is false for NaN, so NaN never becomes the max; the
-            // bad flags catch it instead.
-            let better_p = x > mp[i];
-            mp[i] = if better_p { x } else { mp[i] };
-            ip[i] = if better_p { idx } else { ip[i] };
-            let better_q = y > mq[i];
-            mq[i] = if better_q { y } else { mq[i] };
-            iq[i] = if better_q { idx } else { iq[i] };
+            // f32::max ignores NaN, so NaN never becomes the max; the bad
+            // flags catch it instead.
+            mp[i] = mp[i].max(x);
+            mq[i] = mq[i].max(y);
             bad_p[i] |= (x.is_nan() | (x == f32::INFINITY)) as u32;
             bad_q[i] |= (y.is_nan() | (y == f32::INFINITY)) as u32;
             p_out[i] |= ((x > neg) & (y == neg)) as u32;
@@ -157,14 +203,12 @@ fn scan<P: Load, Q: Load>(p: P, q: Q) -> Scan {
         }
         start += LANES;
     }
-    let (max_p, argmax_p) = reduce_argmax(&mp, &ip);
-    let (max_q, argmax_q) = reduce_argmax(&mq, &iq);
     let any = |v: &[u32; LANES]| v.iter().any(|&b| b != 0);
+    let max_p = mp.iter().cloned().fold(neg, f32::max);
+    let max_q = mq.iter().cloned().fold(neg, f32::max);
     Scan {
         max_p,
-        argmax_p,
         max_q,
-        argmax_q,
         p_bad: any(&bad_p),
         q_bad: any(&bad_q),
         p_outside_q: any(&p_out),
@@ -172,67 +216,69 @@ fn scan<P: Load, Q: Load>(p: P, q: Q) -> Scan {
     }
 }
 
+/// The first index holding `value` (0 if none): a vector compare per lane
+/// group with an early exit, over a row that is in cache after the scan.
 #[inline(always)]
-fn reduce_argmax(max: &V, idx: &[u32; LANES]) -> (f32, usize) {
-    let m = max.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let mut best = u32::MAX;
-    for i in 0..LANES {
-        if max[i] == m && idx[i] < best {
-            best = idx[i];
+fn first_index_of<L: Load>(row: L, value: f32) -> usize {
+    let mut start = 0;
+    while start < row.len() {
+        let v = row.group(start, f32::NAN);
+        let mut hit = 0u32;
+        for i in 0..LANES {
+            hit |= ((v[i] == value) as u32) << i;
         }
+        if hit != 0 {
+            return start + hit.trailing_zeros() as usize;
+        }
+        start += LANES;
     }
-    (m, if best == u32::MAX { 0 } else { best as usize })
+    0
 }
 
-/// Float64 running sums of float32 lane sums, flushed every [`BLOCK`] groups.
-#[derive(Clone, Copy)]
-struct Sums<const K: usize> {
-    lanes: [V; K],
-    total: [f64; K],
-    pending: usize,
-}
+/// Elements per block: kernels compute a block's per-element values into
+/// stack arrays with plain elementwise loops (which LLVM's loop vectoriser
+/// handles reliably), then fold them into lane sums.
+const BLK: usize = LANES * BLOCK;
 
-impl<const K: usize> Sums<K> {
+/// Float64 lane totals of `K` sums.
+struct Totals<const K: usize>([[f64; LANES]; K]);
+
+impl<const K: usize> Totals<K> {
     #[inline(always)]
     fn new() -> Self {
-        Sums {
-            lanes: [[0.0; LANES]; K],
-            total: [0.0; K],
-            pending: 0,
+        Totals([[0.0; LANES]; K])
+    }
+    /// Adds a block: float32 lane sums over its [`BLOCK`] groups, then
+    /// float64 from there on.
+    #[inline(always)]
+    fn add(&mut self, k: usize, values: &[f32; BLK]) {
+        let mut lanes = [0.0f32; LANES];
+        for g in 0..BLOCK {
+            for i in 0..LANES {
+                lanes[i] += values[g * LANES + i];
+            }
+        }
+        for i in 0..LANES {
+            self.0[k][i] += lanes[i] as f64;
         }
     }
     #[inline(always)]
-    fn add(&mut self, values: [V; K]) {
+    fn finish(self) -> [f64; K] {
+        let mut out = [0.0; K];
         for k in 0..K {
-            simd::add_into(&mut self.lanes[k], values[k]);
+            out[k] = self.0[k].iter().sum();
         }
-        self.pending += 1;
-        if self.pending == BLOCK {
-            self.flush();
-        }
-    }
-    #[inline(always)]
-    fn flush(&mut self) {
-        for k in 0..K {
-            self.total[k] += simd::hsum_f64(self.lanes[k]);
-            self.lanes[k] = [0.0; LANES];
-        }
-        self.pending = 0;
-    }
-    #[inline(always)]
-    fn finish(mut self) -> [f64; K] {
-        self.flush();
-        self.total
+        out
     }
 }
 
-/// The lane groups of a row pair as shifted, tempered scores
+/// The blocks of a row pair as shifted, tempered scores
 /// a = (p − max_p)/τ and b = (q − max_q)/τ (−inf past the end).
 ///
-/// Kernels loop with `while let Some((a, b)) = groups.next()` rather than
-/// taking a closure: a closure is compiled as its own function, outside the
+/// Kernels loop with `while blocks.next(&mut a, &mut b)` rather than taking
+/// a closure: a closure is compiled as its own function, outside the
 /// feature-enabled one that [`simd::dispatch`] inlines kernels into.
-struct Groups<P, Q> {
+struct Blocks<P, Q> {
     p: P,
     q: Q,
     max_p: f32,
@@ -241,27 +287,25 @@ struct Groups<P, Q> {
     start: usize,
 }
 
-impl<P: Load, Q: Load> Groups<P, Q> {
+impl<P: Load, Q: Load> Blocks<P, Q> {
     #[inline(always)]
     fn new(p: P, q: Q, max_p: f32, max_q: f32, inv_t: f32) -> Self {
-        Groups { p, q, max_p, max_q, inv_t, start: 0 }
+        Blocks { p, q, max_p, max_q, inv_t, start: 0 }
     }
 
     #[inline(always)]
-    fn next(&mut self) -> Option<(V, V)> {
+    fn next(&mut self, a: &mut [f32; BLK], b: &mut [f32; BLK]) -> bool {
         if self.start >= self.p.len() {
-            return None;
+            return false;
         }
-        let pv = self.p.group(self.start, f32::NEG_INFINITY);
-        let qv = self.q.group(self.start, f32::NEG_INFINITY);
-        self.start += LANES;
-        let mut a = [0.0; LANES];
-        let mut b = [0.0; LANES];
-        for i in 0..LANES {
-            a[i] = (pv[i] - self.max_p) * self.inv_t;
-            b[i] = (qv[i] - self.max_q) * self.inv_t;
+        self.p.block(self.start, a);
+        self.q.block(self.start, b);
+        self.start += BLK;
+        for i in 0..BLK {
+            a[i] = (a[i] - self.max_p) * self.inv_t;
+            b[i] = (b[i] - self.max_q) * self.inv_t;
         }
-        Some((a, b))
+        true
     }
 }
 
@@ -303,198 +347,338 @@ fn js_core(delta: f32) -> f32 {
     simd::select(delta.abs() < 0.25, series, t_plus + t_minus)
 }
 
-struct RowKernel<P, Q> {
+/// One kind's evaluation of a row pair after the scan pass.
+///
+/// Each kind is its own type so that [`simd::dispatch`] compiles one tight
+/// loop per kind, with no per-element branch on the kind.
+trait Evaluate: Copy {
+    /// Whether the kind reads `q` (everything but entropy).
+    const NEEDS_Q: bool = true;
+    /// The value of the row, or `None` to send it to the reference.
+    fn evaluate<P: Load, Q: Load>(self, p: P, q: Q, s: &Scan, inv_t: f32) -> Option<f64>;
+}
+
+struct RowKernel<P, Q, E> {
     p: P,
     q: Q,
-    kind: Kind,
+    eval: E,
     inv_t: f32,
 }
 
-impl<P: Load, Q: Load> Kernel for RowKernel<P, Q> {
+impl<P: Load, Q: Load, E: Evaluate> Kernel for RowKernel<P, Q, E> {
     type Output = std::result::Result<Option<f64>, (Side, RowIssue)>;
 
     #[inline(always)]
     fn run(self) -> Self::Output {
-        let RowKernel { p, q, kind, inv_t } = self;
+        let RowKernel { p, q, eval, inv_t } = self;
         let s = scan(p, q);
         if s.p_bad {
             return Err((Side::P, RowIssue::NotFinite));
         }
-        if kind.needs_q() && s.q_bad {
+        if E::NEEDS_Q && s.q_bad {
             return Err((Side::Q, RowIssue::NotFinite));
         }
         if s.max_p == f32::NEG_INFINITY {
             return Err((Side::P, RowIssue::Empty));
         }
-        if kind.needs_q() && s.max_q == f32::NEG_INFINITY {
+        if E::NEEDS_Q && s.max_q == f32::NEG_INFINITY {
             return Err((Side::Q, RowIssue::Empty));
         }
-        let value = match kind {
-            Kind::Kl => kl(p, q, &s, inv_t, s.p_outside_q),
-            Kind::ReverseKl => {
-                let swapped = Scan {
-                    max_p: s.max_q,
-                    argmax_p: s.argmax_q,
-                    max_q: s.max_p,
-                    argmax_q: s.argmax_p,
-                    ..s
-                };
-                kl(q, p, &swapped, inv_t, s.q_outside_p)
-            }
-            Kind::CrossEntropy | Kind::Entropy => {
-                if kind == Kind::CrossEntropy && s.p_outside_q {
-                    return Ok(Some(f64::INFINITY));
-                }
-                let mut sums = Sums::<3>::new();
-                let mut groups = Groups::new(p, q, s.max_p, s.max_q, inv_t);
-                let entropy = kind == Kind::Entropy;
-                while let Some((a, b)) = groups.next() {
-                    let w = simd::map(a, simd::exp);
-                    let v = simd::map(b, simd::exp);
-                    let mut wx = [0.0; LANES];
-                    for i in 0..LANES {
-                        let score = simd::select(entropy, a[i], b[i]);
-                        wx[i] = simd::select(w[i] > 0.0, w[i] * score, 0.0);
-                    }
-                    sums.add([w, v, wx]);
-                }
-                let [sp, sq, swx] = sums.finish();
-                let lse = if kind == Kind::Entropy {
-                    sp.ln()
-                } else {
-                    sq.ln()
-                };
-                Some((lse - swx / sp).max(0.0))
-            }
-            _ => normalised(p, q, &s, kind, inv_t),
-        };
-        Ok(value)
+        Ok(eval.evaluate(p, q, &s, inv_t))
     }
 }
 
 /// KL(P‖Q) in two passes (scan, then this one); see the module docs.
-#[inline(always)]
-fn kl<P: Load, Q: Load>(p: P, q: Q, s: &Scan, inv_t: f32, p_outside_q: bool) -> Option<f64> {
-    if p_outside_q {
-        return Some(f64::INFINITY);
-    }
-    // Shift: u = (a − b) − (a* − b*) where * is the argmax of p, so a* = 0.
-    let shift = (q.get(s.argmax_p) - s.max_q) * inv_t;
-    let k = simd::exp(-shift); // e^(−shift) = w·e^(−u)/v, ≥ 1
-    let robust = k.is_finite();
-    let k = if robust { k } else { 0.0 };
-    let mut sums = Sums::<4>::new();
-    let mut groups = Groups::new(p, q, s.max_p, s.max_q, inv_t);
-    while let Some((a, b)) = groups.next() {
-        let w = simd::map(a, simd::exp);
-        let v = simd::map(b, simd::exp);
-        let mut wu = [0.0; LANES];
-        let mut rem = [0.0; LANES];
-        for i in 0..LANES {
-            let u = a[i] - b[i] + shift;
-            let positive = w[i] > 0.0;
-            let w_u = w[i] * u;
-            wu[i] = simd::select(positive, w_u, 0.0);
-            let ve = v[i] * k; // = w·e^(−u)
-            let small = w[i] * exp_neg_remainder(u);
-            let large = ve - w[i] + w_u;
-            rem[i] = simd::select(positive, simd::select(u.abs() <= 0.25, small, large), ve);
+#[derive(Clone, Copy)]
+struct Kl;
+
+impl Evaluate for Kl {
+    #[inline(always)]
+    fn evaluate<P: Load, Q: Load>(self, p: P, q: Q, s: &Scan, inv_t: f32) -> Option<f64> {
+        if s.p_outside_q {
+            return Some(f64::INFINITY);
         }
-        sums.add([w, v, wu, rem]);
+        // Shift: u = (a − b) − (a* − b*) where * is the argmax of p, so a* = 0.
+        let shift = (q.get(first_index_of(p, s.max_p)) - s.max_q) * inv_t;
+        let k = simd::exp(-shift); // e^(−shift) = w·e^(−u)/v, ≥ 1
+        let robust = k.is_finite();
+        let k = if robust { k } else { 0.0 };
+        let mut totals = Totals::<4>::new();
+        let mut blocks = Blocks::new(p, q, s.max_p, s.max_q, inv_t);
+        let (mut a, mut b) = ([0.0; BLK], [0.0; BLK]);
+        let (mut ws, mut vs, mut wus, mut rems) = ([0.0; BLK], [0.0; BLK], [0.0; BLK], [0.0; BLK]);
+        while blocks.next(&mut a, &mut b) {
+            for i in 0..BLK {
+                let w = simd::exp(a[i]);
+                let v = simd::exp(b[i]);
+                let u = a[i] - b[i] + shift;
+                let positive = w > 0.0;
+                let w_u = w * u;
+                let ve = v * k; // = w·e^(−u)
+                let small = w * exp_neg_remainder(u);
+                let large = ve - w + w_u;
+                ws[i] = w;
+                vs[i] = v;
+                wus[i] = simd::select(positive, w_u, 0.0);
+                rems[i] = simd::select(positive, simd::select(u.abs() <= 0.25, small, large), ve);
+            }
+            totals.add(0, &ws);
+            totals.add(1, &vs);
+            totals.add(2, &wus);
+            totals.add(3, &rems);
+        }
+        let [sp, sq, su, sr] = totals.finish();
+        let mean_u = su / sp;
+        let excess = (sr - su) / sp; // E_P[e^(−u)] − 1
+        let log_mean_exp = if robust && excess.is_finite() && excess > -0.5 {
+            excess.ln_1p()
+        } else {
+            sq.ln() - sp.ln() - shift as f64
+        };
+        let value = mean_u + log_mean_exp;
+        value.is_finite().then_some(value.max(0.0))
     }
-    let [sp, sq, su, sr] = sums.finish();
-    let mean_u = su / sp;
-    let excess = (sr - su) / sp; // E_P[e^(−u)] − 1
-    let log_mean_exp = if robust && excess.is_finite() && excess > -0.5 {
-        excess.ln_1p()
-    } else {
-        sq.ln() - sp.ln() - shift as f64
-    };
-    let value = mean_u + log_mean_exp;
-    value.is_finite().then_some(value.max(0.0))
 }
 
-/// Kinds evaluated from normalised P and Q: a sum pass, then a term pass.
-#[inline(always)]
-fn normalised<P: Load, Q: Load>(p: P, q: Q, s: &Scan, kind: Kind, inv_t: f32) -> Option<f64> {
-    match kind {
-        Kind::Chi2 if s.p_outside_q => return Some(f64::INFINITY),
-        Kind::Renyi(alpha) if alpha > 1.0 && s.p_outside_q => return Some(f64::INFINITY),
-        _ => {}
+/// KL(Q‖P): KL with the roles swapped.
+#[derive(Clone, Copy)]
+struct ReverseKl;
+
+impl Evaluate for ReverseKl {
+    #[inline(always)]
+    fn evaluate<P: Load, Q: Load>(self, p: P, q: Q, s: &Scan, inv_t: f32) -> Option<f64> {
+        let swapped = Scan {
+            max_p: s.max_q,
+            max_q: s.max_p,
+            p_outside_q: s.q_outside_p,
+            q_outside_p: s.p_outside_q,
+            ..*s
+        };
+        Kl.evaluate(q, p, &swapped, inv_t)
     }
-    let mut sums = Sums::<2>::new();
-    let mut groups = Groups::new(p, q, s.max_p, s.max_q, inv_t);
-    while let Some((a, b)) = groups.next() {
-        sums.add([simd::map(a, simd::exp), simd::map(b, simd::exp)]);
-    }
-    let [sp, sq] = sums.finish();
-    let (inv_sp, inv_sq) = ((1.0 / sp) as f32, (1.0 / sq) as f32);
-    // ln(Q/P) = b − a + (ln Sp − ln Sq).
-    let log_ratio_shift = (sp.ln() - sq.ln()) as f32;
-    let log_sp = sp.ln() as f32;
-    let beta = match kind {
-        Kind::Renyi(alpha) => (1.0 - alpha) as f32,
-        _ => 0.0,
-    };
-    let mut terms = Sums::<1>::new();
-    let mut groups = Groups::new(p, q, s.max_p, s.max_q, inv_t);
-    while let Some((a, b)) = groups.next() {
-        let mut t = [0.0; LANES];
-        for i in 0..LANES {
-            let w = simd::exp(a[i]);
-            let v = simd::exp(b[i]);
-            let (pp, qq) = (w * inv_sp, v * inv_sq);
-            let diff = pp - qq;
-            t[i] = match kind {
-                Kind::Js => {
-                    let sum = pp + qq;
-                    simd::select(sum > 0.0, sum * js_core(diff / sum), 0.0)
-                }
-                Kind::Tv => diff.abs(),
-                Kind::Hellinger => {
-                    let root = pp.sqrt() + qq.sqrt();
-                    simd::select(root > 0.0, diff * diff / (root * root), 0.0)
-                }
-                Kind::Chi2 => {
-                    // (P − Q)²/Q in log space: P²/Q may be large while P
-                    // itself underflows. y = ln(P/Q).
-                    let y = a[i] - b[i] - log_ratio_shift;
-                    let log_p = a[i] - log_sp;
-                    let above = simd::exp(log_p + y) * square(simd::expm1(-y));
-                    let below = qq * square(simd::expm1(y));
-                    let term = simd::select(y >= 0.0, above, below);
-                    simd::select(b[i] == f32::NEG_INFINITY, 0.0, term)
-                }
-                Kind::Renyi(_) => {
-                    let y = b[i] - a[i] + log_ratio_shift; // ln(Q/P)
-                    let bracket = simd::expm1(beta * y) - beta * simd::expm1(y);
-                    // Where P underflowed, P^α Q^(1−α) may still count.
-                    let alpha = 1.0 - beta;
-                    let log_q = b[i] - (log_sp - log_ratio_shift);
-                    let tiny = simd::exp(alpha * (a[i] - log_sp) + beta * log_q) - beta * qq;
-                    let tiny = simd::select(a[i] == f32::NEG_INFINITY, -beta * qq, tiny);
-                    simd::select(w > 0.0, pp * bracket, tiny)
-                }
-                _ => 0.0,
-            };
-        }
-        terms.add([t]);
-    }
-    let [total] = terms.finish();
-    let value = match kind {
-        Kind::Js => (total / 4.0).clamp(0.0, std::f64::consts::LN_2),
-        Kind::Tv => (total / 2.0).min(1.0),
-        Kind::Hellinger => total.min(2.0),
-        Kind::Chi2 => total.max(0.0),
-        Kind::Renyi(alpha) => {
-            if !(total > -0.5) || !total.is_finite() {
-                return None;
+}
+
+/// H(P) = ln Sp − Σ w·a / Sp: a sum of non-negative parts, no cancellation.
+#[derive(Clone, Copy)]
+struct Entropy;
+
+impl Evaluate for Entropy {
+    const NEEDS_Q: bool = false;
+    #[inline(always)]
+    fn evaluate<P: Load, Q: Load>(self, p: P, _q: Q, s: &Scan, inv_t: f32) -> Option<f64> {
+        let mut totals = Totals::<2>::new();
+        let mut blocks = Blocks::new(p, p, s.max_p, s.max_p, inv_t);
+        let (mut a, mut unused) = ([0.0; BLK], [0.0; BLK]);
+        let (mut ws, mut was) = ([0.0; BLK], [0.0; BLK]);
+        while blocks.next(&mut a, &mut unused) {
+            for i in 0..BLK {
+                let w = simd::exp(a[i]);
+                ws[i] = w;
+                was[i] = simd::select(w > 0.0, w * a[i], 0.0);
             }
-            (total.ln_1p() / (alpha - 1.0)).max(0.0)
+            totals.add(0, &ws);
+            totals.add(1, &was);
         }
-        _ => return None,
-    };
-    value.is_finite().then_some(value)
+        let [sp, swa] = totals.finish();
+        Some((sp.ln() - swa / sp).max(0.0))
+    }
+}
+
+/// H(P, Q) = ln Sq − Σ w·b / Sp.
+#[derive(Clone, Copy)]
+struct CrossEntropy;
+
+impl Evaluate for CrossEntropy {
+    #[inline(always)]
+    fn evaluate<P: Load, Q: Load>(self, p: P, q: Q, s: &Scan, inv_t: f32) -> Option<f64> {
+        if s.p_outside_q {
+            return Some(f64::INFINITY);
+        }
+        let mut totals = Totals::<3>::new();
+        let mut blocks = Blocks::new(p, q, s.max_p, s.max_q, inv_t);
+        let (mut a, mut b) = ([0.0; BLK], [0.0; BLK]);
+        let (mut ws, mut vs, mut wbs) = ([0.0; BLK], [0.0; BLK], [0.0; BLK]);
+        while blocks.next(&mut a, &mut b) {
+            for i in 0..BLK {
+                let w = simd::exp(a[i]);
+                ws[i] = w;
+                vs[i] = simd::exp(b[i]);
+                wbs[i] = simd::select(w > 0.0, w * b[i], 0.0);
+            }
+            totals.add(0, &ws);
+            totals.add(1, &vs);
+            totals.add(2, &wbs);
+        }
+        let [sp, sq, swb] = totals.finish();
+        Some((sq.ln() - swb / sp).max(0.0))
+    }
+}
+
+/// Per-row constants of the normalised kinds.
+#[derive(Clone, Copy)]
+struct Norm {
+    inv_sp: f32,
+    inv_sq: f32,
+    /// ln Sp − ln Sq, so that ln(Q/P) = b − a + log_ratio_shift.
+    log_ratio_shift: f32,
+    log_sp: f32,
+}
+
+/// A kind evaluated from normalised P and Q, one term per element.
+trait Term: Copy {
+    /// The term of one element: shifted scores a, b, their exponentials
+    /// w, v, and P = w/Sp, Q = v/Sq.
+    fn term(self, a: f32, b: f32, w: f32, v: f32, n: &Norm) -> f32;
+    /// The divergence from the sum of the terms (`None`: use the reference).
+    fn finish(self, total: f64) -> Option<f64>;
+    /// Whether Q = 0 where P > 0 makes the divergence +inf.
+    fn infinite_outside_q(self) -> bool {
+        false
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Normalised<T>(T);
+
+impl<T: Term> Evaluate for Normalised<T> {
+    #[inline(always)]
+    fn evaluate<P: Load, Q: Load>(self, p: P, q: Q, s: &Scan, inv_t: f32) -> Option<f64> {
+        if self.0.infinite_outside_q() && s.p_outside_q {
+            return Some(f64::INFINITY);
+        }
+        let mut totals = Totals::<2>::new();
+        let mut blocks = Blocks::new(p, q, s.max_p, s.max_q, inv_t);
+        let (mut a, mut b) = ([0.0; BLK], [0.0; BLK]);
+        let (mut ws, mut vs) = ([0.0; BLK], [0.0; BLK]);
+        while blocks.next(&mut a, &mut b) {
+            for i in 0..BLK {
+                ws[i] = simd::exp(a[i]);
+                vs[i] = simd::exp(b[i]);
+            }
+            totals.add(0, &ws);
+            totals.add(1, &vs);
+        }
+        let [sp, sq] = totals.finish();
+        let norm = Norm {
+            inv_sp: (1.0 / sp) as f32,
+            inv_sq: (1.0 / sq) as f32,
+            log_ratio_shift: (sp.ln() - sq.ln()) as f32,
+            log_sp: sp.ln() as f32,
+        };
+        let mut terms = Totals::<1>::new();
+        let mut blocks = Blocks::new(p, q, s.max_p, s.max_q, inv_t);
+        while blocks.next(&mut a, &mut b) {
+            for i in 0..BLK {
+                let w = simd::exp(a[i]);
+                let v = simd::exp(b[i]);
+                ws[i] = self.0.term(a[i], b[i], w, v, &norm);
+            }
+            terms.add(0, &ws);
+        }
+        let [total] = terms.finish();
+        self.0.finish(total).filter(|v| v.is_finite())
+    }
+}
+
+/// Jensen–Shannon: Σ (P+Q)·g(δ)/4, δ = (P−Q)/(P+Q).
+#[derive(Clone, Copy)]
+struct Js;
+
+impl Term for Js {
+    #[inline(always)]
+    fn term(self, _a: f32, _b: f32, w: f32, v: f32, n: &Norm) -> f32 {
+        let (pp, qq) = (w * n.inv_sp, v * n.inv_sq);
+        let sum = pp + qq;
+        simd::select(sum > 0.0, sum * js_core((pp - qq) / sum), 0.0)
+    }
+    fn finish(self, total: f64) -> Option<f64> {
+        Some((total / 4.0).clamp(0.0, std::f64::consts::LN_2))
+    }
+}
+
+/// Total variation: ½ Σ |P − Q|.
+#[derive(Clone, Copy)]
+struct Tv;
+
+impl Term for Tv {
+    #[inline(always)]
+    fn term(self, _a: f32, _b: f32, w: f32, v: f32, n: &Norm) -> f32 {
+        (w * n.inv_sp - v * n.inv_sq).abs()
+    }
+    fn finish(self, total: f64) -> Option<f64> {
+        Some((total / 2.0).min(1.0))
+    }
+}
+
+/// Squared Hellinger: Σ (√P − √Q)² = Σ (P − Q)²/(√P + √Q)².
+#[derive(Clone, Copy)]
+struct Hellinger;
+
+impl Term for Hellinger {
+    #[inline(always)]
+    fn term(self, _a: f32, _b: f32, w: f32, v: f32, n: &Norm) -> f32 {
+        let (pp, qq) = (w * n.inv_sp, v * n.inv_sq);
+        let diff = pp - qq;
+        let root = pp.sqrt() + qq.sqrt();
+        simd::select(root > 0.0, diff * diff / (root * root), 0.0)
+    }
+    fn finish(self, total: f64) -> Option<f64> {
+        Some(total.min(2.0))
+    }
+}
+
+/// Pearson χ²: (P − Q)²/Q in log space, since P²/Q may be large while P
+/// itself underflows.
+#[derive(Clone, Copy)]
+struct Chi2;
+
+impl Term for Chi2 {
+    #[inline(always)]
+    fn term(self, a: f32, b: f32, _w: f32, v: f32, n: &Norm) -> f32 {
+        let y = a - b - n.log_ratio_shift; // ln(P/Q)
+        let log_p = a - n.log_sp;
+        let above = simd::exp(log_p + y) * square(simd::expm1(-y));
+        let below = v * n.inv_sq * square(simd::expm1(y));
+        let term = simd::select(y >= 0.0, above, below);
+        simd::select(b == f32::NEG_INFINITY, 0.0, term)
+    }
+    fn finish(self, total: f64) -> Option<f64> {
+        Some(total.max(0.0))
+    }
+    fn infinite_outside_q(self) -> bool {
+        true
+    }
+}
+
+/// Rényi of order α: ln(1 + Σ P[(Q/P)^β − 1 − β(Q/P − 1)]) / (α − 1), β = 1 − α.
+#[derive(Clone, Copy)]
+struct Renyi {
+    alpha: f32,
+    beta: f32,
+}
+
+impl Term for Renyi {
+    #[inline(always)]
+    fn term(self, a: f32, b: f32, w: f32, v: f32, n: &Norm) -> f32 {
+        let (pp, qq) = (w * n.inv_sp, v * n.inv_sq);
+        let beta = self.beta;
+        let y = b - a + n.log_ratio_shift; // ln(Q/P)
+        let bracket = simd::expm1(beta * y) - beta * simd::expm1(y);
+        // Where P underflowed, P^α Q^(1−α) may still count.
+        let log_q = b - (n.log_sp - n.log_ratio_shift);
+        let tiny = simd::exp(self.alpha * (a - n.log_sp) + beta * log_q) - beta * qq;
+        let tiny = simd::select(a == f32::NEG_INFINITY, -beta * qq, tiny);
+        simd::select(w > 0.0, pp * bracket, tiny)
+    }
+    fn finish(self, total: f64) -> Option<f64> {
+        if !(total > -0.5) || !total.is_finite() {
+            return None;
+        }
+        Some((total.ln_1p() / (self.alpha as f64 - 1.0)).max(0.0))
+    }
+    fn infinite_outside_q(self) -> bool {
+        self.alpha > 1.0
+    }
 }
 
 /// Fills `out` with ln(x) of a probability row after validating it.
@@ -531,23 +715,43 @@ fn run_pair<P: Load, Q: Load>(
     kind: Kind,
     inv_t: f32,
 ) -> std::result::Result<Option<f64>, (Side, RowIssue)> {
-    simd::dispatch(RowKernel { p, q, kind, inv_t })
+    fn go<P: Load, Q: Load, E: Evaluate>(p: P, q: Q, eval: E, inv_t: f32) -> std::result::Result<Option<f64>, (Side, RowIssue)> {
+        simd::dispatch(RowKernel { p, q, eval, inv_t })
+    }
+    match kind {
+        Kind::Kl => go(p, q, Kl, inv_t),
+        Kind::ReverseKl => go(p, q, ReverseKl, inv_t),
+        Kind::Entropy => go(p, q, Entropy, inv_t),
+        Kind::CrossEntropy => go(p, q, CrossEntropy, inv_t),
+        Kind::Js => go(p, q, Normalised(Js), inv_t),
+        Kind::Tv => go(p, q, Normalised(Tv), inv_t),
+        Kind::Hellinger => go(p, q, Normalised(Hellinger), inv_t),
+        Kind::Chi2 => go(p, q, Normalised(Chi2), inv_t),
+        Kind::Renyi(alpha) => go(p, q, Normalised(Renyi { alpha: alpha as f32, beta: (1.0 - alpha) as f32 }), inv_t),
+    }
 }
 
-fn run_with_q<P: Load>(
-    p: P,
-    q: &Rows<'_>,
-    r: usize,
-    kind: Kind,
-    inv_t: f32,
-) -> std::result::Result<Option<f64>, (Side, RowIssue)> {
-    let v = q.vocab();
-    match *q {
-        Rows::F32(d, _) => run_pair(p, &d[r * v..(r + 1) * v], kind, inv_t),
-        Rows::F16(d, _) => run_pair(p, F16Row(&d[r * v..(r + 1) * v]), kind, inv_t),
-        Rows::Bf16(d, _) => run_pair(p, Bf16Row(&d[r * v..(r + 1) * v]), kind, inv_t),
-        // A float64 side takes the reference path.
-        Rows::F64(..) => Ok(None),
+/// Validates probability row `r` of `rows` and writes its logarithms.
+fn probs_row_to_logits(rows: &Rows<'_>, r: usize, tol: f64, out: &mut Vec<f32>) -> std::result::Result<(), RowIssue> {
+    let v = rows.vocab();
+    match *rows {
+        Rows::F32(d, _) => probs_to_logits(&d[r * v..(r + 1) * v], tol, out),
+        Rows::F16(d, _) => probs_to_logits(F16Row(&d[r * v..(r + 1) * v]), tol, out),
+        Rows::Bf16(d, _) => probs_to_logits(Bf16Row(&d[r * v..(r + 1) * v]), tol, out),
+        Rows::F64(..) => unreachable!("float64 rows take the reference path"),
+    }
+}
+
+/// Row `r` of `rows` widened to float32 (for pairs of mixed dtypes, which
+/// then run through the float32 kernels rather than one per dtype pair).
+fn widen_row(rows: &Rows<'_>, r: usize, out: &mut Vec<f32>) {
+    let v = rows.vocab();
+    out.clear();
+    match *rows {
+        Rows::F32(d, _) => out.extend_from_slice(&d[r * v..(r + 1) * v]),
+        Rows::F16(d, _) => out.extend(d[r * v..(r + 1) * v].iter().map(|&x| f16_to_f32(x))),
+        Rows::Bf16(d, _) => out.extend(d[r * v..(r + 1) * v].iter().map(|&x| bf16_to_f32(x))),
+        Rows::F64(..) => unreachable!("float64 rows take the reference path"),
     }
 }
 
@@ -574,26 +778,16 @@ pub fn row(
         probs_row_to_logits(q, r, tol_q, q32).map_err(|e| (Side::Q, e))?;
         return run_pair(&p32[..], &q32[..], opts.kind, inv_t);
     }
-    match *p {
-        Rows::F32(d, _) => run_with_q(&d[r * v..(r + 1) * v], q, r, opts.kind, inv_t),
-        Rows::F16(d, _) => run_with_q(F16Row(&d[r * v..(r + 1) * v]), q, r, opts.kind, inv_t),
-        Rows::Bf16(d, _) => run_with_q(Bf16Row(&d[r * v..(r + 1) * v]), q, r, opts.kind, inv_t),
-        Rows::F64(..) => Ok(None),
-    }
-}
-
-/// Validates probability row `r` of `rows` and writes its logarithms.
-fn probs_row_to_logits(
-    rows: &Rows<'_>,
-    r: usize,
-    tol: f64,
-    out: &mut Vec<f32>,
-) -> std::result::Result<(), RowIssue> {
-    let v = rows.vocab();
-    match *rows {
-        Rows::F32(d, _) => probs_to_logits(&d[r * v..(r + 1) * v], tol, out),
-        Rows::F16(d, _) => probs_to_logits(F16Row(&d[r * v..(r + 1) * v]), tol, out),
-        Rows::Bf16(d, _) => probs_to_logits(Bf16Row(&d[r * v..(r + 1) * v]), tol, out),
-        Rows::F64(..) => unreachable!("float64 rows take the reference path"),
+    let span = r * v..(r + 1) * v;
+    match (*p, *q) {
+        (Rows::F32(a, _), Rows::F32(b, _)) => run_pair(&a[span.clone()], &b[span], opts.kind, inv_t),
+        (Rows::F16(a, _), Rows::F16(b, _)) => run_pair(F16Row(&a[span.clone()]), F16Row(&b[span]), opts.kind, inv_t),
+        (Rows::Bf16(a, _), Rows::Bf16(b, _)) => run_pair(Bf16Row(&a[span.clone()]), Bf16Row(&b[span]), opts.kind, inv_t),
+        _ => {
+            let Scratch { p32, q32, .. } = scratch;
+            widen_row(p, r, p32);
+            widen_row(q, r, q32);
+            run_pair(&p32[..], &q32[..], opts.kind, inv_t)
+        }
     }
 }
