@@ -97,6 +97,19 @@ pub enum Rounded {
     F64(Vec<f64>),
 }
 
+/// ml_dtypes turns a bfloat16 NaN into the canonical NaN even for float16,
+/// where numpy keeps float32/float16 payloads: drop the payload rule there
+/// (and keep it for bfloat16 → bfloat16, which ml_dtypes leaves unchanged).
+fn for_input(format: &Format, x: &Values<'_>) -> Format {
+    let mut f = *format;
+    if matches!(x, Values::Bf16(_)) {
+        // bfloat16 → bfloat16 is the identity in ml_dtypes, payload and all.
+        let bf16 = (f.exponent_bits, f.mantissa_bits, f.bias, f.special) == (8, 7, 127, Special::Ieee);
+        f.nan_payload = bf16;
+    }
+    f
+}
+
 /// The reference codec on element `i` (float64 input read exactly).
 #[inline]
 fn reference_code(codec: &Codec, x: &Values<'_>, i: usize) -> u32 {
@@ -127,6 +140,7 @@ fn reference_codes<T: Send + Default + Clone>(
 /// Encodes with the exact scalar reference codec only (the specification;
 /// tests compare [`encode`] against it).
 pub fn encode_reference(x: Values<'_>, format: &Format, options: Options) -> Result<Codes> {
+    let format = &for_input(format, &x);
     let codec = Codec::new(*format, options)?;
     Ok(if format.bits() <= 8 {
         Codes::U8(reference_codes(&codec, x, |c| c as u8))
@@ -144,6 +158,7 @@ pub fn encode_reference(x: Values<'_>, format: &Format, options: Options) -> Res
 /// assert_eq!(codes, Codes::U8(vec![0x38, 0x7e, 0x7f]));
 /// ```
 pub fn encode(x: Values<'_>, format: &Format, options: Options) -> Result<Codes> {
+    let format = &for_input(format, &x);
     let codec = Codec::new(*format, options)?;
     if matches!(x, Values::F64(_)) || !fast::supports(format) {
         return encode_reference(x, format, options);
@@ -171,6 +186,7 @@ fn fast_encode<S: fast::Store>(codec: &Codec, x: Values<'_>, out: &mut [S::Out],
 /// R(x): the values of the codes [`encode`] gives, as float32 (float64 for
 /// float64 input). NaN inputs stay NaN; see [`reference::decode_f32_bits`].
 pub fn round(x: Values<'_>, format: &Format, options: Options) -> Result<Rounded> {
+    let format = &for_input(format, &x);
     let codec = Codec::new(*format, options)?;
     if let Values::F64(v) = x {
         crate::threads::init_pool();
@@ -353,6 +369,8 @@ pub fn round_mixed(
             n - 1
         )));
     }
+    let formats: Vec<Format> = formats.iter().map(|f| for_input(f, &x)).collect();
+    let formats = &formats[..];
     let codecs = formats
         .iter()
         .map(|f| Codec::new(*f, options))
