@@ -51,6 +51,9 @@ pub enum CodeArray<'py> {
     U16(PyReadonlyArray1<'py, u16>),
 }
 
+/// Element codes and scale codes, both uint8.
+type CodesAndScales<'py> = (Bound<'py, PyArray1<u8>>, Bound<'py, PyArray1<u8>>);
+
 /// A format as Python passes it: (exponent_bits, mantissa_bits, bias, special, nan_payload).
 type FormatSpec = (u32, u32, i32, String, bool);
 
@@ -267,7 +270,7 @@ pub fn mx_encode<'py>(
     elem: &str,
     scale_mode: &str,
     x16: &str,
-) -> PyResult<(Bound<'py, PyArray1<u8>>, Bound<'py, PyArray1<u8>>)> {
+) -> PyResult<CodesAndScales<'py>> {
     let e = mx::Element::parse(elem).map_err(Error)?;
     let m = mx::ScaleMode::parse(scale_mode).map_err(Error)?;
     let values = x.values(x16, "x")?;
@@ -314,7 +317,7 @@ pub fn nvfp4_encode<'py>(
     row_len: usize,
     per_tensor_scale: Option<f32>,
     x16: &str,
-) -> PyResult<(Bound<'py, PyArray1<u8>>, Bound<'py, PyArray1<u8>>)> {
+) -> PyResult<CodesAndScales<'py>> {
     let values = x.values(x16, "x")?;
     let (codes, scales) = py
         .detach(|| nvfp4::nvfp4_encode(values, row_len, per_tensor_scale))

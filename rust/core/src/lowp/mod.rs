@@ -104,7 +104,8 @@ fn for_input(format: &Format, x: &Values<'_>) -> Format {
     let mut f = *format;
     if matches!(x, Values::Bf16(_)) {
         // bfloat16 → bfloat16 is the identity in ml_dtypes, payload and all.
-        let bf16 = (f.exponent_bits, f.mantissa_bits, f.bias, f.special) == (8, 7, 127, Special::Ieee);
+        let bf16 =
+            (f.exponent_bits, f.mantissa_bits, f.bias, f.special) == (8, 7, 127, Special::Ieee);
         f.nan_payload = bf16;
     }
     f

@@ -227,6 +227,9 @@ fn element_codec(elem: Element) -> Option<Codec> {
     })
 }
 
+/// Encodes one block `start..end` into its codes and returns its scale code.
+type BlockFn<'f> = dyn Fn(&Values<'_>, usize, usize, &mut [u8]) -> u8 + Sync + 'f;
+
 /// The per-row driver: splits `codes`/`scales` into rows and blocks and
 /// calls `block_fn(values, start, end, codes_out) -> scale_code` for each.
 fn for_each_block(
@@ -235,7 +238,7 @@ fn for_each_block(
     block: usize,
     codes: &mut [u8],
     scales: &mut [u8],
-    block_fn: &(dyn Fn(&Values<'_>, usize, usize, &mut [u8]) -> u8 + Sync),
+    block_fn: &BlockFn<'_>,
 ) {
     crate::threads::init_pool();
     let blocks_per_row = row_len.div_ceil(block);

@@ -46,7 +46,10 @@ fn encode_f64_inner(codec: &Codec, v: f64, index: u64) -> u32 {
         return codec.inf_code[s];
     }
     let e8m0 = f.special == Special::E8m0;
-    let nearest = matches!(codec.rounding, Rounding::NearestEven | Rounding::NearestAway);
+    let nearest = matches!(
+        codec.rounding,
+        Rounding::NearestEven | Rounding::NearestAway
+    );
     if e8m0 && (neg || v == 0.0) {
         return codec.nan_code[0]; // no zero and no sign: ml_dtypes gives NaN
     }
