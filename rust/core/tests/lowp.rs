@@ -286,7 +286,7 @@ fn error_stats_of_identical_arrays() {
 }
 
 /// Every float32 bit pattern, fast against reference, for the three formats
-/// of acceptance item 2. About a minute per format on 2 cores:
+/// of acceptance item 2. About 90 s per format on 2 cores:
 /// `cargo test --release -p quantdrift-core --test lowp -- --ignored`.
 #[test]
 #[ignore]
