@@ -17,6 +17,10 @@ from __future__ import annotations
 from . import _core
 from ._errors import DtypeError, InputError, QuantdriftError, ShapeError
 from .divergence import KINDS, distill_loss, divergence, js, kl
+from . import formats
+from .formats import FloatFormat
+from .lowp import decode, encode, mx_decode, mx_encode, nvfp4_decode, nvfp4_encode, round_mixed, round_to
+from .stats import ErrorStats, error_stats
 
 __version__: str = _core.__version__
 
@@ -27,6 +31,18 @@ __all__ = [
     "js",
     "distill_loss",
     "KINDS",
+    "formats",
+    "FloatFormat",
+    "round_to",
+    "encode",
+    "decode",
+    "round_mixed",
+    "mx_encode",
+    "mx_decode",
+    "nvfp4_encode",
+    "nvfp4_decode",
+    "error_stats",
+    "ErrorStats",
     "QuantdriftError",
     "InputError",
     "ShapeError",

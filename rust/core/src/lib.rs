@@ -3,6 +3,8 @@
 //! * [`diverge`]: divergences (KL, JS, TV, Hellinger, χ², Rényi, cross-entropy,
 //!   entropy) between rows of next-token distributions given as logits,
 //!   log-probabilities or probabilities, and the distillation loss.
+//! * [`lowp`]: low-precision float formats, rounding modes, MX and NVFP4
+//!   block formats, error statistics.
 //! * [`simd`]: vectorised `exp`/`ln` on lanes of `f32` and runtime CPU-feature
 //!   dispatch (AVX-512, AVX2+FMA, NEON, scalar) on stable Rust.
 //! * [`threads`]: the rayon pool, sized by `QUANTDRIFT_NUM_THREADS`.
@@ -13,6 +15,7 @@
 
 pub mod diverge;
 pub mod error;
+pub mod lowp;
 pub mod roofline;
 pub mod rows;
 pub mod simd;

@@ -7,6 +7,7 @@
 mod array;
 mod diverge;
 mod errors;
+mod lowp;
 
 use pyo3::prelude::*;
 
@@ -15,6 +16,12 @@ use pyo3::prelude::*;
 mod _core {
     #[pymodule_export]
     use super::diverge::{distill_loss, divergence};
+    #[pymodule_export]
+    use super::lowp::{
+        error_stats, lowp_decode, lowp_encode, lowp_format_info, lowp_formats, lowp_pack,
+        lowp_round, lowp_round_mixed, lowp_unpack, mx_decode, mx_encode, nvfp4_decode,
+        nvfp4_encode, nvfp4_scale,
+    };
 
     use pyo3::prelude::*;
 

@@ -82,7 +82,9 @@ pub trait Load: Copy + Sync {
 /// then plain vector loads.
 #[inline(always)]
 fn chunk<T>(data: &[T], start: usize) -> &[T; LANES] {
-    data[start..start + LANES].try_into().expect("a full lane group")
+    data[start..start + LANES]
+        .try_into()
+        .expect("a full lane group")
 }
 
 impl Load for &[f32] {
@@ -185,7 +187,8 @@ fn scan<P: Load, Q: Load>(p: P, q: Q) -> Scan {
     let n = p.len();
     let neg = f32::NEG_INFINITY;
     let (mut mp, mut mq) = ([neg; LANES], [neg; LANES]);
-    let (mut bad_p, mut bad_q, mut p_out, mut q_out) = ([0u32; LANES], [0u32; LANES], [0u32; LANES], [0u32; LANES]);
+    let (mut bad_p, mut bad_q, mut p_out, mut q_out) =
+        ([0u32; LANES], [0u32; LANES], [0u32; LANES], [0u32; LANES]);
     let mut start = 0;
     while start < n {
         let pv = p.group(start, neg);
@@ -290,7 +293,14 @@ struct Blocks<P, Q> {
 impl<P: Load, Q: Load> Blocks<P, Q> {
     #[inline(always)]
     fn new(p: P, q: Q, max_p: f32, max_q: f32, inv_t: f32) -> Self {
-        Blocks { p, q, max_p, max_q, inv_t, start: 0 }
+        Blocks {
+            p,
+            q,
+            max_p,
+            max_q,
+            inv_t,
+            start: 0,
+        }
     }
 
     #[inline(always)]
@@ -715,7 +725,12 @@ fn run_pair<P: Load, Q: Load>(
     kind: Kind,
     inv_t: f32,
 ) -> std::result::Result<Option<f64>, (Side, RowIssue)> {
-    fn go<P: Load, Q: Load, E: Evaluate>(p: P, q: Q, eval: E, inv_t: f32) -> std::result::Result<Option<f64>, (Side, RowIssue)> {
+    fn go<P: Load, Q: Load, E: Evaluate>(
+        p: P,
+        q: Q,
+        eval: E,
+        inv_t: f32,
+    ) -> std::result::Result<Option<f64>, (Side, RowIssue)> {
         simd::dispatch(RowKernel { p, q, eval, inv_t })
     }
     match kind {
@@ -727,12 +742,25 @@ fn run_pair<P: Load, Q: Load>(
         Kind::Tv => go(p, q, Normalised(Tv), inv_t),
         Kind::Hellinger => go(p, q, Normalised(Hellinger), inv_t),
         Kind::Chi2 => go(p, q, Normalised(Chi2), inv_t),
-        Kind::Renyi(alpha) => go(p, q, Normalised(Renyi { alpha: alpha as f32, beta: (1.0 - alpha) as f32 }), inv_t),
+        Kind::Renyi(alpha) => go(
+            p,
+            q,
+            Normalised(Renyi {
+                alpha: alpha as f32,
+                beta: (1.0 - alpha) as f32,
+            }),
+            inv_t,
+        ),
     }
 }
 
 /// Validates probability row `r` of `rows` and writes its logarithms.
-fn probs_row_to_logits(rows: &Rows<'_>, r: usize, tol: f64, out: &mut Vec<f32>) -> std::result::Result<(), RowIssue> {
+fn probs_row_to_logits(
+    rows: &Rows<'_>,
+    r: usize,
+    tol: f64,
+    out: &mut Vec<f32>,
+) -> std::result::Result<(), RowIssue> {
     let v = rows.vocab();
     match *rows {
         Rows::F32(d, _) => probs_to_logits(&d[r * v..(r + 1) * v], tol, out),
@@ -780,9 +808,18 @@ pub fn row(
     }
     let span = r * v..(r + 1) * v;
     match (*p, *q) {
-        (Rows::F32(a, _), Rows::F32(b, _)) => run_pair(&a[span.clone()], &b[span], opts.kind, inv_t),
-        (Rows::F16(a, _), Rows::F16(b, _)) => run_pair(F16Row(&a[span.clone()]), F16Row(&b[span]), opts.kind, inv_t),
-        (Rows::Bf16(a, _), Rows::Bf16(b, _)) => run_pair(Bf16Row(&a[span.clone()]), Bf16Row(&b[span]), opts.kind, inv_t),
+        (Rows::F32(a, _), Rows::F32(b, _)) => {
+            run_pair(&a[span.clone()], &b[span], opts.kind, inv_t)
+        }
+        (Rows::F16(a, _), Rows::F16(b, _)) => {
+            run_pair(F16Row(&a[span.clone()]), F16Row(&b[span]), opts.kind, inv_t)
+        }
+        (Rows::Bf16(a, _), Rows::Bf16(b, _)) => run_pair(
+            Bf16Row(&a[span.clone()]),
+            Bf16Row(&b[span]),
+            opts.kind,
+            inv_t,
+        ),
         _ => {
             let Scratch { p32, q32, .. } = scratch;
             widen_row(p, r, p32);

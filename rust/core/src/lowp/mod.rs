@@ -1,0 +1,476 @@
+//! Low-precision floating-point formats (lecture Def 3.1): a finite format F
+//! and a rounding operator R: ℝ → F, for the formats ML uses (float16,
+//! bfloat16, the float8 family, float6, float4, e8m0) and any custom format
+//! of up to 16 bits; and the block-scaled formats built on them
+//! ([`mx`], [`nvfp4`]); and [`stats`], the error statistics of a rounding.
+//!
+//! * [`format`]: the format table ([`Format`], [`Special`]).
+//! * [`codec`]: rounding/overflow options resolved into a [`Codec`].
+//! * [`reference`]: the exact scalar codec — the specification.
+//! * [`fast`]: the same algorithm over u32 lanes, SIMD + rayon.
+//!
+//! With default options every encoding is bit-exact with ml_dtypes'
+//! `astype` (numpy's for float16) on float32/float16/bfloat16 input.
+//! float64 input is rounded once, directly, by the reference codec
+//! (ml_dtypes goes through float32 and can round twice).
+
+pub mod codec;
+pub mod fast;
+pub mod format;
+pub mod mx;
+pub mod nvfp4;
+pub mod reference;
+pub mod stats;
+
+use rayon::prelude::*;
+
+pub use codec::{Codec, Options, Overflow, Rounding};
+pub use format::{Format, Special};
+
+use crate::error::{CoreError, Result};
+use fast::{DecodeArith, DecodeTable, LoadBf16, LoadF16, LoadF32, StoreU16, StoreU8};
+
+/// Borrowed input values in one of the supported dtypes.
+#[derive(Debug, Clone, Copy)]
+pub enum Values<'a> {
+    /// float32.
+    F32(&'a [f32]),
+    /// float64.
+    F64(&'a [f64]),
+    /// float16 bit patterns.
+    F16(&'a [u16]),
+    /// bfloat16 bit patterns.
+    Bf16(&'a [u16]),
+}
+
+impl Values<'_> {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Values::F32(v) => v.len(),
+            Values::F64(v) => v.len(),
+            Values::F16(v) | Values::Bf16(v) => v.len(),
+        }
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Element `i` as float32 (exact except for float64 input).
+    #[inline(always)]
+    pub fn get_f32(&self, i: usize) -> f32 {
+        match self {
+            Values::F32(v) => v[i],
+            Values::F64(v) => v[i] as f32,
+            Values::F16(v) => crate::rows::f16_to_f32(v[i]),
+            Values::Bf16(v) => crate::rows::bf16_to_f32(v[i]),
+        }
+    }
+
+    /// Element `i` as float64 (exact).
+    #[inline(always)]
+    pub fn get_f64(&self, i: usize) -> f64 {
+        match self {
+            Values::F64(v) => v[i],
+            _ => self.get_f32(i) as f64,
+        }
+    }
+}
+
+/// Codes of a format: u8 for ≤ 8 bits, u16 above.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Codes {
+    /// Codes of ≤ 8-bit formats (one per byte, unpacked).
+    U8(Vec<u8>),
+    /// Codes of 9–16-bit formats.
+    U16(Vec<u16>),
+}
+
+/// Rounded values: float32, or float64 for float64 input.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rounded {
+    /// float32 values.
+    F32(Vec<f32>),
+    /// float64 values.
+    F64(Vec<f64>),
+}
+
+/// ml_dtypes turns a bfloat16 NaN into the canonical NaN even for float16,
+/// where numpy keeps float32/float16 payloads: drop the payload rule there
+/// (and keep it for bfloat16 → bfloat16, which ml_dtypes leaves unchanged).
+fn for_input(format: &Format, x: &Values<'_>) -> Format {
+    let mut f = *format;
+    if matches!(x, Values::Bf16(_)) {
+        // bfloat16 → bfloat16 is the identity in ml_dtypes, payload and all.
+        let bf16 =
+            (f.exponent_bits, f.mantissa_bits, f.bias, f.special) == (8, 7, 127, Special::Ieee);
+        f.nan_payload = bf16;
+    }
+    f
+}
+
+/// The reference codec on element `i` (float64 input read exactly).
+#[inline]
+fn reference_code(codec: &Codec, x: &Values<'_>, i: usize) -> u32 {
+    match x {
+        Values::F64(v) => reference::encode_f64(codec, v[i], i as u64),
+        other => reference::encode_f32(codec, other.get_f32(i), i as u64),
+    }
+}
+
+fn reference_codes<T: Send + Default + Clone>(
+    codec: &Codec,
+    x: Values<'_>,
+    put: impl Fn(u32) -> T + Sync,
+) -> Vec<T> {
+    crate::threads::init_pool();
+    let mut out = vec![T::default(); x.len()];
+    out.par_chunks_mut(fast::CHUNK)
+        .enumerate()
+        .for_each(|(chunk, o)| {
+            let base = chunk * fast::CHUNK;
+            for (j, slot) in o.iter_mut().enumerate() {
+                *slot = put(reference_code(codec, &x, base + j));
+            }
+        });
+    out
+}
+
+/// Encodes with the exact scalar reference codec only (the specification;
+/// tests compare [`encode`] against it).
+pub fn encode_reference(x: Values<'_>, format: &Format, options: Options) -> Result<Codes> {
+    let format = &for_input(format, &x);
+    let codec = Codec::new(*format, options)?;
+    Ok(if format.bits() <= 8 {
+        Codes::U8(reference_codes(&codec, x, |c| c as u8))
+    } else {
+        Codes::U16(reference_codes(&codec, x, |c| c as u16))
+    })
+}
+
+/// R(x) as codes of `format`.
+///
+/// ```
+/// use quantdrift_core::lowp::{encode, Codes, Format, Options, Values};
+/// let f = Format::by_name("float8_e4m3fn").unwrap();
+/// let codes = encode(Values::F32(&[1.0, 464.0, 500.0]), &f, Options::default()).unwrap();
+/// assert_eq!(codes, Codes::U8(vec![0x38, 0x7e, 0x7f]));
+/// ```
+pub fn encode(x: Values<'_>, format: &Format, options: Options) -> Result<Codes> {
+    let format = &for_input(format, &x);
+    let codec = Codec::new(*format, options)?;
+    if matches!(x, Values::F64(_)) || !fast::supports(format) {
+        return encode_reference(x, format, options);
+    }
+    Ok(if format.bits() <= 8 {
+        let mut out = vec![0u8; x.len()];
+        fast_encode(&codec, x, &mut out, StoreU8);
+        Codes::U8(out)
+    } else {
+        let mut out = vec![0u16; x.len()];
+        fast_encode(&codec, x, &mut out, StoreU16);
+        Codes::U16(out)
+    })
+}
+
+fn fast_encode<S: fast::Store>(codec: &Codec, x: Values<'_>, out: &mut [S::Out], store: S) {
+    match x {
+        Values::F32(v) => fast::encode_into::<LoadF32, S>(codec, v, out, store, 0),
+        Values::F16(v) => fast::encode_into::<LoadF16, S>(codec, v, out, store, 0),
+        Values::Bf16(v) => fast::encode_into::<LoadBf16, S>(codec, v, out, store, 0),
+        Values::F64(_) => unreachable!("float64 input takes the reference codec"),
+    }
+}
+
+/// R(x): the values of the codes [`encode`] gives, as float32 (float64 for
+/// float64 input). NaN inputs stay NaN; see [`reference::decode_f32_bits`].
+pub fn round(x: Values<'_>, format: &Format, options: Options) -> Result<Rounded> {
+    let format = &for_input(format, &x);
+    let codec = Codec::new(*format, options)?;
+    if let Values::F64(v) = x {
+        crate::threads::init_pool();
+        let mut out = vec![0f64; v.len()];
+        out.par_chunks_mut(fast::CHUNK)
+            .enumerate()
+            .for_each(|(chunk, o)| {
+                let base = chunk * fast::CHUNK;
+                for (j, slot) in o.iter_mut().enumerate() {
+                    let code = reference::encode_f64(&codec, v[base + j], (base + j) as u64);
+                    *slot = decode_f64(format, code);
+                }
+            });
+        return Ok(Rounded::F64(out));
+    }
+    if !fast::supports(format) {
+        let out = reference_codes(&codec, x, |c| {
+            f32::from_bits(reference::decode_f32_bits(format, c))
+        });
+        return Ok(Rounded::F32(out));
+    }
+    let mut out = vec![0f32; x.len()];
+    if format.bits() <= 8 {
+        fast_encode(&codec, x, &mut out, DecodeTable::new(format));
+    } else {
+        fast_encode(&codec, x, &mut out, DecodeArith::new(format));
+    }
+    Ok(Rounded::F32(out))
+}
+
+/// The float64 value of a code (NaN codes give a NaN with the code's sign).
+fn decode_f64(format: &Format, code: u32) -> f64 {
+    let bits = reference::decode_f32_bits(format, code);
+    f32::from_bits(bits) as f64
+}
+
+fn check_codes<C: Copy + Into<u32> + Sync>(codes: &[C], format: &Format, arg: &str) -> Result<()> {
+    let bits = format.bits();
+    let limit = 1u32 << bits;
+    let container = 8 * std::mem::size_of::<C>() as u32;
+    if bits >= container {
+        return Ok(());
+    }
+    if let Some(i) = codes.par_iter().position_first(|&c| c.into() >= limit) {
+        return Err(CoreError::Value(format!(
+            "{arg}: code {} at flat index {i} is out of range for {} ({bits}-bit codes are 0..{})",
+            codes[i].into(),
+            codec::describe(format),
+            limit - 1
+        )));
+    }
+    Ok(())
+}
+
+/// Decodes u8 codes of a ≤ 8-bit format to float32; codes ≥ 2^bits are an error.
+pub fn decode_u8(codes: &[u8], format: &Format) -> Result<Vec<f32>> {
+    if format.bits() > 8 {
+        return Err(CoreError::Dtype(format!(
+            "codes: {} has {}-bit codes, which need uint16, got uint8",
+            codec::describe(format),
+            format.bits()
+        )));
+    }
+    check_codes(codes, format, "codes")?;
+    let mut out = vec![0f32; codes.len()];
+    fast::decode_into(codes, &mut out, DecodeTable::new(format));
+    Ok(out)
+}
+
+/// Decodes u16 codes of a 9–16-bit format to float32.
+pub fn decode_u16(codes: &[u16], format: &Format) -> Result<Vec<f32>> {
+    if format.bits() <= 8 {
+        return Err(CoreError::Dtype(format!(
+            "codes: {} has {}-bit codes, which are stored as uint8, got uint16",
+            codec::describe(format),
+            format.bits()
+        )));
+    }
+    check_codes(codes, format, "codes")?;
+    let mut out = vec![0f32; codes.len()];
+    if fast::supports(format) {
+        fast::decode_into(codes, &mut out, DecodeArith::new(format));
+    } else {
+        out.par_iter_mut()
+            .zip(codes.par_iter())
+            .for_each(|(o, &c)| {
+                *o = f32::from_bits(reference::decode_f32_bits(format, c as u32));
+            });
+    }
+    Ok(out)
+}
+
+/// Packs 4-bit codes two to a byte along rows of `row_len` codes: element
+/// `2j` of a row goes to the low nibble of byte `j`, element `2j+1` to the
+/// high nibble (the layout of torch's `float4_e2m1fn_x2` and NVIDIA's FP4);
+/// an odd row ends with a zero high nibble.
+pub fn pack_nibbles(codes: &[u8], row_len: usize) -> Result<Vec<u8>> {
+    if row_len == 0 {
+        return Ok(Vec::new());
+    }
+    if codes.len() % row_len != 0 {
+        return Err(CoreError::Shape(format!(
+            "codes: {} elements are not whole rows of {row_len}",
+            codes.len()
+        )));
+    }
+    let packed_len = row_len.div_ceil(2);
+    let rows = codes.len() / row_len;
+    let mut out = vec![0u8; rows * packed_len];
+    out.par_chunks_mut(packed_len)
+        .zip(codes.par_chunks(row_len))
+        .for_each(|(o, row)| {
+            for (j, byte) in o.iter_mut().enumerate() {
+                let lo = row[2 * j] & 0x0f;
+                let hi = row.get(2 * j + 1).copied().unwrap_or(0) & 0x0f;
+                *byte = lo | (hi << 4);
+            }
+        });
+    Ok(out)
+}
+
+/// Unpacks bytes written by [`pack_nibbles`] into rows of `row_len` codes.
+/// `packed` must hold whole rows of `ceil(row_len / 2)` bytes.
+pub fn unpack_nibbles(packed: &[u8], row_len: usize) -> Result<Vec<u8>> {
+    let packed_len = row_len.div_ceil(2);
+    if packed_len == 0 {
+        if packed.is_empty() {
+            return Ok(Vec::new());
+        }
+        return Err(CoreError::Shape(format!(
+            "codes: a row length of 0 cannot hold {} packed bytes",
+            packed.len()
+        )));
+    }
+    if packed.len() % packed_len != 0 {
+        return Err(CoreError::Shape(format!(
+            "codes: {} packed bytes are not whole rows of {packed_len} bytes (ceil({row_len}/2) for rows of {row_len} codes)",
+            packed.len()
+        )));
+    }
+    let rows = packed.len() / packed_len;
+    let mut out = vec![0u8; rows * row_len];
+    out.par_chunks_mut(row_len.max(1))
+        .zip(packed.par_chunks(packed_len))
+        .for_each(|(o, row)| {
+            for (i, slot) in o.iter_mut().enumerate() {
+                let byte = row[i / 2];
+                *slot = if i % 2 == 0 { byte & 0x0f } else { byte >> 4 };
+            }
+        });
+    Ok(out)
+}
+
+/// Mixed formats per parameter (lecture Remark 3.1): element `i` is rounded
+/// to `formats[labels[i]]` with the same options. Returns float32 (float64
+/// for float64 input).
+pub fn round_mixed(
+    x: Values<'_>,
+    labels: &[i64],
+    formats: &[Format],
+    options: Options,
+) -> Result<Rounded> {
+    if labels.len() != x.len() {
+        return Err(CoreError::Shape(format!(
+            "labels has {} elements but x has {}; they must match",
+            labels.len(),
+            x.len()
+        )));
+    }
+    if formats.is_empty() {
+        return Err(CoreError::Value(
+            "formats must name at least one format".into(),
+        ));
+    }
+    let n = formats.len() as i64;
+    if let Some(i) = labels.par_iter().position_first(|&l| l < 0 || l >= n) {
+        return Err(CoreError::Value(format!(
+            "labels[{i}] = {} is not a valid index into formats (0..{})",
+            labels[i],
+            n - 1
+        )));
+    }
+    let formats: Vec<Format> = formats.iter().map(|f| for_input(f, &x)).collect();
+    let formats = &formats[..];
+    let codecs = formats
+        .iter()
+        .map(|f| Codec::new(*f, options))
+        .collect::<Result<Vec<_>>>()?;
+    crate::threads::init_pool();
+    if let Values::F64(v) = x {
+        let mut out = vec![0f64; v.len()];
+        out.par_iter_mut().enumerate().for_each(|(i, o)| {
+            let c = &codecs[labels[i] as usize];
+            *o = decode_f64(&c.format, reference::encode_f64(c, v[i], i as u64));
+        });
+        return Ok(Rounded::F64(out));
+    }
+    let all_fast = formats.iter().all(fast::supports);
+    let lanes: Vec<fast::Lanes> = codecs.iter().map(fast::Lanes::new).collect();
+    let decoders: Vec<MixedDecoder> = formats
+        .iter()
+        .map(|f| {
+            if f.bits() <= 8 {
+                MixedDecoder::Table(Box::new(DecodeTable::new(f)))
+            } else if fast::supports(f) {
+                MixedDecoder::Arith(DecodeArith::new(f))
+            } else {
+                MixedDecoder::Reference(*f)
+            }
+        })
+        .collect();
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(fast::CHUNK)
+        .enumerate()
+        .for_each(|(chunk, o)| {
+            let base = chunk * fast::CHUNK;
+            for (j, slot) in o.iter_mut().enumerate() {
+                let i = base + j;
+                let label = labels[i] as usize;
+                let c = &codecs[label];
+                let code = if all_fast {
+                    let lane = &lanes[label];
+                    let bits = x.get_f32(i).to_bits();
+                    let rand = c.random(i as u64);
+                    if c.format.special == Special::E8m0 {
+                        fast::encode_lane_e8m0(lane, bits, rand)
+                    } else {
+                        fast::encode_lane(lane, bits, rand)
+                    }
+                } else {
+                    reference::encode_f32(c, x.get_f32(i), i as u64)
+                };
+                *slot = f32::from_bits(decoders[label].get(code));
+            }
+        });
+    Ok(Rounded::F32(out))
+}
+
+enum MixedDecoder {
+    Table(Box<DecodeTable>),
+    Arith(DecodeArith),
+    Reference(Format),
+}
+
+impl MixedDecoder {
+    #[inline]
+    fn get(&self, code: u32) -> u32 {
+        match self {
+            MixedDecoder::Table(t) => t.get(code),
+            MixedDecoder::Arith(a) => a.get(code),
+            MixedDecoder::Reference(f) => reference::decode_f32_bits(f, code),
+        }
+    }
+}
+
+impl<'a> Values<'a> {
+    /// Elements `start..end`.
+    pub fn slice(&self, start: usize, end: usize) -> Values<'a> {
+        match *self {
+            Values::F32(v) => Values::F32(&v[start..end]),
+            Values::F64(v) => Values::F64(&v[start..end]),
+            Values::F16(v) => Values::F16(&v[start..end]),
+            Values::Bf16(v) => Values::Bf16(&v[start..end]),
+        }
+    }
+}
+
+/// Checks that `len` elements are whole rows of `row_len` and returns the
+/// number of rows.
+pub(crate) fn rows_of(len: usize, row_len: usize, arg: &str) -> Result<usize> {
+    if row_len == 0 {
+        return if len == 0 {
+            Ok(0)
+        } else {
+            Err(CoreError::Shape(format!(
+                "{arg}: row length 0 cannot hold {len} elements"
+            )))
+        };
+    }
+    if len % row_len != 0 {
+        return Err(CoreError::Shape(format!(
+            "{arg}: {len} elements are not whole rows of {row_len}"
+        )));
+    }
+    Ok(len / row_len)
+}
