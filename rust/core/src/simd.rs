@@ -99,6 +99,30 @@ pub fn run_baseline<K: Kernel>(kernel: K) -> K::Output {
     kernel.run()
 }
 
+/// Asks the CPU to bring bytes `from..to` (clipped to `len`) of the buffer
+/// at `base` into the L2 cache. A hint only: prefetches never fault, so any
+/// address is acceptable, and it does nothing on targets without one.
+#[inline(always)]
+pub fn prefetch_l2(base: *const u8, len: usize, from: usize, to: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let to = to.min(len);
+        let mut offset = from;
+        while offset < to {
+            // SAFETY: a prefetch is a hint that never faults or reads into
+            // the program; the address need not even be valid.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
+                    base.wrapping_add(offset) as *const i8,
+                )
+            };
+            offset += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (base, len, from, to);
+}
+
 // ---------------------------------------------------------------------------
 // Lane helpers. Written as plain loops so LLVM vectorises them.
 // ---------------------------------------------------------------------------

@@ -180,42 +180,105 @@ pub struct Scan {
     pub p_outside_q: bool,
     /// Some Q > 0 has P = 0.
     pub q_outside_p: bool,
+    /// The bytes of the next row pair, prefetched into L2 while this row
+    /// computes (otherwise the next scan waits on memory).
+    pub next: Prefetch,
 }
 
-#[inline(always)]
-fn scan<P: Load, Q: Load>(p: P, q: Q) -> Scan {
-    let n = p.len();
-    let neg = f32::NEG_INFINITY;
-    let (mut mp, mut mq) = ([neg; LANES], [neg; LANES]);
-    let (mut bad_p, mut bad_q, mut p_out, mut q_out) =
-        ([0u32; LANES], [0u32; LANES], [0u32; LANES], [0u32; LANES]);
-    let mut start = 0;
-    while start < n {
-        let pv = p.group(start, neg);
-        let qv = q.group(start, neg);
+/// Where the row pair a thread is likely to take next lies in memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Prefetch {
+    p: *const u8,
+    q: *const u8,
+    /// Bytes per row (0: nothing to prefetch).
+    row_bytes: usize,
+    element_size: usize,
+}
+
+impl Prefetch {
+    /// Nothing to prefetch.
+    pub const NONE: Prefetch = Prefetch {
+        p: std::ptr::null(),
+        q: std::ptr::null(),
+        row_bytes: 0,
+        element_size: 0,
+    };
+
+    /// Row `r` of two equally shaped buffers of `vocab` elements each, or
+    /// [`Prefetch::NONE`] past the last row.
+    fn row<T>(p: &[T], q: &[T], vocab: usize, r: usize) -> Prefetch {
+        if (r + 1) * vocab > p.len().min(q.len()) {
+            return Prefetch::NONE;
+        }
+        let size = std::mem::size_of::<T>();
+        Prefetch {
+            p: p.as_ptr().wrapping_add(r * vocab) as *const u8,
+            q: q.as_ptr().wrapping_add(r * vocab) as *const u8,
+            row_bytes: vocab * size,
+            element_size: size,
+        }
+    }
+}
+
+/// Lane-wise state of the scan pass.
+struct ScanLanes {
+    max_p: V,
+    max_q: V,
+    bad_p: [u32; LANES],
+    bad_q: [u32; LANES],
+    p_out: [u32; LANES],
+    q_out: [u32; LANES],
+}
+
+impl ScanLanes {
+    #[inline(always)]
+    fn step(&mut self, pv: V, qv: V) {
+        let neg = f32::NEG_INFINITY;
         for i in 0..LANES {
             let (x, y) = (pv[i], qv[i]);
             // f32::max ignores NaN, so NaN never becomes the max; the bad
             // flags catch it instead.
-            mp[i] = mp[i].max(x);
-            mq[i] = mq[i].max(y);
-            bad_p[i] |= (x.is_nan() | (x == f32::INFINITY)) as u32;
-            bad_q[i] |= (y.is_nan() | (y == f32::INFINITY)) as u32;
-            p_out[i] |= ((x > neg) & (y == neg)) as u32;
-            q_out[i] |= ((y > neg) & (x == neg)) as u32;
+            self.max_p[i] = self.max_p[i].max(x);
+            self.max_q[i] = self.max_q[i].max(y);
+            self.bad_p[i] |= (x.is_nan() | (x == f32::INFINITY)) as u32;
+            self.bad_q[i] |= (y.is_nan() | (y == f32::INFINITY)) as u32;
+            self.p_out[i] |= ((x > neg) & (y == neg)) as u32;
+            self.q_out[i] |= ((y > neg) & (x == neg)) as u32;
         }
+    }
+}
+
+#[inline(always)]
+fn scan<P: Load, Q: Load>(p: P, q: Q, next: Prefetch) -> Scan {
+    let n = p.len();
+    let neg = f32::NEG_INFINITY;
+    let mut lanes = ScanLanes {
+        max_p: [neg; LANES],
+        max_q: [neg; LANES],
+        bad_p: [0; LANES],
+        bad_q: [0; LANES],
+        p_out: [0; LANES],
+        q_out: [0; LANES],
+    };
+    // Whole groups first, so the hot loop carries no tail logic.
+    let full = n - n % LANES;
+    let mut start = 0;
+    while start < full {
+        lanes.step(p.full_group(start), q.full_group(start));
         start += LANES;
     }
+    if start < n {
+        lanes.step(p.group(start, neg), q.group(start, neg));
+    }
     let any = |v: &[u32; LANES]| v.iter().any(|&b| b != 0);
-    let max_p = mp.iter().cloned().fold(neg, f32::max);
-    let max_q = mq.iter().cloned().fold(neg, f32::max);
     Scan {
-        max_p,
-        max_q,
-        p_bad: any(&bad_p),
-        q_bad: any(&bad_q),
-        p_outside_q: any(&p_out),
-        q_outside_p: any(&q_out),
+        max_p: lanes.max_p.iter().cloned().fold(neg, f32::max),
+        max_q: lanes.max_q.iter().cloned().fold(neg, f32::max),
+        p_bad: any(&lanes.bad_p),
+        q_bad: any(&lanes.bad_q),
+        p_outside_q: any(&lanes.p_out),
+        q_outside_p: any(&lanes.q_out),
+        next,
     }
 }
 
@@ -223,19 +286,21 @@ fn scan<P: Load, Q: Load>(p: P, q: Q) -> Scan {
 /// group with an early exit, over a row that is in cache after the scan.
 #[inline(always)]
 fn first_index_of<L: Load>(row: L, value: f32) -> usize {
+    let n = row.len();
+    let full = n - n % LANES;
     let mut start = 0;
-    while start < row.len() {
-        let v = row.group(start, f32::NAN);
-        let mut hit = 0u32;
+    while start < full {
+        let v = row.full_group(start);
+        let mut hit = false;
         for i in 0..LANES {
-            hit |= ((v[i] == value) as u32) << i;
+            hit |= v[i] == value;
         }
-        if hit != 0 {
-            return start + hit.trailing_zeros() as usize;
+        if hit {
+            break;
         }
         start += LANES;
     }
-    0
+    (start..n).find(|&i| row.get(i) == value).unwrap_or(0)
 }
 
 /// Elements per block: kernels compute a block's per-element values into
@@ -284,6 +349,7 @@ impl<const K: usize> Totals<K> {
 struct Blocks<P, Q> {
     p: P,
     q: Q,
+    next: Prefetch,
     max_p: f32,
     max_q: f32,
     inv_t: f32,
@@ -292,10 +358,11 @@ struct Blocks<P, Q> {
 
 impl<P: Load, Q: Load> Blocks<P, Q> {
     #[inline(always)]
-    fn new(p: P, q: Q, max_p: f32, max_q: f32, inv_t: f32) -> Self {
+    fn new(p: P, q: Q, s: &Scan, max_p: f32, max_q: f32, inv_t: f32) -> Self {
         Blocks {
             p,
             q,
+            next: s.next,
             max_p,
             max_q,
             inv_t,
@@ -308,6 +375,19 @@ impl<P: Load, Q: Load> Blocks<P, Q> {
         if self.start >= self.p.len() {
             return false;
         }
+        let (next, size) = (self.next, self.next.element_size);
+        simd::prefetch_l2(
+            next.p,
+            next.row_bytes,
+            self.start * size,
+            (self.start + BLK) * size,
+        );
+        simd::prefetch_l2(
+            next.q,
+            next.row_bytes,
+            self.start * size,
+            (self.start + BLK) * size,
+        );
         self.p.block(self.start, a);
         self.q.block(self.start, b);
         self.start += BLK;
@@ -371,6 +451,7 @@ trait Evaluate: Copy {
 struct RowKernel<P, Q, E> {
     p: P,
     q: Q,
+    next: Prefetch,
     eval: E,
     inv_t: f32,
 }
@@ -380,8 +461,14 @@ impl<P: Load, Q: Load, E: Evaluate> Kernel for RowKernel<P, Q, E> {
 
     #[inline(always)]
     fn run(self) -> Self::Output {
-        let RowKernel { p, q, eval, inv_t } = self;
-        let s = scan(p, q);
+        let RowKernel {
+            p,
+            q,
+            next,
+            eval,
+            inv_t,
+        } = self;
+        let s = scan(p, q, next);
         if s.p_bad {
             return Err((Side::P, RowIssue::NotFinite));
         }
@@ -414,7 +501,7 @@ impl Evaluate for Kl {
         let robust = k.is_finite();
         let k = if robust { k } else { 0.0 };
         let mut totals = Totals::<4>::new();
-        let mut blocks = Blocks::new(p, q, s.max_p, s.max_q, inv_t);
+        let mut blocks = Blocks::new(p, q, s, s.max_p, s.max_q, inv_t);
         let (mut a, mut b) = ([0.0; BLK], [0.0; BLK]);
         let (mut ws, mut vs, mut wus, mut rems) = ([0.0; BLK], [0.0; BLK], [0.0; BLK], [0.0; BLK]);
         while blocks.next(&mut a, &mut b) {
@@ -477,7 +564,7 @@ impl Evaluate for Entropy {
     #[inline(always)]
     fn evaluate<P: Load, Q: Load>(self, p: P, _q: Q, s: &Scan, inv_t: f32) -> Option<f64> {
         let mut totals = Totals::<2>::new();
-        let mut blocks = Blocks::new(p, p, s.max_p, s.max_p, inv_t);
+        let mut blocks = Blocks::new(p, p, s, s.max_p, s.max_p, inv_t);
         let (mut a, mut unused) = ([0.0; BLK], [0.0; BLK]);
         let (mut ws, mut was) = ([0.0; BLK], [0.0; BLK]);
         while blocks.next(&mut a, &mut unused) {
@@ -505,7 +592,7 @@ impl Evaluate for CrossEntropy {
             return Some(f64::INFINITY);
         }
         let mut totals = Totals::<3>::new();
-        let mut blocks = Blocks::new(p, q, s.max_p, s.max_q, inv_t);
+        let mut blocks = Blocks::new(p, q, s, s.max_p, s.max_q, inv_t);
         let (mut a, mut b) = ([0.0; BLK], [0.0; BLK]);
         let (mut ws, mut vs, mut wbs) = ([0.0; BLK], [0.0; BLK], [0.0; BLK]);
         while blocks.next(&mut a, &mut b) {
@@ -557,7 +644,7 @@ impl<T: Term> Evaluate for Normalised<T> {
             return Some(f64::INFINITY);
         }
         let mut totals = Totals::<2>::new();
-        let mut blocks = Blocks::new(p, q, s.max_p, s.max_q, inv_t);
+        let mut blocks = Blocks::new(p, q, s, s.max_p, s.max_q, inv_t);
         let (mut a, mut b) = ([0.0; BLK], [0.0; BLK]);
         let (mut ws, mut vs) = ([0.0; BLK], [0.0; BLK]);
         while blocks.next(&mut a, &mut b) {
@@ -576,7 +663,7 @@ impl<T: Term> Evaluate for Normalised<T> {
             log_sp: sp.ln() as f32,
         };
         let mut terms = Totals::<1>::new();
-        let mut blocks = Blocks::new(p, q, s.max_p, s.max_q, inv_t);
+        let mut blocks = Blocks::new(p, q, s, s.max_p, s.max_q, inv_t);
         while blocks.next(&mut a, &mut b) {
             for i in 0..BLK {
                 let w = simd::exp(a[i]);
@@ -724,24 +811,32 @@ fn run_pair<P: Load, Q: Load>(
     q: Q,
     kind: Kind,
     inv_t: f32,
+    next: Prefetch,
 ) -> std::result::Result<Option<f64>, (Side, RowIssue)> {
     fn go<P: Load, Q: Load, E: Evaluate>(
         p: P,
         q: Q,
         eval: E,
         inv_t: f32,
+        next: Prefetch,
     ) -> std::result::Result<Option<f64>, (Side, RowIssue)> {
-        simd::dispatch(RowKernel { p, q, eval, inv_t })
+        simd::dispatch(RowKernel {
+            p,
+            q,
+            next,
+            eval,
+            inv_t,
+        })
     }
     match kind {
-        Kind::Kl => go(p, q, Kl, inv_t),
-        Kind::ReverseKl => go(p, q, ReverseKl, inv_t),
-        Kind::Entropy => go(p, q, Entropy, inv_t),
-        Kind::CrossEntropy => go(p, q, CrossEntropy, inv_t),
-        Kind::Js => go(p, q, Normalised(Js), inv_t),
-        Kind::Tv => go(p, q, Normalised(Tv), inv_t),
-        Kind::Hellinger => go(p, q, Normalised(Hellinger), inv_t),
-        Kind::Chi2 => go(p, q, Normalised(Chi2), inv_t),
+        Kind::Kl => go(p, q, Kl, inv_t, next),
+        Kind::ReverseKl => go(p, q, ReverseKl, inv_t, next),
+        Kind::Entropy => go(p, q, Entropy, inv_t, next),
+        Kind::CrossEntropy => go(p, q, CrossEntropy, inv_t, next),
+        Kind::Js => go(p, q, Normalised(Js), inv_t, next),
+        Kind::Tv => go(p, q, Normalised(Tv), inv_t, next),
+        Kind::Hellinger => go(p, q, Normalised(Hellinger), inv_t, next),
+        Kind::Chi2 => go(p, q, Normalised(Chi2), inv_t, next),
         Kind::Renyi(alpha) => go(
             p,
             q,
@@ -750,6 +845,7 @@ fn run_pair<P: Load, Q: Load>(
                 beta: (1.0 - alpha) as f32,
             }),
             inv_t,
+            next,
         ),
     }
 }
@@ -804,27 +900,36 @@ pub fn row(
         let tol_q = super::probs_tolerance(q.dtype());
         probs_row_to_logits(p, r, tol_p, p32).map_err(|e| (Side::P, e))?;
         probs_row_to_logits(q, r, tol_q, q32).map_err(|e| (Side::Q, e))?;
-        return run_pair(&p32[..], &q32[..], opts.kind, inv_t);
+        return run_pair(&p32[..], &q32[..], opts.kind, inv_t, Prefetch::NONE);
     }
     let span = r * v..(r + 1) * v;
     match (*p, *q) {
-        (Rows::F32(a, _), Rows::F32(b, _)) => {
-            run_pair(&a[span.clone()], &b[span], opts.kind, inv_t)
-        }
-        (Rows::F16(a, _), Rows::F16(b, _)) => {
-            run_pair(F16Row(&a[span.clone()]), F16Row(&b[span]), opts.kind, inv_t)
-        }
+        (Rows::F32(a, _), Rows::F32(b, _)) => run_pair(
+            &a[span.clone()],
+            &b[span],
+            opts.kind,
+            inv_t,
+            Prefetch::row(a, b, v, r + 1),
+        ),
+        (Rows::F16(a, _), Rows::F16(b, _)) => run_pair(
+            F16Row(&a[span.clone()]),
+            F16Row(&b[span]),
+            opts.kind,
+            inv_t,
+            Prefetch::row(a, b, v, r + 1),
+        ),
         (Rows::Bf16(a, _), Rows::Bf16(b, _)) => run_pair(
             Bf16Row(&a[span.clone()]),
             Bf16Row(&b[span]),
             opts.kind,
             inv_t,
+            Prefetch::row(a, b, v, r + 1),
         ),
         _ => {
             let Scratch { p32, q32, .. } = scratch;
             widen_row(p, r, p32);
             widen_row(q, r, q32);
-            run_pair(&p32[..], &q32[..], opts.kind, inv_t)
+            run_pair(&p32[..], &q32[..], opts.kind, inv_t, Prefetch::NONE)
         }
     }
 }
