@@ -32,6 +32,7 @@ test-slow: develop
 bench: develop
 	$(PY) -m pip install --quiet "scipy>=1.7"
 	$(PY) benches/bench_divergence.py
+	$(PY) benches/bench_formats.py
 
 lint:
 	cargo fmt --all --check
