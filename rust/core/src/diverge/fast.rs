@@ -113,57 +113,39 @@ pub struct F16Row<'a>(pub &'a [u16]);
 #[derive(Clone, Copy)]
 pub struct Bf16Row<'a>(pub &'a [u16]);
 
-impl Load for F16Row<'_> {
-    #[inline(always)]
-    fn get(self, i: usize) -> f32 {
-        f16_to_f32(self.0[i])
-    }
-    #[inline(always)]
-    fn len(self) -> usize {
-        self.0.len()
-    }
-    #[inline(always)]
-    fn full_group(self, start: usize) -> V {
-        let bits = chunk(self.0, start);
-        let mut out = [0.0; LANES];
-        for i in 0..LANES {
-            out[i] = f16_to_f32(bits[i]);
+/// `Load` for a row of 16-bit float bit patterns widened by `$widen`.
+macro_rules! load_16_bit_row {
+    ($row:ident, $widen:ident) => {
+        impl Load for $row<'_> {
+            #[inline(always)]
+            fn get(self, i: usize) -> f32 {
+                $widen(self.0[i])
+            }
+            #[inline(always)]
+            fn len(self) -> usize {
+                self.0.len()
+            }
+            #[inline(always)]
+            fn full_group(self, start: usize) -> V {
+                let bits = chunk(self.0, start);
+                let mut out = [0.0; LANES];
+                for i in 0..LANES {
+                    out[i] = $widen(bits[i]);
+                }
+                out
+            }
+            #[inline(always)]
+            fn full_block(self, start: usize, out: &mut [f32; BLK]) {
+                for (o, &x) in out.iter_mut().zip(&self.0[start..start + BLK]) {
+                    *o = $widen(x);
+                }
+            }
         }
-        out
-    }
-    #[inline(always)]
-    fn full_block(self, start: usize, out: &mut [f32; BLK]) {
-        for (o, &x) in out.iter_mut().zip(&self.0[start..start + BLK]) {
-            *o = f16_to_f32(x);
-        }
-    }
+    };
 }
 
-impl Load for Bf16Row<'_> {
-    #[inline(always)]
-    fn get(self, i: usize) -> f32 {
-        bf16_to_f32(self.0[i])
-    }
-    #[inline(always)]
-    fn len(self) -> usize {
-        self.0.len()
-    }
-    #[inline(always)]
-    fn full_group(self, start: usize) -> V {
-        let bits = chunk(self.0, start);
-        let mut out = [0.0; LANES];
-        for i in 0..LANES {
-            out[i] = bf16_to_f32(bits[i]);
-        }
-        out
-    }
-    #[inline(always)]
-    fn full_block(self, start: usize, out: &mut [f32; BLK]) {
-        for (o, &x) in out.iter_mut().zip(&self.0[start..start + BLK]) {
-            *o = bf16_to_f32(x);
-        }
-    }
-}
+load_16_bit_row!(F16Row, f16_to_f32);
+load_16_bit_row!(Bf16Row, bf16_to_f32);
 
 /// What the scan pass learns about a pair of rows.
 #[derive(Debug, Clone, Copy)]
