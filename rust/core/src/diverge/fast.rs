@@ -381,11 +381,18 @@ impl<P: Load, Q: Load> Blocks<P, Q> {
     }
 }
 
-/// h(u) = e^(−u) − 1 + u for |u| ≤ 1/4, from its Taylor series (error below
-/// 1e-8 relative there).
+/// Where [`exp_neg_remainder`] is used instead of e^(−u) − 1 + u computed
+/// directly (which cancels for small u).
+const SERIES_LIMIT: f32 = 1.0;
+
+/// h(u) = e^(−u) − 1 + u for |u| ≤ [`SERIES_LIMIT`], from its Taylor series
+/// Σ_{k≥2} (−u)^k / k! to k = 11 (truncation below 6e-9 relative at |u| = 1).
 #[inline(always)]
 fn exp_neg_remainder(u: f32) -> f32 {
-    let mut p = 1.0f32 / 40_320.0;
+    let mut p = 1.0f32 / 39_916_800.0;
+    p = p.mul_add(-u, 1.0 / 3_628_800.0);
+    p = p.mul_add(-u, 1.0 / 362_880.0);
+    p = p.mul_add(-u, 1.0 / 40_320.0);
     p = p.mul_add(-u, 1.0 / 5_040.0);
     p = p.mul_add(-u, 1.0 / 720.0);
     p = p.mul_add(-u, 1.0 / 120.0);
@@ -486,23 +493,52 @@ impl Evaluate for Kl {
         let mut blocks = Blocks::new(p, q, s, s.max_p, s.max_q, inv_t);
         let (mut a, mut b) = ([0.0; BLK], [0.0; BLK]);
         let (mut ws, mut vs, mut wus, mut rems) = ([0.0; BLK], [0.0; BLK], [0.0; BLK], [0.0; BLK]);
+        let mut simple_lanes = [0.0f32; BLK];
+        // Whether Σ e^b covers every block; it is only needed if the robust
+        // form turns out ill-conditioned.
+        let mut sq_complete = true;
         while blocks.next(&mut a, &mut b) {
+            // Most blocks of near-equal models have P > 0 and small u
+            // everywhere: then one exponential per element does, the series
+            // giving w·h(u). Otherwise the block takes the general loop.
             for i in 0..BLK {
                 let w = simd::exp(a[i]);
-                let v = simd::exp(b[i]);
                 let u = a[i] - b[i] + shift;
-                let positive = w > 0.0;
-                let w_u = w * u;
-                let ve = v * k; // = w·e^(−u)
-                let small = w * exp_neg_remainder(u);
-                let large = ve - w + w_u;
                 ws[i] = w;
-                vs[i] = v;
-                wus[i] = simd::select(positive, w_u, 0.0);
-                rems[i] = simd::select(positive, simd::select(u.abs() <= 0.25, small, large), ve);
+                wus[i] = w * u;
+                rems[i] = w * exp_neg_remainder(u);
+                // 0 where the series applies; kept as data, not a running
+                // flag, so that this loop stays vectorised.
+                simple_lanes[i] = simd::select((w > 0.0) & (u.abs() <= SERIES_LIMIT), 0.0, 1.0);
+            }
+            let mut exceptions = [0.0f32; LANES];
+            for g in 0..BLOCK {
+                for i in 0..LANES {
+                    exceptions[i] += simple_lanes[g * LANES + i];
+                }
+            }
+            if exceptions.iter().any(|&e| e > 0.0) || !robust {
+                for i in 0..BLK {
+                    let w = ws[i];
+                    let v = simd::exp(b[i]);
+                    let u = a[i] - b[i] + shift;
+                    let positive = w > 0.0;
+                    let w_u = w * u;
+                    let ve = v * k; // = w·e^(−u)
+                    let large = ve - w + w_u;
+                    vs[i] = v;
+                    wus[i] = simd::select(positive, w_u, 0.0);
+                    rems[i] = simd::select(
+                        positive,
+                        simd::select(u.abs() <= SERIES_LIMIT, rems[i], large),
+                        ve,
+                    );
+                }
+                totals.add(1, &vs);
+            } else {
+                sq_complete = false;
             }
             totals.add(0, &ws);
-            totals.add(1, &vs);
             totals.add(2, &wus);
             totals.add(3, &rems);
         }
@@ -511,8 +547,10 @@ impl Evaluate for Kl {
         let excess = (sr - su) / sp; // E_P[e^(−u)] − 1
         let log_mean_exp = if robust && excess.is_finite() && excess > -0.5 {
             excess.ln_1p()
-        } else {
+        } else if sq_complete {
             sq.ln() - sp.ln() - shift as f64
+        } else {
+            return None; // rare: the float64 reference redoes the row
         };
         let value = mean_u + log_mean_exp;
         value.is_finite().then_some(value.max(0.0))
