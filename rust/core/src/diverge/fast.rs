@@ -41,6 +41,8 @@ pub struct Scratch {
     pub p32: Vec<f32>,
     /// ln(q) of a probability row.
     pub q32: Vec<f32>,
+    /// Exponentials of a row pair kept between a kernel's passes.
+    pub exps: Vec<f32>,
 }
 
 /// A row in one of the 16-bit or 32-bit storage types.
@@ -407,9 +409,13 @@ fn square(x: f32) -> f32 {
     x * x
 }
 
-/// g(δ) = (1+δ)ln(1+δ) + (1−δ)ln(1−δ) = Σ_{k≥1} δ^(2k) / (k(2k−1)).
+/// Where [`js_series`] is used for g(δ).
+const JS_SERIES_LIMIT: f32 = 0.25;
+
+/// g(δ) from its series Σ_{k≥1} δ^(2k) / (k(2k−1)) to δ^14 (below 1e-8
+/// relative for |δ| < [`JS_SERIES_LIMIT`]).
 #[inline(always)]
-fn js_core(delta: f32) -> f32 {
+fn js_series(delta: f32) -> f32 {
     let d2 = delta * delta;
     let mut p = 1.0f32 / 91.0;
     p = p.mul_add(d2, 1.0 / 66.0);
@@ -418,12 +424,18 @@ fn js_core(delta: f32) -> f32 {
     p = p.mul_add(d2, 1.0 / 15.0);
     p = p.mul_add(d2, 1.0 / 6.0);
     p = p.mul_add(d2, 1.0);
-    let series = p * d2;
+    p * d2
+}
+
+/// g(δ) = (1+δ)ln(1+δ) + (1−δ)ln(1−δ) = Σ_{k≥1} δ^(2k) / (k(2k−1)).
+#[inline(always)]
+fn js_core(delta: f32) -> f32 {
+    let series = js_series(delta);
     let plus = 1.0 + delta;
     let minus = 1.0 - delta;
     let t_plus = simd::select(plus == 0.0, 0.0, plus * simd::ln_1p(delta));
     let t_minus = simd::select(minus == 0.0, 0.0, minus * simd::ln_1p(-delta));
-    simd::select(delta.abs() < 0.25, series, t_plus + t_minus)
+    simd::select(delta.abs() < JS_SERIES_LIMIT, series, t_plus + t_minus)
 }
 
 /// One kind's evaluation of a row pair after the scan pass.
@@ -434,18 +446,26 @@ trait Evaluate: Copy {
     /// Whether the kind reads `q` (everything but entropy).
     const NEEDS_Q: bool = true;
     /// The value of the row, or `None` to send it to the reference.
-    fn evaluate<P: Load, Q: Load>(self, p: P, q: Q, s: &Scan, inv_t: f32) -> Option<f64>;
+    fn evaluate<P: Load, Q: Load>(
+        self,
+        p: P,
+        q: Q,
+        s: &Scan,
+        inv_t: f32,
+        work: &mut Vec<f32>,
+    ) -> Option<f64>;
 }
 
-struct RowKernel<P, Q, E> {
+struct RowKernel<'w, P, Q, E> {
     p: P,
     q: Q,
+    work: &'w mut Vec<f32>,
     next: Prefetch,
     eval: E,
     inv_t: f32,
 }
 
-impl<P: Load, Q: Load, E: Evaluate> Kernel for RowKernel<P, Q, E> {
+impl<P: Load, Q: Load, E: Evaluate> Kernel for RowKernel<'_, P, Q, E> {
     type Output = std::result::Result<Option<f64>, (Side, RowIssue)>;
 
     #[inline(always)]
@@ -453,6 +473,7 @@ impl<P: Load, Q: Load, E: Evaluate> Kernel for RowKernel<P, Q, E> {
         let RowKernel {
             p,
             q,
+            work,
             next,
             eval,
             inv_t,
@@ -470,7 +491,7 @@ impl<P: Load, Q: Load, E: Evaluate> Kernel for RowKernel<P, Q, E> {
         if E::NEEDS_Q && s.max_q == f32::NEG_INFINITY {
             return Err((Side::Q, RowIssue::Empty));
         }
-        Ok(eval.evaluate(p, q, &s, inv_t))
+        Ok(eval.evaluate(p, q, &s, inv_t, work))
     }
 }
 
@@ -480,7 +501,14 @@ struct Kl;
 
 impl Evaluate for Kl {
     #[inline(always)]
-    fn evaluate<P: Load, Q: Load>(self, p: P, q: Q, s: &Scan, inv_t: f32) -> Option<f64> {
+    fn evaluate<P: Load, Q: Load>(
+        self,
+        p: P,
+        q: Q,
+        s: &Scan,
+        inv_t: f32,
+        _work: &mut Vec<f32>,
+    ) -> Option<f64> {
         if s.p_outside_q {
             return Some(f64::INFINITY);
         }
@@ -563,7 +591,14 @@ struct ReverseKl;
 
 impl Evaluate for ReverseKl {
     #[inline(always)]
-    fn evaluate<P: Load, Q: Load>(self, p: P, q: Q, s: &Scan, inv_t: f32) -> Option<f64> {
+    fn evaluate<P: Load, Q: Load>(
+        self,
+        p: P,
+        q: Q,
+        s: &Scan,
+        inv_t: f32,
+        work: &mut Vec<f32>,
+    ) -> Option<f64> {
         let swapped = Scan {
             max_p: s.max_q,
             max_q: s.max_p,
@@ -571,7 +606,7 @@ impl Evaluate for ReverseKl {
             q_outside_p: s.p_outside_q,
             ..*s
         };
-        Kl.evaluate(q, p, &swapped, inv_t)
+        Kl.evaluate(q, p, &swapped, inv_t, work)
     }
 }
 
@@ -582,7 +617,14 @@ struct Entropy;
 impl Evaluate for Entropy {
     const NEEDS_Q: bool = false;
     #[inline(always)]
-    fn evaluate<P: Load, Q: Load>(self, p: P, _q: Q, s: &Scan, inv_t: f32) -> Option<f64> {
+    fn evaluate<P: Load, Q: Load>(
+        self,
+        p: P,
+        _q: Q,
+        s: &Scan,
+        inv_t: f32,
+        _work: &mut Vec<f32>,
+    ) -> Option<f64> {
         let mut totals = Totals::<2>::new();
         let mut blocks = Blocks::new(p, p, s, s.max_p, s.max_p, inv_t);
         let (mut a, mut unused) = ([0.0; BLK], [0.0; BLK]);
@@ -607,7 +649,14 @@ struct CrossEntropy;
 
 impl Evaluate for CrossEntropy {
     #[inline(always)]
-    fn evaluate<P: Load, Q: Load>(self, p: P, q: Q, s: &Scan, inv_t: f32) -> Option<f64> {
+    fn evaluate<P: Load, Q: Load>(
+        self,
+        p: P,
+        q: Q,
+        s: &Scan,
+        inv_t: f32,
+        _work: &mut Vec<f32>,
+    ) -> Option<f64> {
         if s.p_outside_q {
             return Some(f64::INFINITY);
         }
@@ -646,6 +695,22 @@ trait Term: Copy {
     /// The term of one element: shifted scores a, b, their exponentials
     /// w, v, and P = w/Sp, Q = v/Sq.
     fn term(self, a: f32, b: f32, w: f32, v: f32, n: &Norm) -> f32;
+    /// The terms of a block (elementwise [`Term::term`] unless a kind knows
+    /// a cheaper route for typical blocks).
+    #[inline(always)]
+    fn block(
+        self,
+        a: &[f32; BLK],
+        b: &[f32; BLK],
+        w: &[f32; BLK],
+        v: &[f32; BLK],
+        n: &Norm,
+        out: &mut [f32; BLK],
+    ) {
+        for i in 0..BLK {
+            out[i] = self.term(a[i], b[i], w[i], v[i], n);
+        }
+    }
     /// The divergence from the sum of the terms (`None`: use the reference).
     fn finish(self, total: f64) -> Option<f64>;
     /// Whether Q = 0 where P > 0 makes the divergence +inf.
@@ -659,21 +724,41 @@ struct Normalised<T>(T);
 
 impl<T: Term> Evaluate for Normalised<T> {
     #[inline(always)]
-    fn evaluate<P: Load, Q: Load>(self, p: P, q: Q, s: &Scan, inv_t: f32) -> Option<f64> {
+    fn evaluate<P: Load, Q: Load>(
+        self,
+        p: P,
+        q: Q,
+        s: &Scan,
+        inv_t: f32,
+        work: &mut Vec<f32>,
+    ) -> Option<f64> {
         if self.0.infinite_outside_q() && s.p_outside_q {
             return Some(f64::INFINITY);
         }
+        // The sum pass keeps its exponentials (2 × the row, in L2) for the
+        // term pass rather than computing them twice.
+        let padded = p.len().div_ceil(BLK) * BLK;
+        work.clear();
+        work.resize(2 * padded, 0.0);
+        let (w_all, v_all) = work.split_at_mut(padded);
         let mut totals = Totals::<2>::new();
         let mut blocks = Blocks::new(p, q, s, s.max_p, s.max_q, inv_t);
         let (mut a, mut b) = ([0.0; BLK], [0.0; BLK]);
-        let (mut ws, mut vs) = ([0.0; BLK], [0.0; BLK]);
+        let mut start = 0;
         while blocks.next(&mut a, &mut b) {
+            let ws: &mut [f32; BLK] = (&mut w_all[start..start + BLK])
+                .try_into()
+                .expect("a whole block");
+            let vs: &mut [f32; BLK] = (&mut v_all[start..start + BLK])
+                .try_into()
+                .expect("a whole block");
             for i in 0..BLK {
                 ws[i] = simd::exp(a[i]);
                 vs[i] = simd::exp(b[i]);
             }
-            totals.add(0, &ws);
-            totals.add(1, &vs);
+            totals.add(0, ws);
+            totals.add(1, vs);
+            start += BLK;
         }
         let [sp, sq] = totals.finish();
         let norm = Norm {
@@ -684,13 +769,18 @@ impl<T: Term> Evaluate for Normalised<T> {
         };
         let mut terms = Totals::<1>::new();
         let mut blocks = Blocks::new(p, q, s, s.max_p, s.max_q, inv_t);
+        let mut out = [0.0; BLK];
+        let mut start = 0;
         while blocks.next(&mut a, &mut b) {
-            for i in 0..BLK {
-                let w = simd::exp(a[i]);
-                let v = simd::exp(b[i]);
-                ws[i] = self.0.term(a[i], b[i], w, v, &norm);
-            }
-            terms.add(0, &ws);
+            let ws: &[f32; BLK] = (&w_all[start..start + BLK])
+                .try_into()
+                .expect("a whole block");
+            let vs: &[f32; BLK] = (&v_all[start..start + BLK])
+                .try_into()
+                .expect("a whole block");
+            self.0.block(&a, &b, ws, vs, &norm, &mut out);
+            terms.add(0, &out);
+            start += BLK;
         }
         let [total] = terms.finish();
         self.0.finish(total).filter(|v| v.is_finite())
@@ -707,6 +797,38 @@ impl Term for Js {
         let (pp, qq) = (w * n.inv_sp, v * n.inv_sq);
         let sum = pp + qq;
         simd::select(sum > 0.0, sum * js_core((pp - qq) / sum), 0.0)
+    }
+    /// Blocks where |δ| < 1/4 everywhere (near-equal models) need only the
+    /// series; the logarithms are computed for the others alone.
+    #[inline(always)]
+    fn block(
+        self,
+        a: &[f32; BLK],
+        b: &[f32; BLK],
+        w: &[f32; BLK],
+        v: &[f32; BLK],
+        n: &Norm,
+        out: &mut [f32; BLK],
+    ) {
+        let mut far = [0.0f32; BLK];
+        for i in 0..BLK {
+            let (pp, qq) = (w[i] * n.inv_sp, v[i] * n.inv_sq);
+            let sum = pp + qq;
+            let delta = (pp - qq) / sum;
+            out[i] = simd::select(sum > 0.0, sum * js_series(delta), 0.0);
+            far[i] = simd::select(delta.abs() < JS_SERIES_LIMIT, 0.0, 1.0);
+        }
+        let mut lanes = [0.0f32; LANES];
+        for g in 0..BLOCK {
+            for i in 0..LANES {
+                lanes[i] += far[g * LANES + i];
+            }
+        }
+        if lanes.iter().any(|&f| f > 0.0) {
+            for i in 0..BLK {
+                out[i] = self.term(a[i], b[i], w[i], v[i], n);
+            }
+        }
     }
     fn finish(self, total: f64) -> Option<f64> {
         Some((total / 4.0).clamp(0.0, std::f64::consts::LN_2))
@@ -832,6 +954,7 @@ fn run_pair<P: Load, Q: Load>(
     kind: Kind,
     inv_t: f32,
     next: Prefetch,
+    work: &mut Vec<f32>,
 ) -> std::result::Result<Option<f64>, (Side, RowIssue)> {
     fn go<P: Load, Q: Load, E: Evaluate>(
         p: P,
@@ -839,24 +962,26 @@ fn run_pair<P: Load, Q: Load>(
         eval: E,
         inv_t: f32,
         next: Prefetch,
+        work: &mut Vec<f32>,
     ) -> std::result::Result<Option<f64>, (Side, RowIssue)> {
         simd::dispatch(RowKernel {
             p,
             q,
+            work,
             next,
             eval,
             inv_t,
         })
     }
     match kind {
-        Kind::Kl => go(p, q, Kl, inv_t, next),
-        Kind::ReverseKl => go(p, q, ReverseKl, inv_t, next),
-        Kind::Entropy => go(p, q, Entropy, inv_t, next),
-        Kind::CrossEntropy => go(p, q, CrossEntropy, inv_t, next),
-        Kind::Js => go(p, q, Normalised(Js), inv_t, next),
-        Kind::Tv => go(p, q, Normalised(Tv), inv_t, next),
-        Kind::Hellinger => go(p, q, Normalised(Hellinger), inv_t, next),
-        Kind::Chi2 => go(p, q, Normalised(Chi2), inv_t, next),
+        Kind::Kl => go(p, q, Kl, inv_t, next, work),
+        Kind::ReverseKl => go(p, q, ReverseKl, inv_t, next, work),
+        Kind::Entropy => go(p, q, Entropy, inv_t, next, work),
+        Kind::CrossEntropy => go(p, q, CrossEntropy, inv_t, next, work),
+        Kind::Js => go(p, q, Normalised(Js), inv_t, next, work),
+        Kind::Tv => go(p, q, Normalised(Tv), inv_t, next, work),
+        Kind::Hellinger => go(p, q, Normalised(Hellinger), inv_t, next, work),
+        Kind::Chi2 => go(p, q, Normalised(Chi2), inv_t, next, work),
         Kind::Renyi(alpha) => go(
             p,
             q,
@@ -866,6 +991,7 @@ fn run_pair<P: Load, Q: Load>(
             }),
             inv_t,
             next,
+            work,
         ),
     }
 }
@@ -915,14 +1041,15 @@ pub fn row(
         return Ok(None);
     }
     if opts.inputs == Inputs::Probs {
-        let Scratch { p32, q32, .. } = scratch;
+        let Scratch { p32, q32, exps, .. } = scratch;
         let tol_p = super::probs_tolerance(p.dtype());
         let tol_q = super::probs_tolerance(q.dtype());
         probs_row_to_logits(p, r, tol_p, p32).map_err(|e| (Side::P, e))?;
         probs_row_to_logits(q, r, tol_q, q32).map_err(|e| (Side::Q, e))?;
-        return run_pair(&p32[..], &q32[..], opts.kind, inv_t, Prefetch::NONE);
+        return run_pair(&p32[..], &q32[..], opts.kind, inv_t, Prefetch::NONE, exps);
     }
     let span = r * v..(r + 1) * v;
+    let exps = &mut scratch.exps;
     match (*p, *q) {
         (Rows::F32(a, _), Rows::F32(b, _)) => run_pair(
             &a[span.clone()],
@@ -930,6 +1057,7 @@ pub fn row(
             opts.kind,
             inv_t,
             Prefetch::row(a, b, v, r + 1),
+            exps,
         ),
         (Rows::F16(a, _), Rows::F16(b, _)) => run_pair(
             F16Row(&a[span.clone()]),
@@ -937,6 +1065,7 @@ pub fn row(
             opts.kind,
             inv_t,
             Prefetch::row(a, b, v, r + 1),
+            exps,
         ),
         (Rows::Bf16(a, _), Rows::Bf16(b, _)) => run_pair(
             Bf16Row(&a[span.clone()]),
@@ -944,12 +1073,13 @@ pub fn row(
             opts.kind,
             inv_t,
             Prefetch::row(a, b, v, r + 1),
+            exps,
         ),
         _ => {
-            let Scratch { p32, q32, .. } = scratch;
+            let Scratch { p32, q32, exps, .. } = scratch;
             widen_row(p, r, p32);
             widen_row(q, r, q32);
-            run_pair(&p32[..], &q32[..], opts.kind, inv_t, Prefetch::NONE)
+            run_pair(&p32[..], &q32[..], opts.kind, inv_t, Prefetch::NONE, exps)
         }
     }
 }
