@@ -78,6 +78,14 @@ fn fast_kernels_match_the_reference() {
                 for j in 0..vocab {
                     q[j] = p[j] + 1e-3 * (rng.random::<f32>() - 0.5);
                 }
+                // And one where most blocks are near-equal but a few entries
+                // differ a lot, so fast and general blocks mix in one row.
+                for j in 0..vocab {
+                    q[vocab + j] = p[vocab + j] + 1e-2 * (rng.random::<f32>() - 0.5);
+                    if j % 997 == 3 {
+                        q[vocab + j] += 5.0;
+                    }
+                }
                 for kind in KINDS {
                     check(kind, &p, &q, vocab, 1.0);
                 }
