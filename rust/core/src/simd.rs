@@ -193,6 +193,9 @@ pub fn exp(x: f32) -> f32 {
     // Everything here is lane arithmetic with no float→int conversion, so it
     // vectorises: k = round(x·log2 e) is read from the low mantissa bits of
     // x·log2 e + 1.5·2^23, and 2^k is built from k's bits.
+    // max/min rather than clamp: clamp keeps NaN the same, but we want the
+    // two plain vector instructions (NaN is patched at the end anyway).
+    #[allow(clippy::manual_clamp)]
     let clamped = x.max(EXP_LO).min(EXP_HI);
     let t = clamped.mul_add(LOG2E, ROUND_MAGIC);
     let k = t - ROUND_MAGIC;
@@ -203,7 +206,7 @@ pub fn exp(x: f32) -> f32 {
     p = p.mul_add(r, 8.333_452e-3);
     p = p.mul_add(r, 4.166_579_6e-2);
     p = p.mul_add(r, 1.666_666_5e-1);
-    p = p.mul_add(r, 5.000_000_1e-1);
+    p = p.mul_add(r, 0.5); // Cephes writes 5.0000001e-1, which is 0.5 in f32
     let er = p.mul_add(r * r, r) + 1.0;
     let two_k = f32::from_bits(k_bits.wrapping_add(127) << 23);
     let y = er * two_k;

@@ -75,7 +75,8 @@ pub fn distill_rows(
         None => {}
     }
     crate::threads::init_pool();
-    let per_row: Vec<std::result::Result<(f64, Vec<f64>), (usize, Side, super::RowIssue)>> = (0
+    type RowOutcome = std::result::Result<(f64, Vec<f64>), (usize, Side, super::RowIssue)>;
+    let per_row: Vec<RowOutcome> = (0
         ..rows)
         .into_par_iter()
         .map(|r| {

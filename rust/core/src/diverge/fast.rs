@@ -46,6 +46,7 @@ pub struct Scratch {
 }
 
 /// A row in one of the 16-bit or 32-bit storage types.
+#[allow(clippy::len_without_is_empty)] // rows are never empty here
 pub trait Load: Copy + Sync {
     /// Element `i` widened to float32.
     fn get(self, i: usize) -> f32;
@@ -910,7 +911,8 @@ impl Term for Renyi {
         simd::select(w > 0.0, pp * bracket, tiny)
     }
     fn finish(self, total: f64) -> Option<f64> {
-        if !(total > -0.5) || !total.is_finite() {
+        // NaN fails `total > -0.5` and goes to the reference too.
+        if total.partial_cmp(&-0.5) != Some(std::cmp::Ordering::Greater) || !total.is_finite() {
             return None;
         }
         Some((total.ln_1p() / (self.alpha as f64 - 1.0)).max(0.0))
