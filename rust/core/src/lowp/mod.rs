@@ -8,6 +8,7 @@
 //! * [`codec`]: rounding/overflow options resolved into a [`Codec`].
 //! * [`reference`]: the exact scalar codec — the specification.
 //! * [`fast`]: the same algorithm over u32 lanes, SIMD + rayon.
+//! * [`nearest`]: faster lane encoders for the nearest modes.
 //!
 //! With default options every encoding is bit-exact with ml_dtypes'
 //! `astype` (numpy's for float16) on float32/float16/bfloat16 input.
@@ -18,6 +19,7 @@ pub mod codec;
 pub mod fast;
 pub mod format;
 pub mod mx;
+pub mod nearest;
 pub mod nvfp4;
 pub mod reference;
 pub mod stats;
