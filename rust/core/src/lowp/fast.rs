@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::codec::{random_u32, Codec, Rounding};
 use super::format::{Format, Special};
+use super::nearest::{self, E8m0Nearest, Rne};
 use super::reference;
 use crate::rows::f16_to_f32;
 use crate::simd::{self, Kernel, LANES};
@@ -408,6 +409,12 @@ pub fn encode_into<L: Load, S: Store>(
 ) {
     debug_assert!(supports(&codec.format));
     crate::threads::init_pool();
+    if let Some(rne) = Rne::new(codec) {
+        return nearest::encode_into::<L, S, Rne>(&rne, src, out, store);
+    }
+    if let Some(e8m0) = E8m0Nearest::new(codec) {
+        return nearest::encode_into::<L, S, E8m0Nearest>(&e8m0, src, out, store);
+    }
     let lanes = Lanes::new(codec);
     out.par_chunks_mut(CHUNK)
         .zip(src.par_chunks(CHUNK))

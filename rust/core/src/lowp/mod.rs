@@ -8,6 +8,7 @@
 //! * [`codec`]: rounding/overflow options resolved into a [`Codec`].
 //! * [`reference`]: the exact scalar codec — the specification.
 //! * [`fast`]: the same algorithm over u32 lanes, SIMD + rayon.
+//! * [`nearest`]: faster lane encoders for the nearest modes.
 //!
 //! With default options every encoding is bit-exact with ml_dtypes'
 //! `astype` (numpy's for float16) on float32/float16/bfloat16 input.
@@ -18,6 +19,7 @@ pub mod codec;
 pub mod fast;
 pub mod format;
 pub mod mx;
+pub mod nearest;
 pub mod nvfp4;
 pub mod reference;
 pub mod stats;
@@ -165,14 +167,51 @@ pub fn encode(x: Values<'_>, format: &Format, options: Options) -> Result<Codes>
         return encode_reference(x, format, options);
     }
     Ok(if format.bits() <= 8 {
-        let mut out = vec![0u8; x.len()];
+        let mut out = output::<u8>(x.len());
         fast_encode(&codec, x, &mut out, StoreU8);
         Codes::U8(out)
     } else {
-        let mut out = vec![0u16; x.len()];
+        let mut out = output::<u16>(x.len());
         fast_encode(&codec, x, &mut out, StoreU16);
         Codes::U16(out)
     })
+}
+
+/// A zeroed buffer for a fast kernel's output. Large ones are fresh
+/// zero-filled mappings that the kernel faults in page by page on first
+/// write; with 4 KiB pages those faults cost more than the encoding itself,
+/// so ask for 2 MiB pages before anything touches it.
+fn output<T: Copy + Default>(len: usize) -> Vec<T> {
+    let mut v = vec![T::default(); len];
+    advise_huge_pages(&mut v);
+    v
+}
+
+/// Advises Linux to back the 2 MiB-aligned interior of `v` with huge pages
+/// (a hint: failure or another OS leaves it as it was).
+fn advise_huge_pages<T>(v: &mut [T]) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        const MADV_HUGEPAGE: i32 = 14;
+        extern "C" {
+            fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
+        }
+        let start = v.as_mut_ptr() as usize;
+        let end = start + std::mem::size_of_val(v);
+        let lo = start.next_multiple_of(HUGE);
+        let hi = end / HUGE * HUGE;
+        if hi > lo {
+            // SAFETY: [lo, hi) lies inside `v`, which we own mutably;
+            // MADV_HUGEPAGE changes only how pages are backed, never their
+            // contents, and its result is ignored because it is a hint.
+            unsafe {
+                madvise(lo as *mut std::ffi::c_void, hi - lo, MADV_HUGEPAGE);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = v;
 }
 
 fn fast_encode<S: fast::Store>(codec: &Codec, x: Values<'_>, out: &mut [S::Out], store: S) {
