@@ -76,8 +76,7 @@ pub fn distill_rows(
     }
     crate::threads::init_pool();
     type RowOutcome = std::result::Result<(f64, Vec<f64>), (usize, Side, super::RowIssue)>;
-    let per_row: Vec<RowOutcome> = (0
-        ..rows)
+    let per_row: Vec<RowOutcome> = (0..rows)
         .into_par_iter()
         .map(|r| {
             let (mut t, mut s) = (Vec::new(), Vec::new());
