@@ -1,5 +1,5 @@
 # Type stubs of the compiled module quantdrift._core (rust/py/src).
-# Keep in step with the #[pyfunction] signatures; tests/test_stubs.py checks.
+# Keep in step with the #[pyfunction] signatures; tests/test_stubs.py checks names and parameters.
 
 from typing import Optional, Tuple
 
