@@ -215,6 +215,26 @@ pub fn exp(x: f32) -> f32 {
     select(x.is_nan(), x, y)
 }
 
+/// `e^x` for x ≤ 0 or −inf (shifted scores, which the scan has checked for
+/// NaN and +inf): [`exp`] without the overflow and NaN patches.
+#[inline(always)]
+pub fn exp_nonpositive(x: f32) -> f32 {
+    let clamped = x.max(EXP_LO);
+    let t = clamped.mul_add(LOG2E, ROUND_MAGIC);
+    let k = t - ROUND_MAGIC;
+    let k_bits = t.to_bits().wrapping_sub(ROUND_MAGIC.to_bits());
+    let r = k.mul_add(-LN2_LO, k.mul_add(-LN2_HI, clamped));
+    let mut p = 1.987_569_1e-4f32;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 1.666_666_5e-1);
+    p = p.mul_add(r, 0.5);
+    let er = p.mul_add(r * r, r) + 1.0;
+    let y = er * f32::from_bits(k_bits.wrapping_add(127) << 23);
+    select(x < EXP_LO, 0.0, y)
+}
+
 const EXP_LO: f32 = -87.336_55;
 const EXP_HI: f32 = 88.376_26;
 
@@ -306,6 +326,13 @@ mod tests {
         assert_eq!(exp(f32::INFINITY), f32::INFINITY);
         assert_eq!(exp(89.0), f32::INFINITY);
         assert!(exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn exp_nonpositive_equals_exp() {
+        for x in sweep(-100.0, 0.0, 300_000).chain([f32::NEG_INFINITY, -0.0, 0.0]) {
+            assert_eq!(exp_nonpositive(x).to_bits(), exp(x).to_bits(), "x = {x}");
+        }
     }
 
     #[test]

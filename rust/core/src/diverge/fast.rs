@@ -531,7 +531,7 @@ impl Evaluate for Kl {
             // everywhere: then one exponential per element does, the series
             // giving w·h(u). Otherwise the block takes the general loop.
             for i in 0..BLK {
-                let w = simd::exp(a[i]);
+                let w = simd::exp_nonpositive(a[i]);
                 let u = a[i] - b[i] + shift;
                 ws[i] = w;
                 wus[i] = w * u;
@@ -549,7 +549,7 @@ impl Evaluate for Kl {
             if exceptions.iter().any(|&e| e > 0.0) || !robust {
                 for i in 0..BLK {
                     let w = ws[i];
-                    let v = simd::exp(b[i]);
+                    let v = simd::exp_nonpositive(b[i]);
                     let u = a[i] - b[i] + shift;
                     let positive = w > 0.0;
                     let w_u = w * u;
@@ -632,7 +632,7 @@ impl Evaluate for Entropy {
         let (mut ws, mut was) = ([0.0; BLK], [0.0; BLK]);
         while blocks.next(&mut a, &mut unused) {
             for i in 0..BLK {
-                let w = simd::exp(a[i]);
+                let w = simd::exp_nonpositive(a[i]);
                 ws[i] = w;
                 was[i] = simd::select(w > 0.0, w * a[i], 0.0);
             }
@@ -667,9 +667,9 @@ impl Evaluate for CrossEntropy {
         let (mut ws, mut vs, mut wbs) = ([0.0; BLK], [0.0; BLK], [0.0; BLK]);
         while blocks.next(&mut a, &mut b) {
             for i in 0..BLK {
-                let w = simd::exp(a[i]);
+                let w = simd::exp_nonpositive(a[i]);
                 ws[i] = w;
-                vs[i] = simd::exp(b[i]);
+                vs[i] = simd::exp_nonpositive(b[i]);
                 wbs[i] = simd::select(w > 0.0, w * b[i], 0.0);
             }
             totals.add(0, &ws);
@@ -754,8 +754,8 @@ impl<T: Term> Evaluate for Normalised<T> {
                 .try_into()
                 .expect("a whole block");
             for i in 0..BLK {
-                ws[i] = simd::exp(a[i]);
-                vs[i] = simd::exp(b[i]);
+                ws[i] = simd::exp_nonpositive(a[i]);
+                vs[i] = simd::exp_nonpositive(b[i]);
             }
             totals.add(0, ws);
             totals.add(1, vs);
