@@ -93,12 +93,6 @@ pub fn dispatch<K: Kernel>(kernel: K) -> K::Output {
     kernel.run()
 }
 
-/// Forces the portable (baseline) build of `kernel`; tests use it to check
-/// that every instruction set computes the same thing.
-pub fn run_baseline<K: Kernel>(kernel: K) -> K::Output {
-    kernel.run()
-}
-
 /// Asks the CPU to bring bytes `from..to` (clipped to `len`) of the buffer
 /// at `base` into the L2 cache. A hint only: prefetches never fault, so any
 /// address is acceptable, and it does nothing on targets without one.
@@ -126,50 +120,6 @@ pub fn prefetch_l2(base: *const u8, len: usize, from: usize, to: usize) {
 // ---------------------------------------------------------------------------
 // Lane helpers. Written as plain loops so LLVM vectorises them.
 // ---------------------------------------------------------------------------
-
-/// Broadcast.
-#[inline(always)]
-pub fn splat(x: f32) -> V {
-    [x; LANES]
-}
-
-/// Elementwise map of one lane group.
-#[inline(always)]
-pub fn map(a: V, f: impl Fn(f32) -> f32) -> V {
-    let mut out = [0.0; LANES];
-    for i in 0..LANES {
-        out[i] = f(a[i]);
-    }
-    out
-}
-
-/// Elementwise map of two lane groups.
-#[inline(always)]
-pub fn zip(a: V, b: V, f: impl Fn(f32, f32) -> f32) -> V {
-    let mut out = [0.0; LANES];
-    for i in 0..LANES {
-        out[i] = f(a[i], b[i]);
-    }
-    out
-}
-
-/// Lane-wise `a + b`, accumulated into `acc`.
-#[inline(always)]
-pub fn add_into(acc: &mut V, a: V) {
-    for i in 0..LANES {
-        acc[i] += a[i];
-    }
-}
-
-/// Sum of the lanes in float64.
-#[inline(always)]
-pub fn hsum_f64(a: V) -> f64 {
-    let mut s = 0.0f64;
-    for x in a {
-        s += x as f64;
-    }
-    s
-}
 
 /// Branch-free select.
 #[inline(always)]

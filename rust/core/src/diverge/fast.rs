@@ -25,6 +25,9 @@
 use crate::rows::{bf16_to_f32, f16_to_f32, Dtype, Rows};
 use crate::simd::{self, Kernel, LANES, V};
 
+use super::kinds::{
+    Chi2, CrossEntropy, Entropy, Evaluate, Hellinger, Js, Kl, Normalised, Renyi, ReverseKl, Tv,
+};
 use super::{Inputs, Kind, Options, RowIssue, Side};
 
 /// Lane groups summed in float32 before the sums move to float64.
@@ -270,7 +273,7 @@ fn scan<P: Load, Q: Load>(p: P, q: Q, next: Prefetch) -> Scan {
 /// The first index holding `value` (0 if none): a vector compare per lane
 /// group with an early exit, over a row that is in cache after the scan.
 #[inline(always)]
-fn first_index_of<L: Load>(row: L, value: f32) -> usize {
+pub(super) fn first_index_of<L: Load>(row: L, value: f32) -> usize {
     let n = row.len();
     let full = n - n % LANES;
     let mut start = 0;
@@ -291,20 +294,20 @@ fn first_index_of<L: Load>(row: L, value: f32) -> usize {
 /// Elements per block: kernels compute a block's per-element values into
 /// stack arrays with plain elementwise loops (which LLVM's loop vectoriser
 /// handles reliably), then fold them into lane sums.
-const BLK: usize = LANES * BLOCK;
+pub(super) const BLK: usize = LANES * BLOCK;
 
 /// Float64 lane totals of `K` sums.
-struct Totals<const K: usize>([[f64; LANES]; K]);
+pub(super) struct Totals<const K: usize>([[f64; LANES]; K]);
 
 impl<const K: usize> Totals<K> {
     #[inline(always)]
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Totals([[0.0; LANES]; K])
     }
     /// Adds a block: float32 lane sums over its [`BLOCK`] groups, then
     /// float64 from there on.
     #[inline(always)]
-    fn add(&mut self, k: usize, values: &[f32; BLK]) {
+    pub(super) fn add(&mut self, k: usize, values: &[f32; BLK]) {
         let mut lanes = [0.0f32; LANES];
         for g in 0..BLOCK {
             for i in 0..LANES {
@@ -316,7 +319,7 @@ impl<const K: usize> Totals<K> {
         }
     }
     #[inline(always)]
-    fn finish(self) -> [f64; K] {
+    pub(super) fn finish(self) -> [f64; K] {
         let mut out = [0.0; K];
         for k in 0..K {
             out[k] = self.0[k].iter().sum();
@@ -331,7 +334,7 @@ impl<const K: usize> Totals<K> {
 /// Kernels loop with `while blocks.next(&mut a, &mut b)` rather than taking
 /// a closure: a closure is compiled as its own function, outside the
 /// feature-enabled one that [`simd::dispatch`] inlines kernels into.
-struct Blocks<P, Q> {
+pub(super) struct Blocks<P, Q> {
     p: P,
     q: Q,
     next: Prefetch,
@@ -343,7 +346,7 @@ struct Blocks<P, Q> {
 
 impl<P: Load, Q: Load> Blocks<P, Q> {
     #[inline(always)]
-    fn new(p: P, q: Q, s: &Scan, max_p: f32, max_q: f32, inv_t: f32) -> Self {
+    pub(super) fn new(p: P, q: Q, s: &Scan, max_p: f32, max_q: f32, inv_t: f32) -> Self {
         Blocks {
             p,
             q,
@@ -356,7 +359,7 @@ impl<P: Load, Q: Load> Blocks<P, Q> {
     }
 
     #[inline(always)]
-    fn next(&mut self, a: &mut [f32; BLK], b: &mut [f32; BLK]) -> bool {
+    pub(super) fn next(&mut self, a: &mut [f32; BLK], b: &mut [f32; BLK]) -> bool {
         if self.start >= self.p.len() {
             return false;
         }
@@ -382,79 +385,6 @@ impl<P: Load, Q: Load> Blocks<P, Q> {
         }
         true
     }
-}
-
-/// Where [`exp_neg_remainder`] is used instead of e^(−u) − 1 + u computed
-/// directly (which cancels for small u).
-const SERIES_LIMIT: f32 = 1.0;
-
-/// h(u) = e^(−u) − 1 + u for |u| ≤ [`SERIES_LIMIT`], from its Taylor series
-/// Σ_{k≥2} (−u)^k / k! to k = 11 (truncation below 6e-9 relative at |u| = 1).
-#[inline(always)]
-fn exp_neg_remainder(u: f32) -> f32 {
-    let mut p = 1.0f32 / 39_916_800.0;
-    p = p.mul_add(-u, 1.0 / 3_628_800.0);
-    p = p.mul_add(-u, 1.0 / 362_880.0);
-    p = p.mul_add(-u, 1.0 / 40_320.0);
-    p = p.mul_add(-u, 1.0 / 5_040.0);
-    p = p.mul_add(-u, 1.0 / 720.0);
-    p = p.mul_add(-u, 1.0 / 120.0);
-    p = p.mul_add(-u, 1.0 / 24.0);
-    p = p.mul_add(-u, 1.0 / 6.0);
-    p = p.mul_add(-u, 0.5);
-    p * u * u
-}
-
-#[inline(always)]
-fn square(x: f32) -> f32 {
-    x * x
-}
-
-/// Where [`js_series`] is used for g(δ).
-const JS_SERIES_LIMIT: f32 = 0.25;
-
-/// g(δ) from its series Σ_{k≥1} δ^(2k) / (k(2k−1)) to δ^14 (below 1e-8
-/// relative for |δ| < [`JS_SERIES_LIMIT`]).
-#[inline(always)]
-fn js_series(delta: f32) -> f32 {
-    let d2 = delta * delta;
-    let mut p = 1.0f32 / 91.0;
-    p = p.mul_add(d2, 1.0 / 66.0);
-    p = p.mul_add(d2, 1.0 / 45.0);
-    p = p.mul_add(d2, 1.0 / 28.0);
-    p = p.mul_add(d2, 1.0 / 15.0);
-    p = p.mul_add(d2, 1.0 / 6.0);
-    p = p.mul_add(d2, 1.0);
-    p * d2
-}
-
-/// g(δ) = (1+δ)ln(1+δ) + (1−δ)ln(1−δ) = Σ_{k≥1} δ^(2k) / (k(2k−1)).
-#[inline(always)]
-fn js_core(delta: f32) -> f32 {
-    let series = js_series(delta);
-    let plus = 1.0 + delta;
-    let minus = 1.0 - delta;
-    let t_plus = simd::select(plus == 0.0, 0.0, plus * simd::ln_1p(delta));
-    let t_minus = simd::select(minus == 0.0, 0.0, minus * simd::ln_1p(-delta));
-    simd::select(delta.abs() < JS_SERIES_LIMIT, series, t_plus + t_minus)
-}
-
-/// One kind's evaluation of a row pair after the scan pass.
-///
-/// Each kind is its own type so that [`simd::dispatch`] compiles one tight
-/// loop per kind, with no per-element branch on the kind.
-trait Evaluate: Copy {
-    /// Whether the kind reads `q` (everything but entropy).
-    const NEEDS_Q: bool = true;
-    /// The value of the row, or `None` to send it to the reference.
-    fn evaluate<P: Load, Q: Load>(
-        self,
-        p: P,
-        q: Q,
-        s: &Scan,
-        inv_t: f32,
-        work: &mut Vec<f32>,
-    ) -> Option<f64>;
 }
 
 struct RowKernel<'w, P, Q, E> {
@@ -493,432 +423,6 @@ impl<P: Load, Q: Load, E: Evaluate> Kernel for RowKernel<'_, P, Q, E> {
             return Err((Side::Q, RowIssue::Empty));
         }
         Ok(eval.evaluate(p, q, &s, inv_t, work))
-    }
-}
-
-/// KL(P‖Q) in two passes (scan, then this one); see the module docs.
-#[derive(Clone, Copy)]
-struct Kl;
-
-impl Evaluate for Kl {
-    #[inline(always)]
-    fn evaluate<P: Load, Q: Load>(
-        self,
-        p: P,
-        q: Q,
-        s: &Scan,
-        inv_t: f32,
-        _work: &mut Vec<f32>,
-    ) -> Option<f64> {
-        if s.p_outside_q {
-            return Some(f64::INFINITY);
-        }
-        // Shift: u = (a − b) − (a* − b*) where * is the argmax of p, so a* = 0.
-        let shift = (q.get(first_index_of(p, s.max_p)) - s.max_q) * inv_t;
-        let k = simd::exp(-shift); // e^(−shift) = w·e^(−u)/v, ≥ 1
-        let robust = k.is_finite();
-        let k = if robust { k } else { 0.0 };
-        let mut totals = Totals::<4>::new();
-        let mut blocks = Blocks::new(p, q, s, s.max_p, s.max_q, inv_t);
-        let (mut a, mut b) = ([0.0; BLK], [0.0; BLK]);
-        let (mut ws, mut vs, mut wus, mut rems) = ([0.0; BLK], [0.0; BLK], [0.0; BLK], [0.0; BLK]);
-        let mut simple_lanes = [0.0f32; BLK];
-        // Whether Σ e^b covers every block; it is only needed if the robust
-        // form turns out ill-conditioned.
-        let mut sq_complete = true;
-        while blocks.next(&mut a, &mut b) {
-            // Most blocks of near-equal models have P > 0 and small u
-            // everywhere: then one exponential per element does, the series
-            // giving w·h(u). Otherwise the block takes the general loop.
-            for i in 0..BLK {
-                let w = simd::exp_nonpositive(a[i]);
-                let u = a[i] - b[i] + shift;
-                ws[i] = w;
-                wus[i] = w * u;
-                rems[i] = w * exp_neg_remainder(u);
-                // 0 where the series applies; kept as data, not a running
-                // flag, so that this loop stays vectorised.
-                simple_lanes[i] = simd::select((w > 0.0) & (u.abs() <= SERIES_LIMIT), 0.0, 1.0);
-            }
-            let mut exceptions = [0.0f32; LANES];
-            for g in 0..BLOCK {
-                for i in 0..LANES {
-                    exceptions[i] += simple_lanes[g * LANES + i];
-                }
-            }
-            if exceptions.iter().any(|&e| e > 0.0) || !robust {
-                for i in 0..BLK {
-                    let w = ws[i];
-                    let v = simd::exp_nonpositive(b[i]);
-                    let u = a[i] - b[i] + shift;
-                    let positive = w > 0.0;
-                    let w_u = w * u;
-                    let ve = v * k; // = w·e^(−u)
-                    let large = ve - w + w_u;
-                    vs[i] = v;
-                    wus[i] = simd::select(positive, w_u, 0.0);
-                    rems[i] = simd::select(
-                        positive,
-                        simd::select(u.abs() <= SERIES_LIMIT, rems[i], large),
-                        ve,
-                    );
-                }
-                totals.add(1, &vs);
-            } else {
-                sq_complete = false;
-            }
-            totals.add(0, &ws);
-            totals.add(2, &wus);
-            totals.add(3, &rems);
-        }
-        let [sp, sq, su, sr] = totals.finish();
-        let mean_u = su / sp;
-        let excess = (sr - su) / sp; // E_P[e^(−u)] − 1
-        let log_mean_exp = if robust && excess.is_finite() && excess > -0.5 {
-            excess.ln_1p()
-        } else if sq_complete {
-            sq.ln() - sp.ln() - shift as f64
-        } else {
-            return None; // rare: the float64 reference redoes the row
-        };
-        let value = mean_u + log_mean_exp;
-        value.is_finite().then_some(value.max(0.0))
-    }
-}
-
-/// KL(Q‖P): KL with the roles swapped.
-#[derive(Clone, Copy)]
-struct ReverseKl;
-
-impl Evaluate for ReverseKl {
-    #[inline(always)]
-    fn evaluate<P: Load, Q: Load>(
-        self,
-        p: P,
-        q: Q,
-        s: &Scan,
-        inv_t: f32,
-        work: &mut Vec<f32>,
-    ) -> Option<f64> {
-        let swapped = Scan {
-            max_p: s.max_q,
-            max_q: s.max_p,
-            p_outside_q: s.q_outside_p,
-            q_outside_p: s.p_outside_q,
-            ..*s
-        };
-        Kl.evaluate(q, p, &swapped, inv_t, work)
-    }
-}
-
-/// H(P) = ln Sp − Σ w·a / Sp: a sum of non-negative parts, no cancellation.
-#[derive(Clone, Copy)]
-struct Entropy;
-
-impl Evaluate for Entropy {
-    const NEEDS_Q: bool = false;
-    #[inline(always)]
-    fn evaluate<P: Load, Q: Load>(
-        self,
-        p: P,
-        _q: Q,
-        s: &Scan,
-        inv_t: f32,
-        _work: &mut Vec<f32>,
-    ) -> Option<f64> {
-        let mut totals = Totals::<2>::new();
-        let mut blocks = Blocks::new(p, p, s, s.max_p, s.max_p, inv_t);
-        let (mut a, mut unused) = ([0.0; BLK], [0.0; BLK]);
-        let (mut ws, mut was) = ([0.0; BLK], [0.0; BLK]);
-        while blocks.next(&mut a, &mut unused) {
-            for i in 0..BLK {
-                let w = simd::exp_nonpositive(a[i]);
-                ws[i] = w;
-                was[i] = simd::select(w > 0.0, w * a[i], 0.0);
-            }
-            totals.add(0, &ws);
-            totals.add(1, &was);
-        }
-        let [sp, swa] = totals.finish();
-        Some((sp.ln() - swa / sp).max(0.0))
-    }
-}
-
-/// H(P, Q) = ln Sq − Σ w·b / Sp.
-#[derive(Clone, Copy)]
-struct CrossEntropy;
-
-impl Evaluate for CrossEntropy {
-    #[inline(always)]
-    fn evaluate<P: Load, Q: Load>(
-        self,
-        p: P,
-        q: Q,
-        s: &Scan,
-        inv_t: f32,
-        _work: &mut Vec<f32>,
-    ) -> Option<f64> {
-        if s.p_outside_q {
-            return Some(f64::INFINITY);
-        }
-        let mut totals = Totals::<3>::new();
-        let mut blocks = Blocks::new(p, q, s, s.max_p, s.max_q, inv_t);
-        let (mut a, mut b) = ([0.0; BLK], [0.0; BLK]);
-        let (mut ws, mut vs, mut wbs) = ([0.0; BLK], [0.0; BLK], [0.0; BLK]);
-        while blocks.next(&mut a, &mut b) {
-            for i in 0..BLK {
-                let w = simd::exp_nonpositive(a[i]);
-                ws[i] = w;
-                vs[i] = simd::exp_nonpositive(b[i]);
-                wbs[i] = simd::select(w > 0.0, w * b[i], 0.0);
-            }
-            totals.add(0, &ws);
-            totals.add(1, &vs);
-            totals.add(2, &wbs);
-        }
-        let [sp, sq, swb] = totals.finish();
-        Some((sq.ln() - swb / sp).max(0.0))
-    }
-}
-
-/// Per-row constants of the normalised kinds.
-#[derive(Clone, Copy)]
-struct Norm {
-    inv_sp: f32,
-    inv_sq: f32,
-    /// ln Sp − ln Sq, so that ln(Q/P) = b − a + log_ratio_shift.
-    log_ratio_shift: f32,
-    log_sp: f32,
-}
-
-/// A kind evaluated from normalised P and Q, one term per element.
-trait Term: Copy {
-    /// The term of one element: shifted scores a, b, their exponentials
-    /// w, v, and P = w/Sp, Q = v/Sq.
-    fn term(self, a: f32, b: f32, w: f32, v: f32, n: &Norm) -> f32;
-    /// The terms of a block (elementwise [`Term::term`] unless a kind knows
-    /// a cheaper route for typical blocks).
-    #[inline(always)]
-    fn block(
-        self,
-        a: &[f32; BLK],
-        b: &[f32; BLK],
-        w: &[f32; BLK],
-        v: &[f32; BLK],
-        n: &Norm,
-        out: &mut [f32; BLK],
-    ) {
-        for i in 0..BLK {
-            out[i] = self.term(a[i], b[i], w[i], v[i], n);
-        }
-    }
-    /// The divergence from the sum of the terms (`None`: use the reference).
-    fn finish(self, total: f64) -> Option<f64>;
-    /// Whether Q = 0 where P > 0 makes the divergence +inf.
-    fn infinite_outside_q(self) -> bool {
-        false
-    }
-}
-
-#[derive(Clone, Copy)]
-struct Normalised<T>(T);
-
-impl<T: Term> Evaluate for Normalised<T> {
-    #[inline(always)]
-    fn evaluate<P: Load, Q: Load>(
-        self,
-        p: P,
-        q: Q,
-        s: &Scan,
-        inv_t: f32,
-        work: &mut Vec<f32>,
-    ) -> Option<f64> {
-        if self.0.infinite_outside_q() && s.p_outside_q {
-            return Some(f64::INFINITY);
-        }
-        // The sum pass keeps its exponentials (2 × the row, in L2) for the
-        // term pass rather than computing them twice.
-        let padded = p.len().div_ceil(BLK) * BLK;
-        work.clear();
-        work.resize(2 * padded, 0.0);
-        let (w_all, v_all) = work.split_at_mut(padded);
-        let mut totals = Totals::<2>::new();
-        let mut blocks = Blocks::new(p, q, s, s.max_p, s.max_q, inv_t);
-        let (mut a, mut b) = ([0.0; BLK], [0.0; BLK]);
-        let mut start = 0;
-        while blocks.next(&mut a, &mut b) {
-            let ws: &mut [f32; BLK] = (&mut w_all[start..start + BLK])
-                .try_into()
-                .expect("a whole block");
-            let vs: &mut [f32; BLK] = (&mut v_all[start..start + BLK])
-                .try_into()
-                .expect("a whole block");
-            for i in 0..BLK {
-                ws[i] = simd::exp_nonpositive(a[i]);
-                vs[i] = simd::exp_nonpositive(b[i]);
-            }
-            totals.add(0, ws);
-            totals.add(1, vs);
-            start += BLK;
-        }
-        let [sp, sq] = totals.finish();
-        let norm = Norm {
-            inv_sp: (1.0 / sp) as f32,
-            inv_sq: (1.0 / sq) as f32,
-            log_ratio_shift: (sp.ln() - sq.ln()) as f32,
-            log_sp: sp.ln() as f32,
-        };
-        let mut terms = Totals::<1>::new();
-        let mut blocks = Blocks::new(p, q, s, s.max_p, s.max_q, inv_t);
-        let mut out = [0.0; BLK];
-        let mut start = 0;
-        while blocks.next(&mut a, &mut b) {
-            let ws: &[f32; BLK] = (&w_all[start..start + BLK])
-                .try_into()
-                .expect("a whole block");
-            let vs: &[f32; BLK] = (&v_all[start..start + BLK])
-                .try_into()
-                .expect("a whole block");
-            self.0.block(&a, &b, ws, vs, &norm, &mut out);
-            terms.add(0, &out);
-            start += BLK;
-        }
-        let [total] = terms.finish();
-        self.0.finish(total).filter(|v| v.is_finite())
-    }
-}
-
-/// Jensen–Shannon: Σ (P+Q)·g(δ)/4, δ = (P−Q)/(P+Q).
-#[derive(Clone, Copy)]
-struct Js;
-
-impl Term for Js {
-    #[inline(always)]
-    fn term(self, _a: f32, _b: f32, w: f32, v: f32, n: &Norm) -> f32 {
-        let (pp, qq) = (w * n.inv_sp, v * n.inv_sq);
-        let sum = pp + qq;
-        simd::select(sum > 0.0, sum * js_core((pp - qq) / sum), 0.0)
-    }
-    /// Blocks where |δ| < 1/4 everywhere (near-equal models) need only the
-    /// series; the logarithms are computed for the others alone.
-    #[inline(always)]
-    fn block(
-        self,
-        a: &[f32; BLK],
-        b: &[f32; BLK],
-        w: &[f32; BLK],
-        v: &[f32; BLK],
-        n: &Norm,
-        out: &mut [f32; BLK],
-    ) {
-        let mut far = [0.0f32; BLK];
-        for i in 0..BLK {
-            let (pp, qq) = (w[i] * n.inv_sp, v[i] * n.inv_sq);
-            let sum = pp + qq;
-            let delta = (pp - qq) / sum;
-            out[i] = simd::select(sum > 0.0, sum * js_series(delta), 0.0);
-            far[i] = simd::select(delta.abs() < JS_SERIES_LIMIT, 0.0, 1.0);
-        }
-        let mut lanes = [0.0f32; LANES];
-        for g in 0..BLOCK {
-            for i in 0..LANES {
-                lanes[i] += far[g * LANES + i];
-            }
-        }
-        if lanes.iter().any(|&f| f > 0.0) {
-            for i in 0..BLK {
-                out[i] = self.term(a[i], b[i], w[i], v[i], n);
-            }
-        }
-    }
-    fn finish(self, total: f64) -> Option<f64> {
-        Some((total / 4.0).clamp(0.0, std::f64::consts::LN_2))
-    }
-}
-
-/// Total variation: ½ Σ |P − Q|.
-#[derive(Clone, Copy)]
-struct Tv;
-
-impl Term for Tv {
-    #[inline(always)]
-    fn term(self, _a: f32, _b: f32, w: f32, v: f32, n: &Norm) -> f32 {
-        (w * n.inv_sp - v * n.inv_sq).abs()
-    }
-    fn finish(self, total: f64) -> Option<f64> {
-        Some((total / 2.0).min(1.0))
-    }
-}
-
-/// Squared Hellinger: Σ (√P − √Q)² = Σ (P − Q)²/(√P + √Q)².
-#[derive(Clone, Copy)]
-struct Hellinger;
-
-impl Term for Hellinger {
-    #[inline(always)]
-    fn term(self, _a: f32, _b: f32, w: f32, v: f32, n: &Norm) -> f32 {
-        let (pp, qq) = (w * n.inv_sp, v * n.inv_sq);
-        let diff = pp - qq;
-        let root = pp.sqrt() + qq.sqrt();
-        simd::select(root > 0.0, diff * diff / (root * root), 0.0)
-    }
-    fn finish(self, total: f64) -> Option<f64> {
-        Some(total.min(2.0))
-    }
-}
-
-/// Pearson χ²: (P − Q)²/Q in log space, since P²/Q may be large while P
-/// itself underflows.
-#[derive(Clone, Copy)]
-struct Chi2;
-
-impl Term for Chi2 {
-    #[inline(always)]
-    fn term(self, a: f32, b: f32, _w: f32, v: f32, n: &Norm) -> f32 {
-        let y = a - b - n.log_ratio_shift; // ln(P/Q)
-        let log_p = a - n.log_sp;
-        let above = simd::exp(log_p + y) * square(simd::expm1(-y));
-        let below = v * n.inv_sq * square(simd::expm1(y));
-        let term = simd::select(y >= 0.0, above, below);
-        simd::select(b == f32::NEG_INFINITY, 0.0, term)
-    }
-    fn finish(self, total: f64) -> Option<f64> {
-        Some(total.max(0.0))
-    }
-    fn infinite_outside_q(self) -> bool {
-        true
-    }
-}
-
-/// Rényi of order α: ln(1 + Σ P[(Q/P)^β − 1 − β(Q/P − 1)]) / (α − 1), β = 1 − α.
-#[derive(Clone, Copy)]
-struct Renyi {
-    alpha: f32,
-    beta: f32,
-}
-
-impl Term for Renyi {
-    #[inline(always)]
-    fn term(self, a: f32, b: f32, w: f32, v: f32, n: &Norm) -> f32 {
-        let (pp, qq) = (w * n.inv_sp, v * n.inv_sq);
-        let beta = self.beta;
-        let y = b - a + n.log_ratio_shift; // ln(Q/P)
-        let bracket = simd::expm1(beta * y) - beta * simd::expm1(y);
-        // Where P underflowed, P^α Q^(1−α) may still count.
-        let log_q = b - (n.log_sp - n.log_ratio_shift);
-        let tiny = simd::exp(self.alpha * (a - n.log_sp) + beta * log_q) - beta * qq;
-        let tiny = simd::select(a == f32::NEG_INFINITY, -beta * qq, tiny);
-        simd::select(w > 0.0, pp * bracket, tiny)
-    }
-    fn finish(self, total: f64) -> Option<f64> {
-        // NaN fails `total > -0.5` and goes to the reference too.
-        if total.partial_cmp(&-0.5) != Some(std::cmp::Ordering::Greater) || !total.is_finite() {
-            return None;
-        }
-        Some((total.ln_1p() / (self.alpha as f64 - 1.0)).max(0.0))
-    }
-    fn infinite_outside_q(self) -> bool {
-        self.alpha > 1.0
     }
 }
 

@@ -29,6 +29,7 @@
 
 pub mod distill;
 pub mod fast;
+mod kinds;
 pub mod reference;
 
 use rayon::prelude::*;
