@@ -5,6 +5,7 @@
 //! copy. The public, documented API is the Python package `quantdrift`.
 
 mod array;
+mod compare;
 mod diverge;
 mod errors;
 mod lowp;
@@ -14,6 +15,8 @@ use pyo3::prelude::*;
 /// The compiled core of quantdrift.
 #[pymodule]
 mod _core {
+    #[pymodule_export]
+    use super::compare::compare_block;
     #[pymodule_export]
     use super::diverge::{distill_loss, divergence};
     #[pymodule_export]

@@ -194,7 +194,7 @@ impl Prefetch {
 
     /// Row `r` of two equally shaped buffers of `vocab` elements each, or
     /// [`Prefetch::NONE`] past the last row.
-    fn row<T>(p: &[T], q: &[T], vocab: usize, r: usize) -> Prefetch {
+    pub(super) fn row<T>(p: &[T], q: &[T], vocab: usize, r: usize) -> Prefetch {
         if (r + 1) * vocab > p.len().min(q.len()) {
             return Prefetch::NONE;
         }
@@ -237,7 +237,7 @@ impl ScanLanes {
 }
 
 #[inline(always)]
-fn scan<P: Load, Q: Load>(p: P, q: Q, next: Prefetch) -> Scan {
+pub(super) fn scan<P: Load, Q: Load>(p: P, q: Q, next: Prefetch) -> Scan {
     let n = p.len();
     let neg = f32::NEG_INFINITY;
     let mut lanes = ScanLanes {

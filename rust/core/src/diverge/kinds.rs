@@ -9,12 +9,12 @@ use crate::simd::{self, LANES};
 
 /// Where [`exp_neg_remainder`] is used instead of e^(−u) − 1 + u computed
 /// directly (which cancels for small u).
-const SERIES_LIMIT: f32 = 1.0;
+pub(super) const SERIES_LIMIT: f32 = 1.0;
 
 /// h(u) = e^(−u) − 1 + u for |u| ≤ [`SERIES_LIMIT`], from its Taylor series
 /// Σ_{k≥2} (−u)^k / k! to k = 11 (truncation below 6e-9 relative at |u| = 1).
 #[inline(always)]
-fn exp_neg_remainder(u: f32) -> f32 {
+pub(super) fn exp_neg_remainder(u: f32) -> f32 {
     let mut p = 1.0f32 / 39_916_800.0;
     p = p.mul_add(-u, 1.0 / 3_628_800.0);
     p = p.mul_add(-u, 1.0 / 362_880.0);
@@ -34,12 +34,12 @@ fn square(x: f32) -> f32 {
 }
 
 /// Where [`js_series`] is used for g(δ).
-const JS_SERIES_LIMIT: f32 = 0.25;
+pub(super) const JS_SERIES_LIMIT: f32 = 0.25;
 
 /// g(δ) from its series Σ_{k≥1} δ^(2k) / (k(2k−1)) to δ^14 (below 1e-8
 /// relative for |δ| < [`JS_SERIES_LIMIT`]).
 #[inline(always)]
-fn js_series(delta: f32) -> f32 {
+pub(super) fn js_series(delta: f32) -> f32 {
     let d2 = delta * delta;
     let mut p = 1.0f32 / 91.0;
     p = p.mul_add(d2, 1.0 / 66.0);
@@ -53,7 +53,7 @@ fn js_series(delta: f32) -> f32 {
 
 /// g(δ) = (1+δ)ln(1+δ) + (1−δ)ln(1−δ) = Σ_{k≥1} δ^(2k) / (k(2k−1)).
 #[inline(always)]
-fn js_core(delta: f32) -> f32 {
+pub(super) fn js_core(delta: f32) -> f32 {
     let series = js_series(delta);
     let plus = 1.0 + delta;
     let minus = 1.0 - delta;

@@ -27,6 +27,7 @@
 //! [`fast`]; float64 rows (and the rare rows whose values leave float32
 //! range) run through the float64 [`reference`], which is the specification.
 
+pub mod compare;
 pub mod distill;
 pub mod fast;
 mod kinds;
