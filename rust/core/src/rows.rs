@@ -151,6 +151,33 @@ pub fn f16_to_f32(bits: u16) -> f32 {
     f32::from_bits(sign | body)
 }
 
+/// Widens `N` float16 values (bit patterns) to float32, exactly: with the
+/// F16C conversion instruction where the CPU has it (every AVX2 CPU does),
+/// else with [`f16_to_f32`]. Call it from code that [`crate::simd::dispatch`]
+/// inlines, so that the instruction is compiled in.
+#[inline(always)]
+pub fn f16_array_to_f32<const N: usize>(src: &[u16; N], out: &mut [f32; N]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if N % 8 == 0 && std::is_x86_feature_detected!("f16c") {
+            use std::arch::x86_64::{__m128i, _mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
+            for c in 0..N / 8 {
+                // SAFETY: the CPU has F16C (checked above); c·8 + 8 ≤ N, so
+                // both the 16-byte load and the 32-byte store stay inside
+                // the arrays.
+                unsafe {
+                    let bits = _mm_loadu_si128(src.as_ptr().add(c * 8) as *const __m128i);
+                    _mm256_storeu_ps(out.as_mut_ptr().add(c * 8), _mm256_cvtph_ps(bits));
+                }
+            }
+            return;
+        }
+    }
+    for i in 0..N {
+        out[i] = f16_to_f32(src[i]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +212,26 @@ mod tests {
                     got.is_sign_negative(),
                     want.is_sign_negative(),
                     "{bits:#06x}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn f16_arrays_widen_like_single_values() {
+        let mut src = [0u16; 64];
+        for start in (0..=u16::MAX as usize).step_by(64) {
+            for (i, s) in src.iter_mut().enumerate() {
+                *s = (start + i) as u16;
+            }
+            let mut out = [0.0f32; 64];
+            f16_array_to_f32(&src, &mut out);
+            for i in 0..64 {
+                let want = f16_to_f32(src[i]);
+                assert!(
+                    out[i].to_bits() == want.to_bits() || (out[i].is_nan() && want.is_nan()),
+                    "{:#06x}",
+                    src[i]
                 );
             }
         }

@@ -22,7 +22,7 @@
 //! Rows whose intermediate values leave float32 range return `None` and are
 //! recomputed by the float64 reference.
 
-use crate::rows::{bf16_to_f32, f16_to_f32, Dtype, Rows};
+use crate::rows::{bf16_to_f32, f16_array_to_f32, f16_to_f32, Dtype, Rows};
 use crate::simd::{self, Kernel, LANES, V};
 
 use super::kinds::{
@@ -119,9 +119,10 @@ pub struct F16Row<'a>(pub &'a [u16]);
 #[derive(Clone, Copy)]
 pub struct Bf16Row<'a>(pub &'a [u16]);
 
-/// `Load` for a row of 16-bit float bit patterns widened by `$widen`.
+/// `Load` for a row of 16-bit float bit patterns widened by `$widen`
+/// (one value) and `$widen_array` (a lane group or block).
 macro_rules! load_16_bit_row {
-    ($row:ident, $widen:ident) => {
+    ($row:ident, $widen:ident, $widen_array:ident) => {
         impl Load for $row<'_> {
             #[inline(always)]
             fn get(self, i: usize) -> f32 {
@@ -133,25 +134,31 @@ macro_rules! load_16_bit_row {
             }
             #[inline(always)]
             fn full_group(self, start: usize) -> V {
-                let bits = chunk(self.0, start);
                 let mut out = [0.0; LANES];
-                for i in 0..LANES {
-                    out[i] = $widen(bits[i]);
-                }
+                $widen_array(chunk(self.0, start), &mut out);
                 out
             }
             #[inline(always)]
             fn full_block(self, start: usize, out: &mut [f32; BLK]) {
-                for (o, &x) in out.iter_mut().zip(&self.0[start..start + BLK]) {
-                    *o = $widen(x);
-                }
+                let bits: &[u16; BLK] = self.0[start..start + BLK]
+                    .try_into()
+                    .expect("a whole block");
+                $widen_array(bits, out);
             }
         }
     };
 }
 
-load_16_bit_row!(F16Row, f16_to_f32);
-load_16_bit_row!(Bf16Row, bf16_to_f32);
+/// bfloat16 is the top half of a float32: a shift, which vectorises.
+#[inline(always)]
+fn bf16_array_to_f32<const N: usize>(src: &[u16; N], out: &mut [f32; N]) {
+    for i in 0..N {
+        out[i] = bf16_to_f32(src[i]);
+    }
+}
+
+load_16_bit_row!(F16Row, f16_to_f32, f16_array_to_f32);
+load_16_bit_row!(Bf16Row, bf16_to_f32, bf16_array_to_f32);
 
 /// What the scan pass learns about a pair of rows.
 #[derive(Debug, Clone, Copy)]
