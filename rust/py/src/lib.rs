@@ -7,6 +7,7 @@
 mod array;
 mod diverge;
 mod errors;
+mod io;
 mod lowp;
 
 use pyo3::prelude::*;
@@ -16,6 +17,8 @@ use pyo3::prelude::*;
 mod _core {
     #[pymodule_export]
     use super::diverge::{distill_loss, divergence};
+    #[pymodule_export]
+    use super::io::{llamacpp_decode, llamacpp_encode};
     #[pymodule_export]
     use super::lowp::{
         error_stats, lowp_decode, lowp_encode, lowp_format_info, lowp_formats, lowp_pack,
