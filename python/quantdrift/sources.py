@@ -315,7 +315,8 @@ class _Topk(LogitSource):
     def prefetch(self, start: int, stop: int) -> None:
         if self._mapped is None:
             return
-        for offset, width in zip(self._offsets, (4 * self.topk, 4 * self.topk, 4)):
+        widths = (4 * self.topk, 4 * self.topk, 4)[: 2 if self._rest is None else 3]
+        for offset, width in zip(self._offsets, widths):
             self._mapped.willneed(offset + int(start) * width, (int(stop) - int(start)) * width)
 
     def close(self) -> None:
@@ -334,7 +335,7 @@ class _Shards(LogitSource):
                     raise InputError(
                         f"shard {p.name} has {attr} {getattr(p, attr)!r} but the first shard "
                         f"{first.name} has {getattr(first, attr)!r}; shards of {name} must agree")
-            if first.layout == "topk" and (p._rest is None) != (first._rest is None):  # type: ignore[attr-defined]
+            if first.layout == "topk" and (p.block(0, 0)[2] is None) != (first.block(0, 0)[2] is None):
                 raise InputError(f"shard {p.name} and the first shard {first.name} disagree on "
                                  "whether the remaining mass 'rest' is stored")
         self.name, self.parts = name, parts
