@@ -15,11 +15,12 @@ Divergences between next-token distributions::
 from __future__ import annotations
 
 from . import _core
-from ._errors import DtypeError, InputError, QuantdriftError, ShapeError
+from ._errors import DtypeError, FormatError, InputError, QuantdriftError, ShapeError
 from .divergence import KINDS, distill_loss, divergence, js, kl
 from . import formats
 from .formats import FloatFormat
 from .lowp import decode, encode, mx_decode, mx_encode, nvfp4_decode, nvfp4_encode, round_mixed, round_to
+from .sources import LogitSource, check_pair, open_source, write_llamacpp_base, write_topk
 from .stats import ErrorStats, error_stats
 
 __version__: str = _core.__version__
@@ -47,6 +48,12 @@ __all__ = [
     "InputError",
     "ShapeError",
     "DtypeError",
+    "FormatError",
+    "open_source",
+    "LogitSource",
+    "check_pair",
+    "write_llamacpp_base",
+    "write_topk",
     "isa",
     "num_threads",
 ]

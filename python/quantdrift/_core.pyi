@@ -72,3 +72,18 @@ def nvfp4_decode(
     codes: npt.NDArray[np.uint8], scales: npt.NDArray[np.uint8], row_len: int, *, per_tensor_scale: Optional[float]
 ) -> npt.NDArray[np.float32]: ...
 def error_stats(x: _In, y: _In, *, clip: Optional[float], x16: str, y16: str) -> dict: ...
+
+# --- io (rust/py/src/io.rs) ---
+
+def llamacpp_encode(
+    logits: npt.NDArray[np.float32] | npt.NDArray[np.float64] | npt.NDArray[np.uint16],
+    *,
+    gap: float = 16.0,
+    logits16: str = "bfloat16",
+) -> npt.NDArray[np.uint16]:
+    """Packs rows × vocab logits into rows × (2*((vocab+1)//2)+4) uint16 rows of a
+    llama.cpp --kl-divergence-base file, bit-exactly as llama.cpp writes them."""
+    ...
+def llamacpp_decode(packed: npt.NDArray[np.uint16], vocab: int) -> npt.NDArray[np.float32]:
+    """float32 log-probabilities (rows × vocab) of packed llama.cpp base-file rows."""
+    ...

@@ -7,7 +7,7 @@ Errors caused by the caller's input also subclass :class:`ValueError` (and
 
 from __future__ import annotations
 
-__all__ = ["QuantdriftError", "InputError", "ShapeError", "DtypeError"]
+__all__ = ["QuantdriftError", "InputError", "ShapeError", "DtypeError", "FormatError"]
 
 
 class QuantdriftError(Exception):
@@ -24,3 +24,8 @@ class ShapeError(InputError):
 
 class DtypeError(InputError, TypeError):
     """An argument has a dtype the operation does not accept."""
+
+
+class FormatError(InputError):
+    """A file is not what its format says: bad magic, a corrupt header, or a
+    size that disagrees with its header (a truncated file)."""

@@ -78,6 +78,38 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _info(args: argparse.Namespace) -> int:
+    """Prints what a logit file (or folder/glob of shards) holds."""
+    from .sources import open_source
+
+    with open_source(args.file, dtype=args.dtype, tensor=args.tensor) as src:
+        for key, value in src.info().items():
+            print(f"{key + ':':<18}{value}")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    """Converts logits between formats (e.g. .npy + token ids -> llama.cpp base file)."""
+    import numpy as np
+
+    from . import sources
+
+    to = args.to or {".npy": "npy", ".safetensors": "safetensors"}.get(args.dst[args.dst.rfind("."):])
+    if to is None:
+        raise ValueError(f"cannot tell the output format from {args.dst!r}; give --to llamacpp|npy|safetensors|topk")
+    with sources.open_source(args.src, dtype=args.dtype, tensor=args.tensor) as src:
+        if to == "llamacpp":
+            if args.tokens is None:
+                raise ValueError("--to llamacpp needs --tokens F (a .npy of the text's token ids)")
+            sources.write_llamacpp_base(args.dst, src, np.load(args.tokens), args.n_ctx)
+        elif to == "topk":
+            sources.write_topk(args.dst, src, args.k, tokens=None if args.tokens is None else np.load(args.tokens))
+        else:
+            getattr(sources, f"write_{to}")(args.dst, src)
+    print(f"wrote {args.dst} ({to})")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -89,6 +121,21 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser("demo", help="round a built-in layer into several formats and measure the drift")
     demo.set_defaults(run=_demo)
+    info = commands.add_parser("info", help="show the format, shape, dtype and tokens of a logit file")
+    info.add_argument("file", help="a .npy, .safetensors, llama.cpp base or top-k file, a folder or a glob")
+    convert = commands.add_parser("convert", help="convert logits between formats")
+    convert.add_argument("src")
+    convert.add_argument("dst")
+    convert.add_argument("--to", choices=("llamacpp", "npy", "safetensors", "topk"),
+                         help="output format (default: from DST's extension)")
+    convert.add_argument("--n-ctx", type=int, help="llamacpp: tokens per chunk (default: positions of 3-D logits)")
+    convert.add_argument("--tokens", help="a .npy of token ids (llamacpp: the text; topk: one per row)")
+    convert.add_argument("--k", type=int, default=20, help="topk: entries kept per row (default 20)")
+    for p in (info, convert):
+        p.add_argument("--dtype", choices=("bfloat16", "float16"), help="what uint16 data holds")
+        p.add_argument("--tensor", help="safetensors: the tensor to read")
+    info.set_defaults(run=_info)
+    convert.set_defaults(run=_convert)
     return parser
 
 

@@ -5,6 +5,8 @@
 //!   log-probabilities or probabilities, and the distillation loss.
 //! * [`lowp`]: low-precision float formats, rounding modes, MX and NVFP4
 //!   block formats, error statistics.
+//! * [`io`]: row codecs of logit file formats (llama.cpp's KL-divergence
+//!   base file).
 //! * [`simd`]: vectorised `exp`/`ln` on lanes of `f32` and runtime CPU-feature
 //!   dispatch (AVX-512, AVX2+FMA, NEON, scalar) on stable Rust.
 //! * [`threads`]: the rayon pool, sized by `QUANTDRIFT_NUM_THREADS`.
@@ -15,6 +17,7 @@
 
 pub mod diverge;
 pub mod error;
+pub mod io;
 pub mod lowp;
 pub mod roofline;
 pub mod rows;

@@ -8,6 +8,7 @@ mod array;
 mod compare;
 mod diverge;
 mod errors;
+mod io;
 mod lowp;
 
 use pyo3::prelude::*;
@@ -19,6 +20,8 @@ mod _core {
     use super::compare::compare_block;
     #[pymodule_export]
     use super::diverge::{distill_loss, divergence};
+    #[pymodule_export]
+    use super::io::{llamacpp_decode, llamacpp_encode};
     #[pymodule_export]
     use super::lowp::{
         error_stats, lowp_decode, lowp_encode, lowp_format_info, lowp_formats, lowp_pack,
