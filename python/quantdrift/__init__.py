@@ -22,6 +22,8 @@ from .formats import FloatFormat
 from .lowp import decode, encode, mx_decode, mx_encode, nvfp4_decode, nvfp4_encode, round_mixed, round_to
 from .sources import LogitSource, check_pair, open_source, write_llamacpp_base, write_topk
 from .stats import ErrorStats, error_stats
+from .compare import compare
+from .report import Report
 
 __version__: str = _core.__version__
 
@@ -43,6 +45,8 @@ __all__ = [
     "nvfp4_encode",
     "nvfp4_decode",
     "error_stats",
+    "compare",
+    "Report",
     "ErrorStats",
     "QuantdriftError",
     "InputError",

@@ -1,7 +1,7 @@
 # Type stubs of the compiled module quantdrift._core (rust/py/src).
 # Keep in step with the #[pyfunction] signatures; tests/test_stubs.py checks names and parameters.
 
-from typing import Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -19,6 +19,29 @@ def divergence(
     p16: str = "bfloat16",
     q16: str = "bfloat16",
 ) -> npt.NDArray[np.float64]: ...
+_Block = Union[
+    npt.NDArray[np.float32],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.uint16],
+    Tuple[npt.NDArray[np.int32], npt.NDArray[np.float32], Optional[npt.NDArray[np.float32]]],
+]
+
+def compare_block(
+    base: _Block,
+    other: _Block,
+    *,
+    vocab: int,
+    base_layout: str = "dense",
+    other_layout: str = "dense",
+    base16: str = "bfloat16",
+    other16: str = "bfloat16",
+    select: Optional[npt.NDArray[np.uint32]] = None,
+    tokens: Optional[npt.NDArray[np.int32]] = None,
+    temperature: float = 1.0,
+    topk: List[int] = ...,
+    names: Tuple[str, str] = ("base", "other"),
+    row_offset: int = 0,
+) -> Dict[str, np.ndarray]: ...
 def distill_loss(
     teacher: npt.NDArray[np.float32] | npt.NDArray[np.float64] | npt.NDArray[np.uint16],
     student: npt.NDArray[np.float32] | npt.NDArray[np.float64] | npt.NDArray[np.uint16],

@@ -110,6 +110,46 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    """Compares two logit dumps and prints the report."""
+    import numpy as np
+
+    from .compare import compare
+    from .sources import open_source
+
+    base = open_source(args.base, tensor=args.base_tensor, dtype=args.base_dtype)
+    other = open_source(args.other, tensor=args.other_tensor, dtype=args.other_dtype)
+    mask = None
+    if args.mask:
+        mask = np.load(args.mask)
+    report = compare(
+        base,
+        other,
+        tokens=args.tokens,
+        mask=mask,
+        sequences=args.sequences,
+        prompt_lengths=args.prompt_length,
+        metrics=tuple(args.metrics.split(",")),
+        topk=tuple(int(k) for k in args.topk.split(",")),
+        temperature=args.temperature,
+        progress=not args.no_progress,
+        chunk_bytes=int(args.chunk_mb * 1024 * 1024),
+        worst=args.worst,
+    )
+    print(report)
+    if args.json:
+        report.to_json(args.json)
+    if args.plot:
+        report.plot(args.plot)
+    if args.columns:
+        from ._files import atomic_path
+
+        with atomic_path(args.columns) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **report.columns())
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -136,6 +176,34 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--tensor", help="safetensors: the tensor to read")
     info.set_defaults(run=_info)
     convert.set_defaults(run=_convert)
+
+    cmp = commands.add_parser(
+        "compare",
+        help="compare two models' next-token distributions from dumped logits",
+        description="Compare OTHER with BASE token by token (KL, JS, top-k agreement, PPL, Δp) and "
+        "print a llama.cpp-style report. BASE and OTHER are .npy, .safetensors, llama.cpp "
+        "--kl-divergence-base files, top-k dumps, or folders/globs of shards.",
+    )
+    cmp.add_argument("base", help="reference model's logits (or llama.cpp base file, top-k dump)")
+    cmp.add_argument("other", help="changed model's logits")
+    cmp.add_argument("--tokens", help=".npy of next-token ids, one per row")
+    cmp.add_argument("--mask", help=".npy of booleans, one per row, True where scored")
+    cmp.add_argument("--sequences", type=int, help="rows per sequence (for per-sequence sums and positions)")
+    cmp.add_argument("--prompt-length", type=int, help="context tokens per sequence that are not scored")
+    cmp.add_argument("--metrics", default="kl,js", help="shown metrics: kl,reverse_kl,js (default kl,js)")
+    cmp.add_argument("--topk", default="1,5", help="top-k overlap sizes (default 1,5)")
+    cmp.add_argument("--temperature", type=float, default=1.0)
+    cmp.add_argument("--chunk-mb", type=float, default=512, help="memory budget per read step, MB (default 512)")
+    cmp.add_argument("--worst", type=int, default=10, help="list the N tokens with the largest KL")
+    cmp.add_argument("--base-tensor", help="tensor name in a safetensors BASE")
+    cmp.add_argument("--other-tensor", help="tensor name in a safetensors OTHER")
+    cmp.add_argument("--base-dtype", help="dtype of uint16 data in BASE (float16 or bfloat16)")
+    cmp.add_argument("--other-dtype", help="dtype of uint16 data in OTHER")
+    cmp.add_argument("--json", help="write the report as JSON here")
+    cmp.add_argument("--plot", help="write a figure here (PNG/PDF/SVG; needs matplotlib)")
+    cmp.add_argument("--columns", help="write the per-token columns as .npz here")
+    cmp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cmp.set_defaults(run=_compare)
     return parser
 
 

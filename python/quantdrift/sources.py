@@ -138,6 +138,21 @@ class LogitSource:
     def prefetch(self, start: int, stop: int) -> None:
         """Asks the OS to read rows ``[start, stop)`` ahead (madvise WILLNEED);
         a no-op for arrays in memory."""
+        for mapped, offset, length in self._spans(int(start), int(stop)):
+            mapped.willneed(offset, length)
+
+    def release(self, start: int, stop: int) -> None:
+        """Lets rows ``[start, stop)`` of a memory-mapped file leave this
+        process's resident memory (madvise DONTNEED; the OS page cache keeps
+        them). Streaming readers call it behind them, so that reading a file
+        of any size holds a bounded working set. Arrays already handed out
+        stay valid: touching them reads the file again."""
+        for mapped, offset, length in self._spans(int(start), int(stop)):
+            mapped.dontneed(offset, length)
+
+    def _spans(self, start: int, stop: int) -> List[Tuple["_Mapped", int, int]]:
+        """(map, byte offset, byte length) of the file bytes holding rows [start, stop)."""
+        return []
 
     def close(self) -> None:
         """Releases the file's memory map (blocks already handed out stay valid)."""
@@ -202,13 +217,21 @@ class _Mapped:
         return np.frombuffer(self.mm, dtype=dtype, count=count, offset=offset).reshape(shape)
 
     def willneed(self, offset: int, length: int) -> None:
-        if self.mm is None or length <= 0 or not hasattr(self.mm, "madvise"):
+        self._advise("MADV_WILLNEED", offset, length)
+
+    def dontneed(self, offset: int, length: int) -> None:
+        # The pages leave this process's resident set; the page cache keeps
+        # them, and touching them again faults them back in from there.
+        self._advise("MADV_DONTNEED", offset, length)
+
+    def _advise(self, advice: str, offset: int, length: int) -> None:
+        if self.mm is None or length <= 0 or not hasattr(mmap, advice):
             return
         page = mmap.PAGESIZE
         begin = offset - offset % page
         end = min(offset + length, self.size)
         try:
-            self.mm.madvise(mmap.MADV_WILLNEED, begin, end - begin)
+            self.mm.madvise(getattr(mmap, advice), begin, end - begin)
         except (OSError, ValueError, AttributeError):  # a hint only
             pass
 
@@ -242,10 +265,11 @@ class _Dense(LogitSource):
             b = np.array(b, order="C", copy=True)
         return b
 
-    def prefetch(self, start: int, stop: int) -> None:
-        if self._mapped is not None:
-            row = self.vocab * self._data.itemsize
-            self._mapped.willneed(self._offset + int(start) * row, (int(stop) - int(start)) * row)
+    def _spans(self, start: int, stop: int) -> List[Tuple["_Mapped", int, int]]:
+        if self._mapped is None:
+            return []
+        row = self.vocab * self._data.itemsize
+        return [(self._mapped, self._offset + start * row, (stop - start) * row)]
 
     def close(self) -> None:
         if self._mapped is not None:
@@ -279,9 +303,9 @@ class _Llamacpp(LogitSource):
     def _block(self, start: int, stop: int) -> np.ndarray:
         return self._rows[start:stop]
 
-    def prefetch(self, start: int, stop: int) -> None:
+    def _spans(self, start: int, stop: int) -> List[Tuple["_Mapped", int, int]]:
         row = 2 * self.row_len
-        self._mapped.willneed(self._offset + int(start) * row, (int(stop) - int(start)) * row)
+        return [(self._mapped, self._offset + start * row, (stop - start) * row)]
 
     def close(self) -> None:
         self._mapped.close()
@@ -312,12 +336,12 @@ class _Topk(LogitSource):
 
         return c(self._indices), c(self._logprobs), None if self._rest is None else c(self._rest)
 
-    def prefetch(self, start: int, stop: int) -> None:
+    def _spans(self, start: int, stop: int) -> List[Tuple["_Mapped", int, int]]:
         if self._mapped is None:
-            return
+            return []
         widths = (4 * self.topk, 4 * self.topk, 4)[: 2 if self._rest is None else 3]
-        for offset, width in zip(self._offsets, widths):
-            self._mapped.willneed(offset + int(start) * width, (int(stop) - int(start)) * width)
+        return [(self._mapped, offset + start * width, (stop - start) * width)
+                for offset, width in zip(self._offsets, widths)]
 
     def close(self) -> None:
         if self._mapped is not None:
@@ -374,9 +398,8 @@ class _Shards(LogitSource):
             return (np.concatenate([x[0] for x in pieces]), np.concatenate([x[1] for x in pieces]), rest)
         return np.concatenate(pieces)
 
-    def prefetch(self, start: int, stop: int) -> None:
-        for p, a, b in self._pieces(int(start), int(stop)):
-            p.prefetch(a, b)
+    def _spans(self, start: int, stop: int) -> List[Tuple["_Mapped", int, int]]:
+        return [span for p, a, b in self._pieces(start, stop) for span in p._spans(a, b)]
 
     def close(self) -> None:
         for p in self.parts:

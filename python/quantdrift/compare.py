@@ -1,0 +1,302 @@
+"""Compare a reference model with a changed one from their next-token
+distributions, streamed from arrays or dumped files in bounded memory."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Iterable, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _core
+from ._arrays import as_scores
+from ._errors import InputError, ShapeError
+from .report import Report
+from .sources import LogitSource, check_pair, open_source
+
+#: Rows of both sources read per step stay under this many bytes by default.
+DEFAULT_CHUNK_BYTES = 512 * 1024 * 1024
+#: Metrics the comparison computes (all three come from one fused pass).
+METRICS = ("kl", "reverse_kl", "js")
+
+
+def compare(
+    base: Any,
+    other: Any,
+    *,
+    tokens: Any = None,
+    mask: Any = None,
+    prompt_lengths: Any = None,
+    sequences: Any = None,
+    metrics: Sequence[str] = ("kl", "js"),
+    topk: Sequence[int] = (1, 5),
+    temperature: float = 1.0,
+    progress: bool = True,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    worst: int = 10,
+    base_dtype: Optional[str] = None,
+    other_dtype: Optional[str] = None,
+) -> Report:
+    """Compares ``other`` with ``base`` token by token and returns a
+    :class:`~quantdrift.report.Report`.
+
+    ``base`` and ``other`` are arrays of logits (``[tokens, vocab]`` or
+    ``[sequences, positions, vocab]``), paths (``.npy``, ``.safetensors``,
+    llama.cpp ``--kl-divergence-base`` files, top-k dumps, folders or globs
+    of shards), or :class:`~quantdrift.sources.LogitSource` objects. Rows are
+    read in chunks of at most ``chunk_bytes`` (both sources together), so
+    memory stays bounded whatever the file size.
+
+    Options:
+
+    * ``tokens``: the actual next token of every row (int array or ``.npy``
+      path); taken from a llama.cpp base file when it has them. Enables PPL,
+      Δp and the NLL columns.
+    * ``sequences``: sequence lengths in rows (an int array summing to the
+      row count, or one int for equal lengths); 3-D arrays and llama.cpp
+      files bring their own.
+    * ``mask``: a boolean per row, True where the row is scored.
+    * ``prompt_lengths``: per sequence (or one int), the number of context
+      tokens: row ``i`` of a sequence predicts token ``i + 1``, so rows
+      ``i < prompt_length − 1`` are not scored (the lecture's Def 4.7).
+    * ``metrics``: which of ``"kl"``, ``"reverse_kl"``, ``"js"`` the text
+      report shows (all three columns are always computed).
+    * ``topk``: sizes of the top-k overlap statistic (1 = same top token).
+    * ``temperature``: softmax temperature applied to both sides.
+    * ``progress``: a progress bar (tqdm) on a terminal.
+    """
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise InputError(f"unknown metric(s) {unknown}; compare computes {list(METRICS)}")
+    sizes = [int(k) for k in topk]
+    if any(k < 1 for k in sizes):
+        raise InputError(f"topk sizes must be >= 1, got {list(topk)}")
+    if not (isinstance(chunk_bytes, (int, np.integer)) and chunk_bytes > 0):
+        raise InputError(f"chunk_bytes must be a positive int, got {chunk_bytes!r}")
+
+    b = open_source(base, dtype=base_dtype, name=_name(base, "base"))
+    o = open_source(other, dtype=other_dtype, name=_name(other, "other"))
+    check_pair(b, o)
+    n = b.n_rows
+    token_ids = _tokens(tokens, b, o, n)
+    starts = _sequence_starts(sequences, b, o, n)
+    seq_of_row, pos_of_row = _sequence_index(starts, b, o, n)
+    scored = _scored(mask, prompt_lengths, starts, pos_of_row, n)
+
+    row_bytes = _row_bytes(b) + _row_bytes(o)
+    step = max(1, int(chunk_bytes) // max(row_bytes, 1))
+    names = (b.name, o.name)
+    parts = []
+    bar = _progress(progress, n, b.name)
+    try:
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            _prefetch(b, stop, min(n, stop + step))
+            _prefetch(o, stop, min(n, stop + step))
+            select = None
+            if scored is not None:
+                select = np.flatnonzero(scored[start:stop]).astype(np.uint32)
+                if select.size == 0:
+                    _advance(bar, stop - start)
+                    continue
+            base_block, base16 = _kernel_block(b.block(start, stop), b)
+            other_block, other16 = _kernel_block(o.block(start, stop), o)
+            part = _core.compare_block(
+                base_block,
+                other_block,
+                vocab=b.vocab,
+                base_layout=b.layout,
+                other_layout=o.layout,
+                base16=base16,
+                other16=other16,
+                select=select,
+                tokens=None if token_ids is None else token_ids[start:stop],
+                temperature=float(temperature),
+                topk=sizes,
+                names=names,
+                row_offset=start,
+            )
+            local = np.arange(start, stop, dtype=np.int64) if select is None else select.astype(np.int64) + start
+            part["rows"] = local
+            parts.append(part)
+            del base_block, other_block
+            b.release(start, stop)
+            o.release(start, stop)
+            _advance(bar, stop - start)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    def column(key, dtype):
+        if not parts:
+            shape = (0, len(sizes)) if key == "overlap" else (0,)
+            return np.zeros(shape, dtype=dtype)
+        return np.concatenate([p[key] for p in parts])
+
+    rows = column("rows", np.int64)
+    overlap = column("overlap", np.float32)
+    nll_base = nll_other = tok = None
+    if token_ids is not None:
+        nll_base, nll_other = column("nll_base", np.float32), column("nll_other", np.float32)
+        tok = token_ids[rows]
+    report = Report(
+        base_name=b.name,
+        other_name=o.name,
+        vocab=b.vocab,
+        n_rows=n,
+        kl=column("kl", np.float32),
+        reverse_kl=column("reverse_kl", np.float32),
+        js=column("js", np.float32),
+        top1_base=column("top1_base", np.int32),
+        top1_other=column("top1_other", np.int32),
+        overlap={k: np.ascontiguousarray(overlap[:, j]) for j, k in enumerate(sizes)},
+        rows=rows,
+        sequence=seq_of_row[rows] if seq_of_row is not None else np.full(rows.size, -1, np.int64),
+        position=pos_of_row[rows] if pos_of_row is not None else np.full(rows.size, -1, np.int32),
+        nll_base=nll_base,
+        nll_other=nll_other,
+        tokens=tok,
+        temperature=float(temperature),
+        base_layout=b.layout,
+        n_sequences=0 if starts is None else int(starts.size),
+        worst_n=int(worst),
+        metrics=tuple(metrics),
+    )
+    return report
+
+
+def _name(obj: Any, default: str) -> str:
+    if isinstance(obj, LogitSource):
+        return obj.name
+    if isinstance(obj, (str, bytes)) or hasattr(obj, "__fspath__"):
+        import os
+
+        return os.fspath(obj) if not isinstance(obj, bytes) else obj.decode()
+    return default
+
+
+def _row_bytes(src: LogitSource) -> int:
+    if src.layout == "llamacpp":
+        return 2 * (2 * ((src.vocab + 1) // 2) + 4)
+    if src.layout == "topk":
+        return 8 * int(src.topk or 1) + 4
+    return src.vocab * np.dtype({"bfloat16": "uint16"}.get(src.dtype, src.dtype)).itemsize
+
+
+def _kernel_block(block: Any, src: LogitSource) -> Tuple[Any, str]:
+    """The block as ``_core.compare_block`` takes it, and its 16-bit dtype name."""
+    if src.layout != "dense":
+        return block, "bfloat16"
+    if isinstance(block, np.ndarray) and block.dtype == np.uint16:
+        return block, src.dtype
+    arr, dtype16 = as_scores(block, src.name)
+    return arr, dtype16
+
+
+def _prefetch(src: LogitSource, start: int, stop: int) -> None:
+    if stop > start:
+        src.prefetch(start, stop)
+
+
+def _tokens(tokens: Any, b: LogitSource, o: LogitSource, n: int) -> Optional[np.ndarray]:
+    if tokens is None:
+        for src in (b, o):
+            if getattr(src, "tokens", None) is not None:
+                return np.ascontiguousarray(src.tokens, dtype=np.int32)
+        return None
+    if isinstance(tokens, (str, bytes)) or hasattr(tokens, "__fspath__"):
+        tokens = np.load(tokens, mmap_mode="r")
+    arr = np.asarray(tokens)
+    if arr.dtype.kind not in "iu":
+        raise InputError(f"tokens must be integer token ids, got dtype {arr.dtype}")
+    arr = arr.reshape(-1)
+    if arr.size != n:
+        raise ShapeError(f"tokens: need one token id per row ({n} rows in {b.name}), got {arr.size}")
+    if arr.size and (arr.min() < 0 or arr.max() >= b.vocab):
+        bad = int(np.flatnonzero((arr < 0) | (arr >= b.vocab))[0])
+        raise InputError(f"tokens: id {int(arr[bad])} at row {bad} is outside the vocabulary of {b.vocab}")
+    return np.ascontiguousarray(arr, dtype=np.int32)
+
+
+def _sequence_starts(sequences: Any, b: LogitSource, o: LogitSource, n: int) -> Optional[np.ndarray]:
+    if sequences is None:
+        for src in (b, o):
+            starts = getattr(src, "sequence_starts", None)
+            if starts is not None:
+                return np.asarray(starts, dtype=np.int64)
+        return None
+    if np.ndim(sequences) == 0:
+        length = int(sequences)
+        if length <= 0 or n % length:
+            raise InputError(f"sequences={length}: {n} rows are not a whole number of sequences of that length")
+        return np.arange(0, n, length, dtype=np.int64)
+    lengths = np.asarray(sequences)
+    if lengths.dtype.kind not in "iu" or lengths.ndim != 1:
+        raise InputError("sequences must be one int or a 1-D int array of sequence lengths")
+    if np.any(lengths <= 0) or int(lengths.sum()) != n:
+        raise InputError(
+            f"sequences: lengths must be positive and sum to the row count {n}, got a sum of {int(lengths.sum())}"
+        )
+    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+
+
+def _sequence_index(starts, b, o, n) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    positions = None
+    for src in (b, o):
+        if getattr(src, "positions", None) is not None:
+            positions = np.asarray(src.positions, dtype=np.int32)
+            break
+    if starts is None:
+        return None, positions
+    seq = np.zeros(n, dtype=np.int64)
+    if starts.size > 1:
+        seq[starts[1:]] = 1
+        seq = np.cumsum(seq)
+    if positions is None:
+        positions = (np.arange(n, dtype=np.int64) - starts[seq]).astype(np.int32)
+    return seq, positions
+
+
+def _scored(mask, prompt_lengths, starts, positions, n) -> Optional[np.ndarray]:
+    scored = None
+    if mask is not None:
+        if isinstance(mask, (str, bytes)) or hasattr(mask, "__fspath__"):
+            mask = np.load(mask)
+        m = np.asarray(mask)
+        if m.dtype != np.bool_:
+            raise InputError(f"mask must be a boolean array (True = scored), got dtype {m.dtype}")
+        m = m.reshape(-1)
+        if m.size != n:
+            raise ShapeError(f"mask: need one value per row ({n}), got {m.size}")
+        scored = m
+    if prompt_lengths is not None:
+        if starts is None or positions is None:
+            raise InputError("prompt_lengths needs sequence boundaries: pass sequences= (or a 3-D array)")
+        lengths = np.asarray(prompt_lengths, dtype=np.int64)
+        if lengths.ndim == 0:
+            lengths = np.full(starts.size, int(lengths))
+        if lengths.shape != (starts.size,):
+            raise ShapeError(f"prompt_lengths: need one length per sequence ({starts.size}), got {lengths.size}")
+        seq = np.zeros(n, dtype=np.int64)
+        if starts.size > 1:
+            seq[starts[1:]] = 1
+            seq = np.cumsum(seq)
+        keep = positions.astype(np.int64) + 1 >= lengths[seq]
+        scored = keep if scored is None else scored & keep
+    return scored
+
+
+def _progress(enabled: bool, total: int, name: str):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return None
+    return tqdm(total=total, unit="tok", unit_scale=True, desc="compare", disable=None, file=sys.stderr)
+
+
+def _advance(bar, rows: int) -> None:
+    if bar is not None:
+        bar.update(rows)
