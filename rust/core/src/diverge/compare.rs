@@ -27,7 +27,7 @@ use rayon::prelude::*;
 use super::fast::{
     first_index_of, scan, Bf16Row, Blocks, F16Row, Load, Prefetch, Scan, Totals, BLK, BLOCK,
 };
-use super::kinds::{exp_neg_remainder, js_core, SERIES_LIMIT};
+use super::kinds::{js_core, SERIES_LIMIT};
 use super::{reference, Inputs, Kind, Options, RowIssue, Side};
 use crate::error::{CoreError, Result};
 use crate::rows::{Dtype, Rows};
@@ -207,6 +207,13 @@ struct Scratch {
     top: [Vec<(f32, u32)>; 2],
 }
 
+thread_local! {
+    /// Per-thread buffers, kept across rows and calls: a row pair needs
+    /// about 4 bytes per vocabulary entry per side, and allocating (and
+    /// zeroing) that per row would cost as much as a pass over the row.
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
 /// Evaluates rows `select` (all rows when `None`) of a block pair.
 /// `tokens`, when given, holds the next token of every row of the block
 /// (a negative id means none).
@@ -234,10 +241,12 @@ pub fn compare_rows(
     let results: Vec<std::result::Result<RowOut, (Side, RowIssue)>> = select
         .par_iter()
         .with_min_len(1)
-        .map_init(Scratch::default, |scratch, &r| {
+        .map(|&r| {
             let r = r as usize;
             let token = tokens.and_then(|t| usize::try_from(t[r]).ok());
-            row_stats(&base, &other, r, token, opts, &sizes, scratch)
+            SCRATCH.with(|scratch| {
+                row_stats(&base, &other, r, token, opts, &sizes, &mut scratch.borrow_mut())
+            })
         })
         .collect();
     let n = select.len();
@@ -616,7 +625,7 @@ impl<P: Load, Q: Load> Kernel for PairKernel<'_, P, Q> {
         }
         let top_p = first_index_of(p, s.max_p);
         let top_q = first_index_of(q, s.max_q);
-        let Some(sums) = two_passes(p, q, &s, top_p, top_q, inv_t, exps) else {
+        let Some(sums) = two_passes(p, q, &s, top_p, inv_t, exps) else {
             return Ok(None);
         };
         let (ln_sp, ln_sq) = (sums.sp.ln(), sums.sq.ln());
@@ -675,14 +684,16 @@ fn two_passes<P: Load, Q: Load>(
     q: Q,
     s: &Scan,
     top_p: usize,
-    top_q: usize,
     inv_t: f32,
     work: &mut Vec<f32>,
 ) -> Option<PassSums> {
+    // One u = a − b + shift serves both directions: KL(Q‖P) takes
+    // u' = −u (the forms hold for any constant shift; this one makes u = 0
+    // at P's argmax, and near 0 wherever either model has mass when the
+    // two are close).
     let shift = (q.get(top_p) - s.max_q) * inv_t; // b at P's argmax (≤ 0)
-    let shift_r = (p.get(top_q) - s.max_p) * inv_t; // a at Q's argmax (≤ 0)
-    let (k, k_r) = (simd::exp(-shift), simd::exp(-shift_r));
-    if !(k.is_finite() && k_r.is_finite()) {
+    let (k, k_r) = (simd::exp(-shift), simd::exp(shift));
+    if !(k.is_finite() && k_r > 0.0) {
         return None;
     }
     let padded = p.len().div_ceil(BLK) * BLK;
@@ -728,28 +739,27 @@ fn two_passes<P: Load, Q: Load>(
             .expect("a whole block");
         for i in 0..BLK {
             let (w, v) = (ws[i], vs[i]);
-            // KL(P‖Q): u = a − b + shift; w·e^(−u) = v·k.
+            // h(±u) = e^(∓u) − 1 ± u = E ∓ O from the even and odd parts
+            // of one series: KL(P‖Q) sums w·h(u), KL(Q‖P) sums v·h(−u).
             let u = a[i] - b[i] + shift;
+            let (even, odd) = exp_remainder_parts(u);
+            let series = u.abs() <= SERIES_LIMIT;
+            // KL(P‖Q): w·e^(−u) = v·k.
             let w_u = w * u;
             let large = v * k - w + w_u;
             wu[i] = simd::select(w > 0.0, w_u, 0.0);
             rem[i] = simd::select(
                 w > 0.0,
-                simd::select(u.abs() <= SERIES_LIMIT, w * exp_neg_remainder(u), large),
+                simd::select(series, w * (even - odd), large),
                 v * k,
             );
-            // KL(Q‖P): u' = b − a + shift_r; v·e^(−u') = w·k_r.
-            let u_r = b[i] - a[i] + shift_r;
-            let v_u = v * u_r;
+            // KL(Q‖P) with u' = −u: v·e^(u) = w·k_r.
+            let v_u = -(v * u);
             let large_r = w * k_r - v + v_u;
             vu[i] = simd::select(v > 0.0, v_u, 0.0);
             rem_r[i] = simd::select(
                 v > 0.0,
-                simd::select(
-                    u_r.abs() <= SERIES_LIMIT,
-                    v * exp_neg_remainder(u_r),
-                    large_r,
-                ),
+                simd::select(series, v * (even + odd), large_r),
                 w * k_r,
             );
             // JS: (P+Q)·g(δ), δ = (P−Q)/(P+Q); the series covers |δ| < 1/4.
@@ -821,6 +831,26 @@ fn js_series_wide(delta: f32) -> f32 {
     p = p.mul_add(d2, 1.0 / 6.0);
     p = p.mul_add(d2, 1.0);
     p * d2
+}
+
+/// The even and odd parts (E, O) of h(u) = e^(−u) − 1 + u = E − O for
+/// |u| ≤ [`SERIES_LIMIT`]: E = Σ u^(2j)/(2j)!, j = 1..5, and
+/// O = Σ u^(2j+1)/(2j+1)!, j = 1..5 — the terms of the series of
+/// `kinds::exp_neg_remainder`, so h(−u) = E + O comes at no extra cost.
+#[inline(always)]
+fn exp_remainder_parts(u: f32) -> (f32, f32) {
+    let u2 = u * u;
+    let mut e = 1.0f32 / 3_628_800.0;
+    e = e.mul_add(u2, 1.0 / 40_320.0);
+    e = e.mul_add(u2, 1.0 / 720.0);
+    e = e.mul_add(u2, 1.0 / 24.0);
+    e = e.mul_add(u2, 0.5);
+    let mut o = 1.0f32 / 39_916_800.0;
+    o = o.mul_add(u2, 1.0 / 362_880.0);
+    o = o.mul_add(u2, 1.0 / 5_040.0);
+    o = o.mul_add(u2, 1.0 / 120.0);
+    o = o.mul_add(u2, 1.0 / 6.0);
+    (e * u2, o * u2 * u)
 }
 
 /// KL = E[u] + ln(1 + E[e^(−u) − 1]) from Σw·u, Σw·(e^(−u) − 1 + u) and Σw.
