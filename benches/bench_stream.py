@@ -29,6 +29,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import warnings
 
 import numpy as np
 
@@ -75,6 +76,8 @@ def warm(path: str) -> None:
 
 
 def torch_loop(base_path: str, other_path: str, chunk_rows: int):
+    # torch warns that the memory-mapped chunks are read-only; nothing writes to them
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     b = np.load(base_path, mmap_mode="r")
     o = np.load(other_path, mmap_mode="r")
     kls, rkls, jss, same = [], [], [], []
