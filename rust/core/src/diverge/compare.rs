@@ -25,7 +25,8 @@
 use rayon::prelude::*;
 
 use super::fast::{
-    first_index_of, scan, Bf16Row, Blocks, F16Row, Load, Prefetch, Scan, Totals, BLK, BLOCK,
+    check_scan, first_index_of, scan, store_exps, stored_block, Bf16Row, Blocks, F16Row, Load,
+    Prefetch, Scan, Totals, BLK, BLOCK,
 };
 use super::kinds::{js_core, SERIES_LIMIT};
 use super::{reference, Inputs, Kind, Options, RowIssue, Side};
@@ -245,7 +246,15 @@ pub fn compare_rows(
             let r = r as usize;
             let token = tokens.and_then(|t| usize::try_from(t[r]).ok());
             SCRATCH.with(|scratch| {
-                row_stats(&base, &other, r, token, opts, &sizes, &mut scratch.borrow_mut())
+                row_stats(
+                    &base,
+                    &other,
+                    r,
+                    token,
+                    opts,
+                    &sizes,
+                    &mut scratch.borrow_mut(),
+                )
             })
         })
         .collect();
@@ -607,18 +616,7 @@ impl<P: Load, Q: Load> Kernel for PairKernel<'_, P, Q> {
             top,
         } = self;
         let s = scan(p, q, next);
-        if s.p_bad {
-            return Err((Side::P, RowIssue::NotFinite));
-        }
-        if s.q_bad {
-            return Err((Side::Q, RowIssue::NotFinite));
-        }
-        if s.max_p == f32::NEG_INFINITY {
-            return Err((Side::P, RowIssue::Empty));
-        }
-        if s.max_q == f32::NEG_INFINITY {
-            return Err((Side::Q, RowIssue::Empty));
-        }
+        check_scan(&s, true)?;
         if s.p_outside_q || s.q_outside_p {
             // Infinite divergences: the reference states them exactly.
             return Ok(None);
@@ -696,47 +694,19 @@ fn two_passes<P: Load, Q: Load>(
     if !(k.is_finite() && k_r > 0.0) {
         return None;
     }
+    let (sp, sq) = store_exps(p, q, s, inv_t, work);
     let padded = p.len().div_ceil(BLK) * BLK;
-    if work.len() < 2 * padded {
-        // Grown once per thread; pass 1 overwrites what pass 2 reads.
-        work.resize(2 * padded, 0.0);
-    }
-    let (w_all, v_all) = work[..2 * padded].split_at_mut(padded);
-    let mut totals = Totals::<2>::new();
-    let mut blocks = Blocks::new(p, q, s, s.max_p, s.max_q, inv_t);
-    let (mut a, mut b) = ([0.0; BLK], [0.0; BLK]);
-    let mut start = 0;
-    while blocks.next(&mut a, &mut b) {
-        let ws: &mut [f32; BLK] = (&mut w_all[start..start + BLK])
-            .try_into()
-            .expect("a whole block");
-        let vs: &mut [f32; BLK] = (&mut v_all[start..start + BLK])
-            .try_into()
-            .expect("a whole block");
-        for i in 0..BLK {
-            ws[i] = simd::exp_nonpositive(a[i]);
-            vs[i] = simd::exp_nonpositive(b[i]);
-        }
-        totals.add(0, ws);
-        totals.add(1, vs);
-        start += BLK;
-    }
-    let [sp, sq] = totals.finish();
     let (inv_sp, inv_sq) = ((1.0 / sp) as f32, (1.0 / sq) as f32);
 
     let mut sums = Totals::<7>::new();
     let mut blocks = Blocks::new(p, q, s, s.max_p, s.max_q, inv_t);
+    let (mut a, mut b) = ([0.0; BLK], [0.0; BLK]);
     let (mut wu, mut rem, mut vu, mut rem_r, mut js) =
         ([0.0; BLK], [0.0; BLK], [0.0; BLK], [0.0; BLK], [0.0; BLK]);
     let mut far = [0.0f32; BLK];
     let mut start = 0;
     while blocks.next(&mut a, &mut b) {
-        let ws: &[f32; BLK] = (&w_all[start..start + BLK])
-            .try_into()
-            .expect("a whole block");
-        let vs: &[f32; BLK] = (&v_all[start..start + BLK])
-            .try_into()
-            .expect("a whole block");
+        let (ws, vs) = stored_block(work, padded, start);
         for i in 0..BLK {
             let (w, v) = (ws[i], vs[i]);
             // h(±u) = e^(∓u) − 1 ± u = E ∓ O from the even and odd parts

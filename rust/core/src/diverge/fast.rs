@@ -394,6 +394,80 @@ impl<P: Load, Q: Load> Blocks<P, Q> {
     }
 }
 
+/// The row issue a scan found, if any: NaN or +inf, or no finite value
+/// (q is checked only when the kind reads it).
+#[inline(always)]
+pub(super) fn check_scan(s: &Scan, needs_q: bool) -> std::result::Result<(), (Side, RowIssue)> {
+    if s.p_bad {
+        return Err((Side::P, RowIssue::NotFinite));
+    }
+    if needs_q && s.q_bad {
+        return Err((Side::Q, RowIssue::NotFinite));
+    }
+    if s.max_p == f32::NEG_INFINITY {
+        return Err((Side::P, RowIssue::Empty));
+    }
+    if needs_q && s.max_q == f32::NEG_INFINITY {
+        return Err((Side::Q, RowIssue::Empty));
+    }
+    Ok(())
+}
+
+/// The exponentials w = e^a and v = e^b of a row pair's shifted scores,
+/// stored block by block in `work` (grown as needed; 2 × the padded row,
+/// which stays in L2 for a second pass), and their sums (Sp, Sq).
+#[inline(always)]
+pub(super) fn store_exps<P: Load, Q: Load>(
+    p: P,
+    q: Q,
+    s: &Scan,
+    inv_t: f32,
+    work: &mut Vec<f32>,
+) -> (f64, f64) {
+    let padded = p.len().div_ceil(BLK) * BLK;
+    if work.len() < 2 * padded {
+        work.resize(2 * padded, 0.0);
+    }
+    let (w_all, v_all) = work[..2 * padded].split_at_mut(padded);
+    let mut totals = Totals::<2>::new();
+    let mut blocks = Blocks::new(p, q, s, s.max_p, s.max_q, inv_t);
+    let (mut a, mut b) = ([0.0; BLK], [0.0; BLK]);
+    let mut start = 0;
+    while blocks.next(&mut a, &mut b) {
+        let ws: &mut [f32; BLK] = (&mut w_all[start..start + BLK])
+            .try_into()
+            .expect("a whole block");
+        let vs: &mut [f32; BLK] = (&mut v_all[start..start + BLK])
+            .try_into()
+            .expect("a whole block");
+        for i in 0..BLK {
+            ws[i] = simd::exp_nonpositive(a[i]);
+            vs[i] = simd::exp_nonpositive(b[i]);
+        }
+        totals.add(0, ws);
+        totals.add(1, vs);
+        start += BLK;
+    }
+    let [sp, sq] = totals.finish();
+    (sp, sq)
+}
+
+/// Block `start / BLK` of the exponentials [`store_exps`] left in `work`.
+#[inline(always)]
+pub(super) fn stored_block(
+    work: &[f32],
+    padded: usize,
+    start: usize,
+) -> (&[f32; BLK], &[f32; BLK]) {
+    let w = (&work[start..start + BLK])
+        .try_into()
+        .expect("a whole block");
+    let v = (&work[padded + start..padded + start + BLK])
+        .try_into()
+        .expect("a whole block");
+    (w, v)
+}
+
 struct RowKernel<'w, P, Q, E> {
     p: P,
     q: Q,
@@ -417,18 +491,7 @@ impl<P: Load, Q: Load, E: Evaluate> Kernel for RowKernel<'_, P, Q, E> {
             inv_t,
         } = self;
         let s = scan(p, q, next);
-        if s.p_bad {
-            return Err((Side::P, RowIssue::NotFinite));
-        }
-        if E::NEEDS_Q && s.q_bad {
-            return Err((Side::Q, RowIssue::NotFinite));
-        }
-        if s.max_p == f32::NEG_INFINITY {
-            return Err((Side::P, RowIssue::Empty));
-        }
-        if E::NEEDS_Q && s.max_q == f32::NEG_INFINITY {
-            return Err((Side::Q, RowIssue::Empty));
-        }
+        check_scan(&s, E::NEEDS_Q)?;
         Ok(eval.evaluate(p, q, &s, inv_t, work))
     }
 }

@@ -4,7 +4,9 @@
 //! forms are chosen to keep their digits when P ≈ Q; see the module docs of
 //! [`super::fast`].
 
-use super::fast::{first_index_of, Blocks, Load, Scan, Totals, BLK, BLOCK};
+use super::fast::{
+    first_index_of, store_exps, stored_block, Blocks, Load, Scan, Totals, BLK, BLOCK,
+};
 use crate::simd::{self, LANES};
 
 /// Where [`exp_neg_remainder`] is used instead of e^(−u) − 1 + u computed
@@ -322,30 +324,8 @@ impl<T: Term> Evaluate for Normalised<T> {
         }
         // The sum pass keeps its exponentials (2 × the row, in L2) for the
         // term pass rather than computing them twice.
+        let (sp, sq) = store_exps(p, q, s, inv_t, work);
         let padded = p.len().div_ceil(BLK) * BLK;
-        work.clear();
-        work.resize(2 * padded, 0.0);
-        let (w_all, v_all) = work.split_at_mut(padded);
-        let mut totals = Totals::<2>::new();
-        let mut blocks = Blocks::new(p, q, s, s.max_p, s.max_q, inv_t);
-        let (mut a, mut b) = ([0.0; BLK], [0.0; BLK]);
-        let mut start = 0;
-        while blocks.next(&mut a, &mut b) {
-            let ws: &mut [f32; BLK] = (&mut w_all[start..start + BLK])
-                .try_into()
-                .expect("a whole block");
-            let vs: &mut [f32; BLK] = (&mut v_all[start..start + BLK])
-                .try_into()
-                .expect("a whole block");
-            for i in 0..BLK {
-                ws[i] = simd::exp_nonpositive(a[i]);
-                vs[i] = simd::exp_nonpositive(b[i]);
-            }
-            totals.add(0, ws);
-            totals.add(1, vs);
-            start += BLK;
-        }
-        let [sp, sq] = totals.finish();
         let norm = Norm {
             inv_sp: (1.0 / sp) as f32,
             inv_sq: (1.0 / sq) as f32,
@@ -354,15 +334,11 @@ impl<T: Term> Evaluate for Normalised<T> {
         };
         let mut terms = Totals::<1>::new();
         let mut blocks = Blocks::new(p, q, s, s.max_p, s.max_q, inv_t);
+        let (mut a, mut b) = ([0.0; BLK], [0.0; BLK]);
         let mut out = [0.0; BLK];
         let mut start = 0;
         while blocks.next(&mut a, &mut b) {
-            let ws: &[f32; BLK] = (&w_all[start..start + BLK])
-                .try_into()
-                .expect("a whole block");
-            let vs: &[f32; BLK] = (&v_all[start..start + BLK])
-                .try_into()
-                .expect("a whole block");
+            let (ws, vs) = stored_block(work, padded, start);
             self.0.block(&a, &b, ws, vs, &norm, &mut out);
             terms.add(0, &out);
             start += BLK;
