@@ -21,6 +21,18 @@ from . import formats
 from .formats import FloatFormat
 from .lowp import decode, encode, mx_decode, mx_encode, nvfp4_decode, nvfp4_encode, round_mixed, round_to
 from .stats import ErrorStats, error_stats
+from .quant import (
+    Partition,
+    QuantizedTensor,
+    blocks,
+    dequantize,
+    fake_quantize,
+    groups,
+    labels,
+    per_axis,
+    per_tensor,
+    quantize,
+)
 
 __version__: str = _core.__version__
 
@@ -43,6 +55,16 @@ __all__ = [
     "nvfp4_decode",
     "error_stats",
     "ErrorStats",
+    "quantize",
+    "dequantize",
+    "fake_quantize",
+    "QuantizedTensor",
+    "Partition",
+    "per_tensor",
+    "per_axis",
+    "groups",
+    "blocks",
+    "labels",
     "QuantdriftError",
     "InputError",
     "ShapeError",

@@ -5,6 +5,8 @@
 //!   log-probabilities or probabilities, and the distillation loss.
 //! * [`lowp`]: low-precision float formats, rounding modes, MX and NVFP4
 //!   block formats, error statistics.
+//! * [`quant`]: integer quantization over any partition (Def 3.2):
+//!   calibration, quantize/dequantize kernels, bit packing.
 //! * [`simd`]: vectorised `exp`/`ln` on lanes of `f32` and runtime CPU-feature
 //!   dispatch (AVX-512, AVX2+FMA, NEON, scalar) on stable Rust.
 //! * [`threads`]: the rayon pool, sized by `QUANTDRIFT_NUM_THREADS`.
@@ -16,6 +18,7 @@
 pub mod diverge;
 pub mod error;
 pub mod lowp;
+pub mod quant;
 pub mod roofline;
 pub mod rows;
 pub mod simd;
