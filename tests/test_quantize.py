@@ -492,3 +492,24 @@ def test_errors_name_the_problem():
         qd.labels([0.5, 1.0])
     with pytest.raises(qd.InputError):
         qd.quantize(x, bits=1, qrange=(0, 1))
+
+
+@pytest.mark.parametrize("mode", ["nearest_even", "nearest_away", "toward_zero", "down", "up"])
+def test_near_ties_follow_exact_division(mode):
+    # float32 inputs within an ulp of k + 1/2 (and of k) times awkward float32
+    # scales: the kernels' float32 reciprocal shortcut must defer to x/s.
+    rng = np.random.default_rng(21)
+    n_parts, per = 64, 1024
+    scale = rng.uniform(0.001, 3.0, size=n_parts).astype(np.float32)
+    k = rng.integers(-120, 120, size=(n_parts, per)).astype(np.float64)
+    half = rng.integers(0, 2, size=(n_parts, per)) * 0.5
+    x = ((k + half) * scale[:, None].astype(np.float64)).astype(np.float32)
+    x = np.nextafter(x, x + rng.choice([-1.0, 0.0, 1.0], size=x.shape).astype(np.float32))
+    qt = qd.quantize(x, bits=8, partition=qd.per_axis(0), scale=scale, rounding=mode, pack=False)
+    ids = oracle_ids(x.shape, "per_axis", axis=0)
+    want = oracle_quantize(x, ids, scale.astype(np.float64), np.zeros(n_parts, np.int64),
+                           np.full(n_parts, -128), np.full(n_parts, 127), mode)
+    np.testing.assert_array_equal(qt.codes.reshape(-1).astype(np.int64), want)
+    y = qd.fake_quantize(x, bits=8, partition=qd.per_axis(0), scale=scale, rounding=mode)
+    np.testing.assert_array_equal(y.reshape(-1), oracle_dequantize(want, ids, scale.astype(np.float64),
+                                                                  np.zeros(n_parts)).astype(np.float32))

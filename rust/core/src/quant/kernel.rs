@@ -34,10 +34,36 @@ pub trait Round: Copy + Send + Sync {
     /// Rounds `t`; `index` is the element's flat index (stochastic rounding
     /// draws from a hash of the key and the index).
     fn round(t: f64, key: [u32; 2], index: u64) -> f64;
+    /// Whether the float32 fast path may run this mode (deterministic modes).
+    const FAST32: bool = true;
+    /// round(t) in float32 (deterministic modes only).
+    fn round32(t: f32) -> f32;
+    /// Whether `t` (≈ x/s, off by at most |t|·2^−22) is so close to a
+    /// rounding boundary of this mode that the exact quotient could round
+    /// differently than `r = round32(t)`; `x` is the input.
+    fn near32(t: f32, r: f32, x: f32) -> bool;
+}
+
+/// |t|·2^−21: a bound on |x·fl32(1/s) − x/s| with room to spare.
+#[inline(always)]
+fn tolerance(t: f32) -> f32 {
+    t.abs() * (1.0 / 2_097_152.0)
+}
+
+/// Boundaries at k + ½.
+#[inline(always)]
+fn near_half(t: f32, r: f32, _x: f32) -> bool {
+    (t - r).abs() + tolerance(t) >= 0.5
+}
+
+/// Boundaries at integers (and a product that underflowed to 0).
+#[inline(always)]
+fn near_integer(t: f32, _r: f32, x: f32) -> bool {
+    ((t - t.round_ties_even()).abs() < tolerance(t)) | ((t == 0.0) & (x != 0.0))
 }
 
 macro_rules! simple_round {
-    ($name:ident, $doc:literal, $f:ident) => {
+    ($name:ident, $doc:literal, $f:ident, $near:ident) => {
         #[doc = $doc]
         #[derive(Clone, Copy)]
         pub struct $name;
@@ -46,20 +72,39 @@ macro_rules! simple_round {
             fn round(t: f64, _key: [u32; 2], _index: u64) -> f64 {
                 t.$f()
             }
+            #[inline(always)]
+            fn round32(t: f32) -> f32 {
+                t.$f()
+            }
+            #[inline(always)]
+            fn near32(t: f32, r: f32, x: f32) -> bool {
+                simple_round!(@near $near, t, r, x)
+            }
         }
     };
+    (@near half, $t:expr, $r:expr, $x:expr) => { near_half($t, $r, $x) };
+    (@near integer, $t:expr, $r:expr, $x:expr) => { near_integer($t, $r, $x) };
 }
-simple_round!(NearestEven, "Nearest, ties to even.", round_ties_even);
-simple_round!(NearestAway, "Nearest, ties away from zero.", round);
-simple_round!(TowardZero, "Truncation.", trunc);
-simple_round!(Down, "Toward −∞.", floor);
-simple_round!(Up, "Toward +∞.", ceil);
+simple_round!(NearestEven, "Nearest, ties to even.", round_ties_even, half);
+simple_round!(NearestAway, "Nearest, ties away from zero.", round, half);
+simple_round!(TowardZero, "Truncation.", trunc, integer);
+simple_round!(Down, "Toward −∞.", floor, integer);
+simple_round!(Up, "Toward +∞.", ceil, integer);
 
 /// Up with probability frac(t) (quantised to 32 bits), from a
 /// counter-based hash of (seed, index): the same whatever the threads.
 #[derive(Clone, Copy)]
 pub struct Stochastic;
 impl Round for Stochastic {
+    const FAST32: bool = false;
+    #[inline(always)]
+    fn round32(t: f32) -> f32 {
+        t.floor() // unused: stochastic rounding always takes the float64 path
+    }
+    #[inline(always)]
+    fn near32(_t: f32, _r: f32, _x: f32) -> bool {
+        true
+    }
     #[inline(always)]
     fn round(t: f64, key: [u32; 2], index: u64) -> f64 {
         let floor = t.floor();
@@ -79,6 +124,9 @@ pub trait Scaled: Copy + Send + Sync {
     fn scaled(x: f64, a: f64) -> f64;
     /// The multiplier `a` of a part with scale `scale`.
     fn multiplier(scale: f64) -> f64;
+    /// Whether the float32 fast path only approximates this arithmetic (and
+    /// must check for near-boundary quotients).
+    const CHECK: bool;
 }
 
 /// x / s in float64 (the lecture's eq. (9); exact for float32 inputs and
@@ -86,6 +134,7 @@ pub trait Scaled: Copy + Send + Sync {
 #[derive(Clone, Copy)]
 pub struct Divide;
 impl Scaled for Divide {
+    const CHECK: bool = true;
     #[inline(always)]
     fn scaled(x: f64, a: f64) -> f64 {
         x / a
@@ -100,6 +149,7 @@ impl Scaled for Divide {
 #[derive(Clone, Copy)]
 pub struct Reciprocal32;
 impl Scaled for Reciprocal32 {
+    const CHECK: bool = false;
     #[inline(always)]
     fn scaled(x: f64, a: f64) -> f64 {
         ((x as f32) * (a as f32)) as f64
@@ -125,6 +175,16 @@ pub trait Params {
     fn hi(&self, i: usize) -> f64;
     /// Scale s_j (for dequantization).
     fn s(&self, i: usize) -> f64;
+    /// fl32(1/s_j).
+    fn a32(&self, i: usize) -> f32;
+    /// b_j as float32.
+    fn zp32(&self, i: usize) -> f32;
+    /// Lower bound as float32.
+    fn lo32(&self, i: usize) -> f32;
+    /// Upper bound as float32.
+    fn hi32(&self, i: usize) -> f32;
+    /// s_j as float32.
+    fn s32(&self, i: usize) -> f32;
 }
 
 /// One part's parameters for every element.
@@ -135,6 +195,11 @@ pub struct Const {
     lo: f64,
     hi: f64,
     s: f64,
+    a32: f32,
+    zp32: f32,
+    lo32: f32,
+    hi32: f32,
+    s32: f32,
 }
 
 impl Const {
@@ -146,6 +211,11 @@ impl Const {
             lo: r.lo[j],
             hi: r.hi[j],
             s: r.s[j],
+            a32: r.a32[j],
+            zp32: r.zp[j] as f32,
+            lo32: r.lo[j] as f32,
+            hi32: r.hi[j] as f32,
+            s32: r.s[j] as f32,
         }
     }
 }
@@ -170,6 +240,26 @@ impl Params for Const {
     #[inline(always)]
     fn s(&self, _: usize) -> f64 {
         self.s
+    }
+    #[inline(always)]
+    fn a32(&self, _: usize) -> f32 {
+        self.a32
+    }
+    #[inline(always)]
+    fn zp32(&self, _: usize) -> f32 {
+        self.zp32
+    }
+    #[inline(always)]
+    fn lo32(&self, _: usize) -> f32 {
+        self.lo32
+    }
+    #[inline(always)]
+    fn hi32(&self, _: usize) -> f32 {
+        self.hi32
+    }
+    #[inline(always)]
+    fn s32(&self, _: usize) -> f32 {
+        self.s32
     }
 }
 
@@ -199,6 +289,26 @@ impl Params for Gather<'_> {
     #[inline(always)]
     fn s(&self, i: usize) -> f64 {
         self.r.s[self.ids[i] as usize]
+    }
+    #[inline(always)]
+    fn a32(&self, i: usize) -> f32 {
+        self.r.a32[self.ids[i] as usize]
+    }
+    #[inline(always)]
+    fn zp32(&self, i: usize) -> f32 {
+        self.r.zp[self.ids[i] as usize] as f32
+    }
+    #[inline(always)]
+    fn lo32(&self, i: usize) -> f32 {
+        self.r.lo[self.ids[i] as usize] as f32
+    }
+    #[inline(always)]
+    fn hi32(&self, i: usize) -> f32 {
+        self.r.hi[self.ids[i] as usize] as f32
+    }
+    #[inline(always)]
+    fn s32(&self, i: usize) -> f32 {
+        self.r.s[self.ids[i] as usize] as f32
     }
 }
 
@@ -240,6 +350,56 @@ fn quantize_block<R: Round, A: Scaled, P: Params>(
     clipped as u64
 }
 
+/// The float32 fast path of [`quantize_block`]: x·fl32(1/s) in float32.
+/// With `check`, returns whether any element lies so near a rounding
+/// boundary that the exact x/s might round otherwise (the caller then
+/// redoes the run in float64); without, this is the reciprocal arithmetic
+/// itself. Valid when scales, their reciprocals and the integer parameters
+/// are exact normal float32 values (`Resolved::fast32`).
+#[inline(always)]
+fn quantize_block32<R: Round, P: Params>(
+    x: &[f32],
+    p: &P,
+    check: bool,
+    codes: &mut [i32],
+) -> (u64, bool) {
+    let mut clipped = 0u32;
+    let mut near = false;
+    let n = x.len().min(codes.len());
+    for i in 0..n {
+        let t = x[i] * p.a32(i);
+        let r = R::round32(t);
+        near |= check & R::near32(t, r, x[i]);
+        let q = r + p.zp32(i);
+        let (lo, hi) = (p.lo32(i), p.hi32(i));
+        clipped += ((q < lo) | (q > hi)) as u32;
+        let c = if q < lo {
+            lo
+        } else if q > hi {
+            hi
+        } else {
+            q
+        };
+        #[allow(clippy::eq_op)]
+        let c = if c == c { c } else { p.zp32(i) };
+        // SAFETY: c is lo, hi, the zero-point or an integer-valued float
+        // between lo and hi, all integers of magnitude ≤ 2^24.
+        codes[i] = unsafe { c.to_int_unchecked::<i32>() };
+    }
+    (clipped as u64, near)
+}
+
+/// Eq. (10) in float32: exact (n − b) times s in one float32 rounding,
+/// which equals the float64 product rounded to float32 when |n − b| < 2^24
+/// and s is a float32.
+#[inline(always)]
+fn dequantize_block32<P: Params, F: OutFloat>(codes: &[i32], p: &P, out: &mut [F]) {
+    let n = codes.len().min(out.len());
+    for i in 0..n {
+        out[i] = F::from_f32((codes[i] as f32 - p.zp32(i)) * p.s32(i));
+    }
+}
+
 /// Def 3.2, eq. (10): s·(n − b).
 #[inline(always)]
 fn dequantize_block<P: Params, F: OutFloat>(codes: &[i32], p: &P, out: &mut [F]) {
@@ -251,19 +411,60 @@ fn dequantize_block<P: Params, F: OutFloat>(codes: &[i32], p: &P, out: &mut [F])
 
 /// An output float type.
 pub trait OutFloat: Copy + Default + Send + Sync {
+    /// Whether this is float32 (which the float32 fast paths may write).
+    const IS_F32: bool;
     /// From float64, rounded to nearest even.
     fn from_f64(v: f64) -> Self;
+    /// From float32 (only called when `IS_F32`).
+    fn from_f32(v: f32) -> Self;
 }
 impl OutFloat for f32 {
+    const IS_F32: bool = true;
     #[inline(always)]
     fn from_f64(v: f64) -> f32 {
         v as f32
     }
+    #[inline(always)]
+    fn from_f32(v: f32) -> f32 {
+        v
+    }
 }
 impl OutFloat for f64 {
+    const IS_F32: bool = false;
     #[inline(always)]
     fn from_f64(v: f64) -> f64 {
         v
+    }
+    #[inline(always)]
+    fn from_f32(v: f32) -> f64 {
+        v as f64
+    }
+}
+
+/// Loads `out.len()` elements of `x` (not float64) from `start` as float32.
+#[inline(always)]
+fn load32(x: &Values<'_>, start: usize, out: &mut [f32]) {
+    let n = out.len();
+    match x {
+        Values::F32(v) => out.copy_from_slice(&v[start..start + n]),
+        Values::Bf16(v) => {
+            let v = &v[start..start + n];
+            for i in 0..n {
+                out[i] = f32::from_bits((v[i] as u32) << 16);
+            }
+        }
+        Values::F16(v) => {
+            let v = &v[start..start + n];
+            for i in 0..n {
+                out[i] = f16_to_f32(v[i]);
+            }
+        }
+        Values::F64(v) => {
+            let v = &v[start..start + n];
+            for i in 0..n {
+                out[i] = v[i] as f32;
+            }
+        }
     }
 }
 
@@ -298,10 +499,15 @@ fn load(x: &Values<'_>, start: usize, out: &mut [f64]) {
 // Sinks: where a block's codes go.
 // ---------------------------------------------------------------------------
 
-/// Receives each block's codes (offset = element offset within the chunk).
+/// Receives codes: per run of one part (`segment`) and per block
+/// (`block`); offsets are element offsets within the chunk.
 pub trait Sink {
-    /// Stores `codes` (of part parameters `p`) at element `offset`.
-    fn put<P: Params>(&mut self, offset: usize, codes: &[i32], p: &P);
+    /// Codes of one run of elements sharing the parameters `p`.
+    #[inline(always)]
+    fn segment<P: Params>(&mut self, _offset: usize, _codes: &[i32], _p: &P) {}
+    /// All codes of a block (called after its segments).
+    #[inline(always)]
+    fn block(&mut self, _offset: usize, _codes: &[i32]) {}
 }
 
 /// A code container type.
@@ -326,7 +532,7 @@ code_int!(i8, u8, i16, u16, i32);
 struct IntSink<'a, T>(&'a mut [T]);
 impl<T: CodeInt> Sink for IntSink<'_, T> {
     #[inline(always)]
-    fn put<P: Params>(&mut self, offset: usize, codes: &[i32], _p: &P) {
+    fn segment<P: Params>(&mut self, offset: usize, codes: &[i32], _p: &P) {
         let out = &mut self.0[offset..offset + codes.len()];
         for i in 0..codes.len() {
             out[i] = T::from_i32(codes[i]);
@@ -340,7 +546,7 @@ struct PackSink<'a> {
 }
 impl Sink for PackSink<'_> {
     #[inline(always)]
-    fn put<P: Params>(&mut self, offset: usize, codes: &[i32], _p: &P) {
+    fn block(&mut self, offset: usize, codes: &[i32]) {
         let w = self.bits as usize;
         let byte0 = offset * w / 8;
         let nbytes = (codes.len() * w).div_ceil(8);
@@ -348,11 +554,19 @@ impl Sink for PackSink<'_> {
     }
 }
 
-struct DeqSink<'a, F>(&'a mut [F]);
+struct DeqSink<'a, F> {
+    out: &'a mut [F],
+    fast: bool,
+}
 impl<F: OutFloat> Sink for DeqSink<'_, F> {
     #[inline(always)]
-    fn put<P: Params>(&mut self, offset: usize, codes: &[i32], p: &P) {
-        dequantize_block(codes, p, &mut self.0[offset..offset + codes.len()]);
+    fn segment<P: Params>(&mut self, offset: usize, codes: &[i32], p: &P) {
+        let out = &mut self.out[offset..offset + codes.len()];
+        if self.fast {
+            dequantize_block32(codes, p, out);
+        } else {
+            dequantize_block(codes, p, out);
+        }
     }
 }
 
@@ -376,30 +590,75 @@ impl<R: Round, A: Scaled, S: Sink> Kernel for QuantChunk<'_, R, A, S> {
     #[inline(always)]
     fn run(mut self) -> u64 {
         let mut xb = [0f64; BLOCK];
+        let mut xb32 = [0f32; BLOCK];
         let mut cb = [0i32; BLOCK];
         let mut ids = [0u32; BLOCK];
         let mut clipped = 0u64;
+        let fast = R::FAST32 && self.r.fast32 && !matches!(self.x, Values::F64(_));
         let mut pos = self.start;
         while pos < self.end {
             let n = BLOCK.min(self.end - pos);
-            load(&self.x, pos, &mut xb[..n]);
+            if fast {
+                load32(&self.x, pos, &mut xb32[..n]);
+            } else {
+                load(&self.x, pos, &mut xb[..n]);
+            }
             let off = pos - self.start;
-            if let Some(j) = self.plan.uniform(pos, n) {
-                let p = Const::of(self.r, j);
-                clipped += quantize_block::<R, A, _>(&xb[..n], &p, self.key, pos as u64, &mut cb);
-                self.sink.put(off, &cb[..n], &p);
+            if self.plan.has_segments() {
+                let mut done = 0;
+                while done < n {
+                    let (j, len) = self.plan.segment(pos + done, n - done);
+                    let p = Const::of(self.r, j);
+                    let seg = done..done + len;
+                    clipped += self.codes(
+                        fast,
+                        pos + done,
+                        &xb32[seg.clone()],
+                        &mut xb[seg.clone()],
+                        &p,
+                        &mut cb[seg.clone()],
+                    );
+                    self.sink.segment(off + done, &cb[seg], &p);
+                    done += len;
+                }
             } else {
                 self.plan.parts_of(pos, &mut ids[..n]);
                 let p = Gather {
                     ids: &ids[..n],
                     r: self.r,
                 };
-                clipped += quantize_block::<R, A, _>(&xb[..n], &p, self.key, pos as u64, &mut cb);
-                self.sink.put(off, &cb[..n], &p);
+                clipped += self.codes(fast, pos, &xb32[..n], &mut xb[..n], &p, &mut cb[..n]);
+                self.sink.segment(off, &cb[..n], &p);
             }
+            self.sink.block(off, &cb[..n]);
             pos += n;
         }
         clipped
+    }
+}
+
+impl<R: Round, A: Scaled, S: Sink> QuantChunk<'_, R, A, S> {
+    /// Codes of a run starting at flat index `start`: the float32 path when
+    /// `fast` (redone in float64 if a quotient is near a boundary), else
+    /// float64 from `x64` (already loaded unless `fast`).
+    #[inline(always)]
+    fn codes<P: Params>(
+        &self,
+        fast: bool,
+        start: usize,
+        x32: &[f32],
+        x64: &mut [f64],
+        p: &P,
+        codes: &mut [i32],
+    ) -> u64 {
+        if fast {
+            let (clipped, near) = quantize_block32::<R, P>(x32, p, A::CHECK, codes);
+            if !near {
+                return clipped;
+            }
+            load(&self.x, start, x64);
+        }
+        quantize_block::<R, A, P>(x64, p, self.key, start as u64, codes)
     }
 }
 
@@ -469,7 +728,7 @@ pub enum CodeType {
 
 fn ints<T: CodeInt>(opts: &Options, x: Values<'_>, plan: &Plan<'_>, r: &Resolved) -> (Vec<T>, u64) {
     let n = x.len();
-    let mut out = vec![T::default(); n];
+    let mut out = crate::lowp::output::<T>(n);
     let clipped = out
         .par_chunks_mut(CHUNK)
         .enumerate()
@@ -515,7 +774,7 @@ pub fn quantize(
         CodeType::Packed { bits, signed } => {
             let n = x.len();
             let w = bits as usize;
-            let mut out = vec![0u8; (n * w).div_ceil(8)];
+            let mut out = crate::lowp::output::<u8>((n * w).div_ceil(8));
             let chunk_bytes = CHUNK * w / 8;
             let clipped = out
                 .par_chunks_mut(chunk_bytes.max(1))
@@ -547,13 +806,18 @@ pub fn fake_quantize<F: OutFloat>(
     opts: &Options,
 ) -> (Vec<F>, u64) {
     crate::threads::init_pool();
-    let mut out = vec![F::default(); x.len()];
+    let mut out = crate::lowp::output::<F>(x.len());
     let clipped = out
         .par_chunks_mut(CHUNK)
         .enumerate()
         .map(|(k, o)| {
             let start = k * CHUNK;
-            run_chunk(opts, x, plan, r, start, start + o.len(), DeqSink(o))
+            let end = start + o.len();
+            let sink = DeqSink {
+                out: o,
+                fast: F::IS_F32 && r.fast32,
+            };
+            run_chunk(opts, x, plan, r, start, end, sink)
         })
         .sum();
     (out, clipped)
@@ -600,20 +864,38 @@ impl<F: OutFloat> Kernel for DeqChunk<'_, F> {
         let mut cb = [0i32; BLOCK];
         let mut ids = [0u32; BLOCK];
         let end = self.start + self.out.len();
+        // Codes of up to 16 bits minus a zero-point within 2^23 are exact
+        // in float32.
+        let fast = F::IS_F32 && self.r.fast32 && !matches!(self.codes, CodesRef::I32(_));
         let mut pos = self.start;
         while pos < end {
             let n = BLOCK.min(end - pos);
             load_codes(&self.codes, pos, &mut cb[..n]);
-            let out = &mut self.out[pos - self.start..pos - self.start + n];
-            if let Some(j) = self.plan.uniform(pos, n) {
-                dequantize_block(&cb[..n], &Const::of(self.r, j), out);
+            let off = pos - self.start;
+            if self.plan.has_segments() {
+                let mut done = 0;
+                while done < n {
+                    let (j, len) = self.plan.segment(pos + done, n - done);
+                    let out = &mut self.out[off + done..off + done + len];
+                    let p = Const::of(self.r, j);
+                    if fast {
+                        dequantize_block32(&cb[done..done + len], &p, out);
+                    } else {
+                        dequantize_block(&cb[done..done + len], &p, out);
+                    }
+                    done += len;
+                }
             } else {
                 self.plan.parts_of(pos, &mut ids[..n]);
                 let p = Gather {
                     ids: &ids[..n],
                     r: self.r,
                 };
-                dequantize_block(&cb[..n], &p, out);
+                if fast {
+                    dequantize_block32(&cb[..n], &p, &mut self.out[off..off + n]);
+                } else {
+                    dequantize_block(&cb[..n], &p, &mut self.out[off..off + n]);
+                }
             }
             pos += n;
         }
@@ -623,7 +905,7 @@ impl<F: OutFloat> Kernel for DeqChunk<'_, F> {
 /// s·(n − b) for every code.
 pub fn dequantize<F: OutFloat>(codes: CodesRef<'_>, plan: &Plan<'_>, r: &Resolved) -> Vec<F> {
     crate::threads::init_pool();
-    let mut out = vec![F::default(); plan.len];
+    let mut out = crate::lowp::output::<F>(plan.len);
     out.par_chunks_mut(CHUNK).enumerate().for_each(|(k, o)| {
         simd::dispatch(DeqChunk {
             codes,

@@ -105,6 +105,12 @@ pub struct Resolved {
     pub hi: Vec<f64>,
     /// Scales.
     pub s: Vec<f64>,
+    /// fl32(1/s) per part.
+    pub a32: Vec<f32>,
+    /// Whether the float32 fast paths apply: every scale is a float32 in
+    /// [2^−126, 2^126] (so its reciprocal is a normal float32 too) and every
+    /// zero-point and bound lies within ±2^23.
+    pub fast32: bool,
 }
 
 impl Resolved {
@@ -148,7 +154,16 @@ impl Resolved {
             Arith::Divide => p.scale.to_vec(),
             Arith::Reciprocal32 => p.scale.iter().map(|&s| s as f32 as f64).collect(),
         };
+        let a32: Vec<f32> = p.scale.iter().map(|&s| 1.0f32 / s as f32).collect();
+        let small = |v: &i32| (v.unsigned_abs()) <= 1 << 23;
+        let fast32 = p.scale.iter().all(|&s| {
+            s as f32 as f64 == s && (f32::MIN_POSITIVE as f64..=2f64.powi(126)).contains(&s)
+        }) && p.zero_point.iter().all(small)
+            && p.qmin.iter().all(small)
+            && p.qmax.iter().all(small);
         Ok(Resolved {
+            a32,
+            fast32,
             a,
             zp: p.zero_point.iter().map(|&b| b as f64).collect(),
             lo: p.qmin.iter().map(|&v| v as f64).collect(),

@@ -15,6 +15,17 @@ use crate::error::{CoreError, Result};
 /// into `out`, which must hold `ceil(codes.len() · w / 8)` bytes.
 #[inline(always)]
 pub fn pack_into(codes: &[i32], bits: u32, out: &mut [u8]) {
+    match bits {
+        4 => return pack_fixed::<2>(codes, out),
+        2 => return pack_fixed::<4>(codes, out),
+        8 => {
+            for (o, &c) in out.iter_mut().zip(codes) {
+                *o = c as u8;
+            }
+            return;
+        }
+        _ => {}
+    }
     let w = bits as usize;
     let mask = (1u64 << w) - 1;
     let whole = codes.len() / 8;
@@ -41,6 +52,11 @@ pub fn pack_into(codes: &[i32], bits: u32, out: &mut [u8]) {
 /// Unpacks `out.len()` codes from `data` (laid out as [`pack_into`] writes).
 #[inline(always)]
 pub fn unpack_from(data: &[u8], bits: u32, signed: bool, out: &mut [i32]) {
+    match bits {
+        4 => return unpack_fixed::<2>(data, signed, out),
+        2 => return unpack_fixed::<4>(data, signed, out),
+        _ => {}
+    }
     let w = bits as usize;
     let mask = (1u64 << w) - 1;
     let sign = if signed { 1i64 << (w - 1) } else { 0 };
@@ -65,6 +81,52 @@ pub fn unpack_from(data: &[u8], bits: u32, signed: bool, out: &mut [i32]) {
         for k in 0..rest {
             let u = ((v >> (k * w)) & mask) as i64;
             out[8 * whole + k] = ((u ^ sign) - sign) as i32;
+        }
+    }
+}
+
+/// Packing for widths that divide a byte: `PER` codes of 8/PER bits each.
+#[inline(always)]
+fn pack_fixed<const PER: usize>(codes: &[i32], out: &mut [u8]) {
+    let w = 8 / PER;
+    let mask = (1u32 << w) - 1;
+    let mut groups = codes.chunks_exact(PER);
+    for (o, g) in out.iter_mut().zip(&mut groups) {
+        let mut b = 0u32;
+        for k in 0..PER {
+            b |= (g[k] as u32 & mask) << (k * w);
+        }
+        *o = b as u8;
+    }
+    let rest = groups.remainder();
+    if !rest.is_empty() {
+        let mut b = 0u32;
+        for (k, &c) in rest.iter().enumerate() {
+            b |= (c as u32 & mask) << (k * w);
+        }
+        out[codes.len() / PER] = b as u8;
+    }
+}
+
+/// Unpacking for widths that divide a byte.
+#[inline(always)]
+fn unpack_fixed<const PER: usize>(data: &[u8], signed: bool, out: &mut [i32]) {
+    let w = 8 / PER;
+    let mask = (1i32 << w) - 1;
+    let sign = if signed { 1i32 << (w - 1) } else { 0 };
+    let whole = out.len() / PER;
+    let (head, tail) = out.split_at_mut(whole * PER);
+    for (g, &b) in head.chunks_exact_mut(PER).zip(data) {
+        for k in 0..PER {
+            let u = (b as i32 >> (k * w)) & mask;
+            g[k] = (u ^ sign) - sign;
+        }
+    }
+    if !tail.is_empty() {
+        let b = data[whole];
+        for (k, o) in tail.iter_mut().enumerate() {
+            let u = (b as i32 >> (k * w)) & mask;
+            *o = (u ^ sign) - sign;
         }
     }
 }

@@ -167,20 +167,29 @@ impl<'a> Plan<'a> {
         }
     }
 
-    /// If every element of `start..start + n` lies in one part, that part.
+    /// Whether elements come in runs of one part along rows (tiles wider
+    /// than one element along the last axis, or rows of one element), so
+    /// that [`Plan::segment`] applies.
     #[inline]
-    pub fn uniform(&self, start: usize, n: usize) -> Option<usize> {
+    pub fn has_segments(&self) -> bool {
+        match &self.kind {
+            Kind::Tiles(t) => t.row_tile > 1 || t.row_len == 1,
+            Kind::Labels(_) => false,
+        }
+    }
+
+    /// The part of element `start` and how many elements from `start` on
+    /// (at most `max`) share it. Only where [`Plan::has_segments`].
+    #[inline]
+    pub fn segment(&self, start: usize, max: usize) -> (usize, usize) {
         match &self.kind {
             Kind::Tiles(t) => {
                 let (row, col) = (start / t.row_len, start % t.row_len);
-                let end_col = col + n - 1;
-                if end_col < t.row_len && col / t.row_tile == end_col / t.row_tile {
-                    Some(t.row_base(row) + col / t.row_tile)
-                } else {
-                    None
-                }
+                let tile = col / t.row_tile;
+                let end = ((tile + 1) * t.row_tile).min(t.row_len);
+                (t.row_base(row) + tile, (end - col).min(max))
             }
-            Kind::Labels(_) => None,
+            Kind::Labels(_) => (0, 0),
         }
     }
 
@@ -315,8 +324,11 @@ mod tests {
         runs.clear();
         plan.tile_runs(3, &mut |s, n| runs.push((s, n)));
         assert_eq!(runs, vec![(8, 1)]);
-        assert_eq!(plan.uniform(0, 2), Some(0));
-        assert_eq!(plan.uniform(1, 2), None);
+        assert!(plan.has_segments());
+        assert_eq!(plan.segment(0, 9), (0, 2));
+        assert_eq!(plan.segment(1, 9), (0, 1));
+        assert_eq!(plan.segment(2, 9), (1, 1));
+        assert_eq!(plan.segment(3, 1), (0, 1));
     }
 
     #[test]
