@@ -340,17 +340,21 @@ def _prepare(
     qmin, qmax = _ranges(bits, max_int, qrange, bool(symmetric), bool(restricted), plan)
     arith, style = "divide", "lecture"
     scale_f32 = arr.dtype != np.float64
+    store_f64 = not scale_f32
     if compat is not None:
         if rounding != "nearest_even":
             raise InputError(f"compat={compat!r} rounds to nearest even (torch.round/nearbyint), got rounding={rounding!r}")
         arith, scale_f32 = "reciprocal32", True
+        # torch keeps per-channel scales in float64: it quantizes with
+        # fl32(1/fl32(s)) but dequantizes with the float64 s
+        store_f64 = compat == "torch"
         if compat == "torchao":
             style = "torchao"
             if partition.kind == "labels":
                 raise InputError("compat='torchao' needs a tile partition (torchao has no label partitions)")
             if calibration not in ("absmax", "minmax"):
                 raise InputError(f"compat='torchao' calibrates with absmax/minmax only, got {calibration!r}")
-    scale_dtype = np.dtype(np.float32 if scale_f32 else np.float64)
+    scale_dtype = np.dtype(np.float64 if store_f64 else np.float32)
     if importance is not None and calibration != "mse":
         raise InputError("importance weights are used by calibration='mse' only")
     if scale is None:

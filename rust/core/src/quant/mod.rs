@@ -150,10 +150,7 @@ impl Resolved {
                 .map(|&s| (1.0f32 / s as f32) as f64)
                 .collect(),
         };
-        let s = match arith {
-            Arith::Divide => p.scale.to_vec(),
-            Arith::Reciprocal32 => p.scale.iter().map(|&s| s as f32 as f64).collect(),
-        };
+        let s = p.scale.to_vec();
         let a32: Vec<f32> = p.scale.iter().map(|&s| 1.0f32 / s as f32).collect();
         let small = |v: &i32| (v.unsigned_abs()) <= 1 << 23;
         let fast32 = p.scale.iter().all(|&s| {
