@@ -24,6 +24,18 @@ from .sources import LogitSource, check_pair, open_source, write_llamacpp_base, 
 from .stats import ErrorStats, error_stats
 from .compare import compare
 from .report import Report
+from .quant import (
+    Partition,
+    QuantizedTensor,
+    blocks,
+    dequantize,
+    fake_quantize,
+    groups,
+    labels,
+    per_axis,
+    per_tensor,
+    quantize,
+)
 
 __version__: str = _core.__version__
 
@@ -48,6 +60,16 @@ __all__ = [
     "compare",
     "Report",
     "ErrorStats",
+    "quantize",
+    "dequantize",
+    "fake_quantize",
+    "QuantizedTensor",
+    "Partition",
+    "per_tensor",
+    "per_axis",
+    "groups",
+    "blocks",
+    "labels",
     "QuantdriftError",
     "InputError",
     "ShapeError",

@@ -110,3 +110,70 @@ def llamacpp_encode(
 def llamacpp_decode(packed: npt.NDArray[np.uint16], vocab: int) -> npt.NDArray[np.float32]:
     """float32 log-probabilities (rows × vocab) of packed llama.cpp base-file rows."""
     ...
+# --- quant (rust/py/src/quant.rs) ---
+# partition: (shape, tile, labels or None, parts)
+_Part = Tuple[Tuple[int, ...], Tuple[int, ...], Optional[npt.NDArray[np.int64]], int]
+_Codes = (
+    npt.NDArray[np.int8] | npt.NDArray[np.uint8] | npt.NDArray[np.int16] | npt.NDArray[np.uint16] | npt.NDArray[np.int32]
+)
+
+def quant_calibrate(
+    x: _In,
+    partition: _Part,
+    qmin: npt.NDArray[np.int32],
+    qmax: npt.NDArray[np.int32],
+    *,
+    symmetric: bool,
+    method: str,
+    percentile: float,
+    style: str,
+    eps: float,
+    scale_f32: bool,
+    importance: Optional[_In],
+    rounding: str,
+    seed: int,
+    arith: str,
+    x16: str,
+    w16: str,
+) -> Tuple[npt.NDArray[np.float64], npt.NDArray[np.int32]]: ...
+def quant_quantize(
+    x: _In,
+    partition: _Part,
+    scale: npt.NDArray[np.float64],
+    zero_point: npt.NDArray[np.int32],
+    qmin: npt.NDArray[np.int32],
+    qmax: npt.NDArray[np.int32],
+    *,
+    code_type: str,
+    rounding: str,
+    seed: int,
+    arith: str,
+    x16: str,
+) -> Tuple[_Codes, int]: ...
+def quant_fake(
+    x: _In,
+    partition: _Part,
+    scale: npt.NDArray[np.float64],
+    zero_point: npt.NDArray[np.int32],
+    qmin: npt.NDArray[np.int32],
+    qmax: npt.NDArray[np.int32],
+    *,
+    rounding: str,
+    seed: int,
+    arith: str,
+    x16: str,
+) -> Tuple[npt.NDArray[np.float32] | npt.NDArray[np.float64], int]: ...
+def quant_dequantize(
+    codes: _Codes,
+    partition: _Part,
+    scale: npt.NDArray[np.float64],
+    zero_point: npt.NDArray[np.int32],
+    *,
+    packed_bits: Optional[int],
+    signed: bool,
+    length: int,
+    arith: str,
+    f64_out: bool,
+) -> npt.NDArray[np.float32] | npt.NDArray[np.float64]: ...
+def quant_pack(codes: npt.NDArray[np.int32], bits: int, signed: bool) -> npt.NDArray[np.uint8]: ...
+def quant_unpack(packed: npt.NDArray[np.uint8], bits: int, signed: bool, length: int) -> npt.NDArray[np.int32]: ...

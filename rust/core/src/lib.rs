@@ -7,6 +7,8 @@
 //!   block formats, error statistics.
 //! * [`io`]: row codecs of logit file formats (llama.cpp's KL-divergence
 //!   base file).
+//! * [`quant`]: integer quantization over any partition (Def 3.2):
+//!   calibration, quantize/dequantize kernels, bit packing.
 //! * [`simd`]: vectorised `exp`/`ln` on lanes of `f32` and runtime CPU-feature
 //!   dispatch (AVX-512, AVX2+FMA, NEON, scalar) on stable Rust.
 //! * [`threads`]: the rayon pool, sized by `QUANTDRIFT_NUM_THREADS`.
@@ -19,6 +21,7 @@ pub mod diverge;
 pub mod error;
 pub mod io;
 pub mod lowp;
+pub mod quant;
 pub mod roofline;
 pub mod rows;
 pub mod simd;

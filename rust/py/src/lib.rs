@@ -10,6 +10,7 @@ mod diverge;
 mod errors;
 mod io;
 mod lowp;
+mod quant;
 
 use pyo3::prelude::*;
 
@@ -27,6 +28,10 @@ mod _core {
         error_stats, lowp_decode, lowp_encode, lowp_format_info, lowp_formats, lowp_pack,
         lowp_round, lowp_round_mixed, lowp_unpack, mx_decode, mx_encode, nvfp4_decode,
         nvfp4_encode, nvfp4_scale,
+    };
+    #[pymodule_export]
+    use super::quant::{
+        quant_calibrate, quant_dequantize, quant_fake, quant_pack, quant_quantize, quant_unpack,
     };
 
     use pyo3::prelude::*;

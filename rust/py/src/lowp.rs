@@ -23,7 +23,7 @@ pub enum Input<'py> {
 }
 
 impl Input<'_> {
-    fn values(&self, dtype16: &str, arg: &str) -> Result<Values<'_>, Error> {
+    pub fn values(&self, dtype16: &str, arg: &str) -> Result<Values<'_>, Error> {
         let contiguous = |e: numpy::AsSliceError| Error(CoreError::Value(format!("{arg}: {e}")));
         Ok(match self {
             Input::F32(a) => Values::F32(a.as_slice().map_err(contiguous)?),

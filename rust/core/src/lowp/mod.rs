@@ -181,7 +181,7 @@ pub fn encode(x: Values<'_>, format: &Format, options: Options) -> Result<Codes>
 /// zero-filled mappings that the kernel faults in page by page on first
 /// write; with 4 KiB pages those faults cost more than the encoding itself,
 /// so ask for 2 MiB pages before anything touches it.
-fn output<T: Copy + Default>(len: usize) -> Vec<T> {
+pub(crate) fn output<T: Copy + Default>(len: usize) -> Vec<T> {
     let mut v = vec![T::default(); len];
     advise_huge_pages(&mut v);
     v

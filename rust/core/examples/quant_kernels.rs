@@ -1,0 +1,83 @@
+//! Times the quantization kernels on a 4096×4096 float32 matrix:
+//! `cargo run --release -p quantdrift-core --example quant_kernels`
+//! (QUANTDRIFT_NUM_THREADS=1 for one thread).
+
+use std::time::Instant;
+
+use quantdrift_core::lowp::Values;
+use quantdrift_core::quant::{self, CodeType, Codes, CodesRef, Options, Partition, QParams};
+
+fn best(reps: usize, mut f: impl FnMut()) -> f64 {
+    let mut t = f64::INFINITY;
+    for _ in 0..reps {
+        let t0 = Instant::now();
+        f();
+        t = t.min(t0.elapsed().as_secs_f64());
+    }
+    t * 1e3
+}
+
+fn main() {
+    let (rows, cols) = (4096usize, 4096usize);
+    let x: Vec<f32> = (0..rows * cols)
+        .map(|i| ((i as u32).wrapping_mul(0x9e37_79b9) >> 8) as f32 / 16_777_216.0 - 0.5)
+        .collect();
+    let opts = Options::default();
+    // SAFETY: any f32 slice is readable as bytes.
+    let bytes: &[u8] = unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u8, x.len() * 4) };
+    let tr = best(10, || {
+        quantdrift_core::roofline::read_all(bytes);
+    });
+    println!("read of x: {tr:.2} ms");
+    for (name, tile, bits) in [("int8 per-row", cols, 8), ("int4 g128", 128, 4)] {
+        let part = Partition::Tiles {
+            shape: vec![rows, cols],
+            tile: vec![1, tile],
+        };
+        let k = rows * cols.div_ceil(tile);
+        let (scale, zp) = (vec![0.5 / 7.0; k], vec![0; k]);
+        let hi = (1 << (bits - 1)) - 1;
+        let (qmin, qmax) = (vec![-hi - 1; k], vec![hi; k]);
+        let p = QParams {
+            scale: &scale,
+            zero_point: &zp,
+            qmin: &qmin,
+            qmax: &qmax,
+        };
+        let ct = if bits == 8 {
+            CodeType::I8
+        } else {
+            CodeType::Packed {
+                bits: 4,
+                signed: true,
+            }
+        };
+        let mut codes = None;
+        let tq = best(10, || {
+            codes = Some(quant::quantize(Values::F32(&x), &part, &p, ct, &opts).unwrap());
+        });
+        let (codes, _) = codes.unwrap();
+        let cref = match &codes {
+            Codes::I8(v) => CodesRef::I8(v),
+            Codes::Packed {
+                data,
+                bits,
+                signed,
+                len,
+            } => CodesRef::Packed {
+                data,
+                bits: *bits,
+                signed: *signed,
+                len: *len,
+            },
+            _ => unreachable!(),
+        };
+        let td = best(10, || {
+            quant::dequantize(cref, &part, &scale, &zp, opts.arith, false).unwrap();
+        });
+        let tf = best(10, || {
+            quant::fake_quantize(Values::F32(&x), &part, &p, &opts).unwrap();
+        });
+        println!("{name}: quantize {tq:.2} ms, dequantize {td:.2} ms, fake {tf:.2} ms");
+    }
+}

@@ -1,0 +1,490 @@
+//! Choosing s_j and b_j from the data, one part at a time.
+//!
+//! Every method first finds a clipping range [lo, hi] of the part's finite
+//! values (NaN and ±Inf are ignored), then turns it into a scale and a
+//! zero-point:
+//!
+//! * symmetric: b = ⌊(qmin + qmax + 1)/2⌋ (0 for a signed range),
+//!   s = max(|lo|, |hi|) / min(b − qmin, qmax − b);
+//! * asymmetric: the range is widened to contain 0, s = (hi − lo)/(qmax −
+//!   qmin), b = clip(qmin − round_even(lo/s), qmin, qmax).
+//!
+//! A zero range gives s = 1. With `scale_f32` the scale is rounded to
+//! float32 (clamped to its normal range) before b is computed, so that
+//! quantizing with the stored float32 scale is what calibration assumed.
+//! The torchao style reproduces `choose_qparams_affine` in float32 instead.
+
+use rayon::prelude::*;
+
+use super::kernel::{Divide, Reciprocal32, Scaled};
+use super::kernel::{Down, NearestAway, NearestEven, Round, TowardZero, Up};
+use super::partition::Plan;
+use super::{Arith, Options};
+use crate::error::{CoreError, Result};
+use crate::lowp::codec::Rounding;
+use crate::lowp::Values;
+
+/// Steps of the MSE search: clipping ratios 1.00, 0.99, …, 0.21 of the
+/// full range.
+pub const MSE_STEPS: usize = 80;
+/// Ratio decrement between MSE steps.
+pub const MSE_STEP: f64 = 0.01;
+
+/// How the clipping range of a part is chosen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Method {
+    /// The full range: max |x| (symmetric) or [min x, max x] (asymmetric);
+    /// the `absmax` and `minmax` calibrations.
+    Range,
+    /// numpy's linear-interpolation percentile `p` (in 0..=100) of |x|
+    /// (symmetric) or the `100 − p` and `p` percentiles of x (asymmetric).
+    Percentile(f64),
+    /// The ratio α of the full range, among 1 − k·[`MSE_STEP`] for k <
+    /// [`MSE_STEPS`], whose quantization has the least (importance-weighted)
+    /// squared error; the first (widest) wins ties.
+    Mse,
+}
+
+/// Formula family for turning a range into (s, b).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Style {
+    /// The module's float64 formulas (module docs).
+    Lecture,
+    /// torchao `choose_qparams_affine` (preserve_zero, INT zero-point domain)
+    /// in float32: SYMMETRIC s = max(−min_neg, max_pos)/((qmax − qmin)/2),
+    /// b = trunc((qmax + qmin + 1)/2); ASYMMETRIC s = (max_pos − min_neg)/(qmax −
+    /// qmin), b = clamp(qmin − round(min_neg/s)); s clamped below by `eps`.
+    Torchao {
+        /// Lower bound of the scale (torchao: finfo(input dtype).eps).
+        eps: f32,
+    },
+}
+
+/// Calibration settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Calibration<'a> {
+    /// Range method.
+    pub method: Method,
+    /// Formula family.
+    pub style: Style,
+    /// Symmetric (zero-point fixed at the middle of the integer range).
+    pub symmetric: bool,
+    /// Round scales to float32.
+    pub scale_f32: bool,
+    /// Per-element importance for the MSE search (≥ 0, x's length).
+    pub weights: Option<Values<'a>>,
+    /// Rounding and arithmetic the MSE search quantizes with (stochastic
+    /// rounding searches with nearest-even).
+    pub options: Options,
+}
+
+/// Lower and upper clip bound of each part.
+pub struct Ranges<'a> {
+    /// qmin per part.
+    pub qmin: &'a [i32],
+    /// qmax per part.
+    pub qmax: &'a [i32],
+}
+
+/// Scale and zero-point of every part.
+pub fn calibrate(
+    x: Values<'_>,
+    plan: &Plan<'_>,
+    ranges: &Ranges<'_>,
+    c: &Calibration<'_>,
+) -> Result<(Vec<f64>, Vec<i32>)> {
+    let k = plan.parts;
+    if ranges.qmin.len() != k || ranges.qmax.len() != k {
+        return Err(CoreError::Shape(format!(
+            "qmin/qmax have {}/{} values but the partition has {k} parts",
+            ranges.qmin.len(),
+            ranges.qmax.len()
+        )));
+    }
+    if let Some(w) = &c.weights {
+        if w.len() != x.len() {
+            return Err(CoreError::Shape(format!(
+                "importance has {} elements but x has {}; they must match",
+                w.len(),
+                x.len()
+            )));
+        }
+    }
+    if let Method::Percentile(p) = c.method {
+        if !(0.0..=100.0).contains(&p) {
+            return Err(CoreError::Value(format!(
+                "percentile must be in [0, 100], got {p}"
+            )));
+        }
+    }
+    if matches!(c.style, Style::Torchao { .. }) && c.method != Method::Range {
+        return Err(CoreError::Value(
+            "the torchao compatibility mode calibrates with absmax/minmax only".into(),
+        ));
+    }
+    for j in 0..k {
+        let (lo, hi) = (ranges.qmin[j], ranges.qmax[j]);
+        if lo >= hi {
+            return Err(CoreError::Value(format!(
+                "part {j}: the integer range [{lo}, {hi}] needs qmin < qmax"
+            )));
+        }
+        if c.symmetric {
+            let b = mid(lo, hi);
+            if (b - lo as i64).min(hi as i64 - b) <= 0 {
+                return Err(CoreError::Value(format!(
+                    "part {j}: symmetric quantization needs codes on both sides of the zero-point {b} in [{lo}, {hi}]"
+                )));
+            }
+        }
+    }
+    crate::threads::init_pool();
+    let members = plan.members();
+    let results: Vec<Result<(f64, i32)>> = (0..k)
+        .into_par_iter()
+        .with_min_len(64.min(k.max(1)))
+        .map_init(
+            || (Vec::new(), Vec::new()),
+            |(vals, wts): &mut (Vec<f64>, Vec<f64>), j| {
+                part_params(x, plan, members.as_ref(), j, ranges, c, vals, wts)
+            },
+        )
+        .collect();
+    let mut scale = Vec::with_capacity(k);
+    let mut zero = Vec::with_capacity(k);
+    for r in results {
+        let (s, b) = r?;
+        scale.push(s);
+        zero.push(b);
+    }
+    Ok((scale, zero))
+}
+
+/// ⌊(lo + hi + 1)/2⌋.
+fn mid(lo: i32, hi: i32) -> i64 {
+    (lo as i64 + hi as i64 + 1).div_euclid(2)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn part_params(
+    x: Values<'_>,
+    plan: &Plan<'_>,
+    members: Option<&(Vec<usize>, Vec<usize>)>,
+    j: usize,
+    ranges: &Ranges<'_>,
+    c: &Calibration<'_>,
+    vals: &mut Vec<f64>,
+    wts: &mut Vec<f64>,
+) -> Result<(f64, i32)> {
+    let (qlo, qhi) = (ranges.qmin[j], ranges.qmax[j]);
+    let (lo, hi) = match c.method {
+        Method::Range => {
+            let mut acc = MinMax::default();
+            match members {
+                None => plan.tile_runs(j, &mut |s, n| acc.run(&x, s, n)),
+                Some((off, idx)) => {
+                    for &i in &idx[off[j]..off[j + 1]] {
+                        acc.one(x.get_f64(i));
+                    }
+                }
+            }
+            acc.range()
+        }
+        Method::Percentile(p) => {
+            gather(x, None, plan, members, j, vals, wts)?;
+            let q = p / 100.0;
+            if c.symmetric {
+                for v in vals.iter_mut() {
+                    *v = v.abs();
+                }
+                let a = quantile(vals, q);
+                (-a, a)
+            } else {
+                let lo = quantile(vals, (100.0 - p) / 100.0);
+                let hi = quantile(vals, q);
+                (lo, hi)
+            }
+        }
+        Method::Mse => {
+            gather(x, c.weights, plan, members, j, vals, wts)?;
+            let mut acc = MinMax::default();
+            for &v in vals.iter() {
+                acc.one(v);
+            }
+            let (lo, hi) = acc.range();
+            let w = if c.weights.is_some() {
+                Some(&wts[..])
+            } else {
+                None
+            };
+            return mse_search(vals, w, lo, hi, qlo, qhi, c);
+        }
+    };
+    params(lo, hi, qlo, qhi, c)
+}
+
+/// (s, b) of the clipping range [lo, hi].
+fn params(lo: f64, hi: f64, qlo: i32, qhi: i32, c: &Calibration<'_>) -> Result<(f64, i32)> {
+    match c.style {
+        Style::Lecture => Ok(lecture_params(lo, hi, qlo, qhi, c.symmetric, c.scale_f32)),
+        Style::Torchao { eps } => Ok(torchao_params(lo, hi, qlo, qhi, c.symmetric, eps)),
+    }
+}
+
+/// The module's float64 formulas.
+pub fn lecture_params(
+    lo: f64,
+    hi: f64,
+    qlo: i32,
+    qhi: i32,
+    symmetric: bool,
+    scale_f32: bool,
+) -> (f64, i32) {
+    let (mut s, mn) = if symmetric {
+        let b = mid(qlo, qhi);
+        let half = (b - qlo as i64).min(qhi as i64 - b) as f64;
+        (lo.abs().max(hi.abs()) / half, 0.0)
+    } else {
+        let (mn, mx) = (lo.min(0.0), hi.max(0.0));
+        ((mx - mn) / (qhi as f64 - qlo as f64), mn)
+    };
+    if !(s > 0.0 && s.is_finite()) {
+        s = 1.0;
+    }
+    if scale_f32 {
+        s = (s as f32).clamp(f32::MIN_POSITIVE, f32::MAX) as f64;
+    }
+    let b = if symmetric {
+        mid(qlo, qhi) as i32
+    } else {
+        let b = qlo as f64 - (mn / s).round_ties_even();
+        b.clamp(qlo as f64, qhi as f64) as i32
+    };
+    (s, b)
+}
+
+/// torchao's `choose_qparams_affine` in float32.
+pub fn torchao_params(
+    lo: f64,
+    hi: f64,
+    qlo: i32,
+    qhi: i32,
+    symmetric: bool,
+    eps: f32,
+) -> (f64, i32) {
+    let min_neg = (lo as f32).min(0.0);
+    let max_pos = (hi as f32).max(0.0);
+    if symmetric {
+        let m = (-min_neg).max(max_pos);
+        let s = (m / ((qhi as f64 - qlo as f64) / 2.0) as f32).max(eps);
+        let b = ((qhi as f64 + qlo as f64 + 1.0) / 2.0).trunc() as i32;
+        (s as f64, b)
+    } else {
+        let s = ((max_pos - min_neg) / (qhi as f64 - qlo as f64) as f32).max(eps);
+        let b = qlo as f32 - (min_neg / s).round_ties_even();
+        let b = b.clamp(qlo as f32, qhi as f32) as i32;
+        (s as f64, b)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct MinMax {
+    lo: f64,
+    hi: f64,
+}
+
+impl Default for MinMax {
+    fn default() -> Self {
+        MinMax {
+            lo: f64::INFINITY,
+            hi: f64::NEG_INFINITY,
+        }
+    }
+}
+
+impl MinMax {
+    #[inline(always)]
+    fn one(&mut self, v: f64) {
+        if v.is_finite() {
+            self.lo = self.lo.min(v);
+            self.hi = self.hi.max(v);
+        }
+    }
+
+    /// Min and max of the finite values of a run, with 16 lane
+    /// accumulators for float32 (the common case).
+    fn run(&mut self, x: &Values<'_>, start: usize, n: usize) {
+        match x {
+            Values::F32(v) => {
+                let v = &v[start..start + n];
+                let mut lo = [f32::INFINITY; 16];
+                let mut hi = [f32::NEG_INFINITY; 16];
+                let mut blocks = v.chunks_exact(16);
+                for b in &mut blocks {
+                    for l in 0..16 {
+                        let e = b[l];
+                        let ok = e.abs() < f32::INFINITY;
+                        lo[l] = if ok & (e < lo[l]) { e } else { lo[l] };
+                        hi[l] = if ok & (e > hi[l]) { e } else { hi[l] };
+                    }
+                }
+                for l in 0..16 {
+                    if lo[l] <= hi[l] {
+                        self.one(lo[l] as f64);
+                        self.one(hi[l] as f64);
+                    }
+                }
+                for &e in blocks.remainder() {
+                    self.one(e as f64);
+                }
+            }
+            other => {
+                for i in start..start + n {
+                    self.one(other.get_f64(i));
+                }
+            }
+        }
+    }
+
+    fn range(&self) -> (f64, f64) {
+        if self.lo > self.hi {
+            (0.0, 0.0)
+        } else {
+            (self.lo, self.hi)
+        }
+    }
+}
+
+/// Collects the finite values of part `j` (and their weights) into `vals`
+/// and `wts`.
+fn gather(
+    x: Values<'_>,
+    weights: Option<Values<'_>>,
+    plan: &Plan<'_>,
+    members: Option<&(Vec<usize>, Vec<usize>)>,
+    j: usize,
+    vals: &mut Vec<f64>,
+    wts: &mut Vec<f64>,
+) -> Result<()> {
+    vals.clear();
+    wts.clear();
+    let mut bad: Option<(usize, f64)> = None;
+    let mut take = |i: usize| {
+        let v = x.get_f64(i);
+        if v.is_finite() {
+            vals.push(v);
+            if let Some(w) = &weights {
+                let wi = w.get_f64(i);
+                if !(wi >= 0.0 && wi.is_finite()) && bad.is_none() {
+                    bad = Some((i, wi));
+                }
+                wts.push(wi);
+            }
+        }
+    };
+    match members {
+        None => plan.tile_runs(j, &mut |s, n| {
+            for i in s..s + n {
+                take(i)
+            }
+        }),
+        Some((off, idx)) => {
+            for &i in &idx[off[j]..off[j + 1]] {
+                take(i);
+            }
+        }
+    }
+    if let Some((i, w)) = bad {
+        return Err(CoreError::Value(format!(
+            "importance[{i}] = {w}; importance weights must be finite and ≥ 0"
+        )));
+    }
+    Ok(())
+}
+
+/// numpy's default (linear) quantile of `v` at `q` in [0, 1]; reorders `v`.
+pub fn quantile(v: &mut [f64], q: f64) -> f64 {
+    let n = v.len();
+    if n == 0 {
+        return 0.0;
+    }
+    let virtual_index = (n - 1) as f64 * q;
+    let prev = virtual_index.floor();
+    let gamma = virtual_index - prev;
+    let i = (prev as usize).min(n - 1);
+    let (_, a, rest) = v.select_nth_unstable_by(i, f64::total_cmp);
+    let a = *a;
+    let b = if i + 1 < n {
+        rest.iter().copied().fold(f64::INFINITY, f64::min)
+    } else {
+        a
+    };
+    // numpy's _lerp, including its form for gamma ≥ 0.5.
+    let diff = b - a;
+    if gamma >= 0.5 {
+        b - diff * (1.0 - gamma)
+    } else {
+        a + diff * gamma
+    }
+}
+
+fn mse_search(
+    vals: &[f64],
+    wts: Option<&[f64]>,
+    lo: f64,
+    hi: f64,
+    qlo: i32,
+    qhi: i32,
+    c: &Calibration<'_>,
+) -> Result<(f64, i32)> {
+    macro_rules! with_round {
+        ($A:ty) => {
+            match c.options.rounding {
+                Rounding::NearestAway => search::<NearestAway, $A>(vals, wts, lo, hi, qlo, qhi, c),
+                Rounding::TowardZero => search::<TowardZero, $A>(vals, wts, lo, hi, qlo, qhi, c),
+                Rounding::Down => search::<Down, $A>(vals, wts, lo, hi, qlo, qhi, c),
+                Rounding::Up => search::<Up, $A>(vals, wts, lo, hi, qlo, qhi, c),
+                Rounding::NearestEven | Rounding::Stochastic => {
+                    search::<NearestEven, $A>(vals, wts, lo, hi, qlo, qhi, c)
+                }
+            }
+        };
+    }
+    Ok(match c.options.arith {
+        Arith::Divide => with_round!(Divide),
+        Arith::Reciprocal32 => with_round!(Reciprocal32),
+    })
+}
+
+fn search<R: Round, A: Scaled>(
+    vals: &[f64],
+    wts: Option<&[f64]>,
+    lo: f64,
+    hi: f64,
+    qlo: i32,
+    qhi: i32,
+    c: &Calibration<'_>,
+) -> (f64, i32) {
+    let mut best = lecture_params(lo, hi, qlo, qhi, c.symmetric, c.scale_f32);
+    let mut best_err = f64::INFINITY;
+    for k in 0..MSE_STEPS {
+        let alpha = 1.0 - k as f64 * MSE_STEP;
+        let (s, b) = lecture_params(alpha * lo, alpha * hi, qlo, qhi, c.symmetric, c.scale_f32);
+        let a = A::multiplier(s);
+        let (bf, lof, hif) = (b as f64, qlo as f64, qhi as f64);
+        let mut err = 0.0;
+        for (i, &v) in vals.iter().enumerate() {
+            let q = (R::round(A::scaled(v, a), [0, 0], 0) + bf).clamp(lof, hif);
+            let d = v - s * (q - bf);
+            err += match wts {
+                Some(w) => w[i] * d * d,
+                None => d * d,
+            };
+        }
+        if err < best_err {
+            best_err = err;
+            best = (s, b);
+        }
+    }
+    best
+}

@@ -1,0 +1,919 @@
+//! The quantize / dequantize / fake-quantize kernels.
+//!
+//! Work is split into chunks of [`CHUNK`] flat elements (rayon), each chunk
+//! into blocks of [`BLOCK`]. A block that lies in one part (a row of a
+//! per-channel matrix, a group of 128) runs an element loop with constant
+//! parameters; any other block first writes each element's part id into a
+//! stack array and gathers. The element loops are plain loops over stack
+//! arrays, compiled once per instruction set by [`simd::dispatch`], with
+//! no closures and no saturating float → int casts inside.
+
+use rayon::prelude::*;
+
+use super::pack;
+use super::partition::Plan;
+use super::{Arith, Codes, CodesRef, Options, Resolved};
+use crate::lowp::codec::{random_u32, seed_key, Rounding};
+use crate::lowp::Values;
+use crate::rows::f16_to_f32;
+use crate::simd::{self, Kernel};
+
+/// Elements per rayon task (a multiple of [`BLOCK`] and of 8, so packed
+/// output of every width starts on a byte boundary).
+pub const CHUNK: usize = 1 << 16;
+/// Elements per block (stack arrays).
+pub const BLOCK: usize = 256;
+
+// ---------------------------------------------------------------------------
+// Rounding and arithmetic, as types so that each loop compiles without a
+// branch on the mode.
+// ---------------------------------------------------------------------------
+
+/// round(t) of eq. (9).
+pub trait Round: Copy + Send + Sync {
+    /// Rounds `t`; `index` is the element's flat index (stochastic rounding
+    /// draws from a hash of the key and the index).
+    fn round(t: f64, key: [u32; 2], index: u64) -> f64;
+    /// Whether the float32 fast path may run this mode (deterministic modes).
+    const FAST32: bool = true;
+    /// round(t) in float32 (deterministic modes only).
+    fn round32(t: f32) -> f32;
+    /// Whether `t` (≈ x/s, off by at most |t|·2^−22) is so close to a
+    /// rounding boundary of this mode that the exact quotient could round
+    /// differently than `r = round32(t)`; `x` is the input.
+    fn near32(t: f32, r: f32, x: f32) -> bool;
+}
+
+/// |t|·2^−21: a bound on |x·fl32(1/s) − x/s| with room to spare.
+#[inline(always)]
+fn tolerance(t: f32) -> f32 {
+    t.abs() * (1.0 / 2_097_152.0)
+}
+
+/// Boundaries at k + ½.
+#[inline(always)]
+fn near_half(t: f32, r: f32, _x: f32) -> bool {
+    (t - r).abs() + tolerance(t) >= 0.5
+}
+
+/// Boundaries at integers (and a product that underflowed to 0).
+#[inline(always)]
+fn near_integer(t: f32, _r: f32, x: f32) -> bool {
+    ((t - t.round_ties_even()).abs() < tolerance(t)) | ((t == 0.0) & (x != 0.0))
+}
+
+macro_rules! simple_round {
+    ($name:ident, $doc:literal, $f:ident, $near:ident) => {
+        #[doc = $doc]
+        #[derive(Clone, Copy)]
+        pub struct $name;
+        impl Round for $name {
+            #[inline(always)]
+            fn round(t: f64, _key: [u32; 2], _index: u64) -> f64 {
+                t.$f()
+            }
+            #[inline(always)]
+            fn round32(t: f32) -> f32 {
+                t.$f()
+            }
+            #[inline(always)]
+            fn near32(t: f32, r: f32, x: f32) -> bool {
+                simple_round!(@near $near, t, r, x)
+            }
+        }
+    };
+    (@near half, $t:expr, $r:expr, $x:expr) => { near_half($t, $r, $x) };
+    (@near integer, $t:expr, $r:expr, $x:expr) => { near_integer($t, $r, $x) };
+}
+simple_round!(NearestEven, "Nearest, ties to even.", round_ties_even, half);
+simple_round!(NearestAway, "Nearest, ties away from zero.", round, half);
+simple_round!(TowardZero, "Truncation.", trunc, integer);
+simple_round!(Down, "Toward −∞.", floor, integer);
+simple_round!(Up, "Toward +∞.", ceil, integer);
+
+/// Up with probability frac(t) (quantised to 32 bits), from a
+/// counter-based hash of (seed, index): the same whatever the threads.
+#[derive(Clone, Copy)]
+pub struct Stochastic;
+impl Round for Stochastic {
+    const FAST32: bool = false;
+    #[inline(always)]
+    fn round32(t: f32) -> f32 {
+        t.floor() // unused: stochastic rounding always takes the float64 path
+    }
+    #[inline(always)]
+    fn near32(_t: f32, _r: f32, _x: f32) -> bool {
+        true
+    }
+    #[inline(always)]
+    fn round(t: f64, key: [u32; 2], index: u64) -> f64 {
+        let floor = t.floor();
+        let draw = random_u32(key, index) as f64;
+        if draw < (t - floor) * 4_294_967_296.0 {
+            floor + 1.0
+        } else {
+            floor
+        }
+    }
+}
+
+/// How x/s is formed.
+pub trait Scaled: Copy + Send + Sync {
+    /// `x` scaled by the part's multiplier `a` (the scale for division, the
+    /// float32 reciprocal for the reciprocal mode).
+    fn scaled(x: f64, a: f64) -> f64;
+    /// The multiplier `a` of a part with scale `scale`.
+    fn multiplier(scale: f64) -> f64;
+    /// Whether the float32 fast path only approximates this arithmetic (and
+    /// must check for near-boundary quotients).
+    const CHECK: bool;
+}
+
+/// x / s in float64 (the lecture's eq. (9); exact for float32 inputs and
+/// scales up to one float64 rounding, as a float64 numpy oracle computes it).
+#[derive(Clone, Copy)]
+pub struct Divide;
+impl Scaled for Divide {
+    const CHECK: bool = true;
+    #[inline(always)]
+    fn scaled(x: f64, a: f64) -> f64 {
+        x / a
+    }
+    fn multiplier(scale: f64) -> f64 {
+        scale
+    }
+}
+
+/// x · fl32(1/s) in float32 (torch's `quantize_per_channel`, torchao's
+/// `quantize_affine`).
+#[derive(Clone, Copy)]
+pub struct Reciprocal32;
+impl Scaled for Reciprocal32 {
+    const CHECK: bool = false;
+    #[inline(always)]
+    fn scaled(x: f64, a: f64) -> f64 {
+        ((x as f32) * (a as f32)) as f64
+    }
+    fn multiplier(scale: f64) -> f64 {
+        (1.0 / scale as f32) as f64
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Parameter sources: one part for the whole block, or gathered per element.
+// ---------------------------------------------------------------------------
+
+/// Per-element parameters of a block.
+pub trait Params {
+    /// Multiplier of x (see [`Scaled`]).
+    fn a(&self, i: usize) -> f64;
+    /// Zero-point b_j.
+    fn zp(&self, i: usize) -> f64;
+    /// Lower clip bound.
+    fn lo(&self, i: usize) -> f64;
+    /// Upper clip bound.
+    fn hi(&self, i: usize) -> f64;
+    /// Scale s_j (for dequantization).
+    fn s(&self, i: usize) -> f64;
+    /// fl32(1/s_j).
+    fn a32(&self, i: usize) -> f32;
+    /// b_j as float32.
+    fn zp32(&self, i: usize) -> f32;
+    /// Lower bound as float32.
+    fn lo32(&self, i: usize) -> f32;
+    /// Upper bound as float32.
+    fn hi32(&self, i: usize) -> f32;
+    /// s_j as float32.
+    fn s32(&self, i: usize) -> f32;
+}
+
+/// One part's parameters for every element.
+#[derive(Clone, Copy)]
+pub struct Const {
+    a: f64,
+    zp: f64,
+    lo: f64,
+    hi: f64,
+    s: f64,
+    a32: f32,
+    zp32: f32,
+    lo32: f32,
+    hi32: f32,
+    s32: f32,
+}
+
+impl Const {
+    #[inline(always)]
+    fn of(r: &Resolved, j: usize) -> Const {
+        Const {
+            a: r.a[j],
+            zp: r.zp[j],
+            lo: r.lo[j],
+            hi: r.hi[j],
+            s: r.s[j],
+            a32: r.a32[j],
+            zp32: r.zp[j] as f32,
+            lo32: r.lo[j] as f32,
+            hi32: r.hi[j] as f32,
+            s32: r.s[j] as f32,
+        }
+    }
+}
+
+impl Params for Const {
+    #[inline(always)]
+    fn a(&self, _: usize) -> f64 {
+        self.a
+    }
+    #[inline(always)]
+    fn zp(&self, _: usize) -> f64 {
+        self.zp
+    }
+    #[inline(always)]
+    fn lo(&self, _: usize) -> f64 {
+        self.lo
+    }
+    #[inline(always)]
+    fn hi(&self, _: usize) -> f64 {
+        self.hi
+    }
+    #[inline(always)]
+    fn s(&self, _: usize) -> f64 {
+        self.s
+    }
+    #[inline(always)]
+    fn a32(&self, _: usize) -> f32 {
+        self.a32
+    }
+    #[inline(always)]
+    fn zp32(&self, _: usize) -> f32 {
+        self.zp32
+    }
+    #[inline(always)]
+    fn lo32(&self, _: usize) -> f32 {
+        self.lo32
+    }
+    #[inline(always)]
+    fn hi32(&self, _: usize) -> f32 {
+        self.hi32
+    }
+    #[inline(always)]
+    fn s32(&self, _: usize) -> f32 {
+        self.s32
+    }
+}
+
+/// Parameters gathered through part ids.
+pub struct Gather<'a> {
+    ids: &'a [u32],
+    r: &'a Resolved,
+}
+
+impl Params for Gather<'_> {
+    #[inline(always)]
+    fn a(&self, i: usize) -> f64 {
+        self.r.a[self.ids[i] as usize]
+    }
+    #[inline(always)]
+    fn zp(&self, i: usize) -> f64 {
+        self.r.zp[self.ids[i] as usize]
+    }
+    #[inline(always)]
+    fn lo(&self, i: usize) -> f64 {
+        self.r.lo[self.ids[i] as usize]
+    }
+    #[inline(always)]
+    fn hi(&self, i: usize) -> f64 {
+        self.r.hi[self.ids[i] as usize]
+    }
+    #[inline(always)]
+    fn s(&self, i: usize) -> f64 {
+        self.r.s[self.ids[i] as usize]
+    }
+    #[inline(always)]
+    fn a32(&self, i: usize) -> f32 {
+        self.r.a32[self.ids[i] as usize]
+    }
+    #[inline(always)]
+    fn zp32(&self, i: usize) -> f32 {
+        self.r.zp[self.ids[i] as usize] as f32
+    }
+    #[inline(always)]
+    fn lo32(&self, i: usize) -> f32 {
+        self.r.lo[self.ids[i] as usize] as f32
+    }
+    #[inline(always)]
+    fn hi32(&self, i: usize) -> f32 {
+        self.r.hi[self.ids[i] as usize] as f32
+    }
+    #[inline(always)]
+    fn s32(&self, i: usize) -> f32 {
+        self.r.s[self.ids[i] as usize] as f32
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Element loops
+// ---------------------------------------------------------------------------
+
+/// Def 3.2, eq. (9): q = clip(round(x/s) + b, lo, hi) for each element of
+/// a block; NaN gives b (which dequantizes to 0). Returns how many elements
+/// were clipped.
+#[inline(always)]
+fn quantize_block<R: Round, A: Scaled, P: Params>(
+    x: &[f64],
+    p: &P,
+    key: [u32; 2],
+    index0: u64,
+    codes: &mut [i32],
+) -> u64 {
+    let mut clipped = 0u32;
+    let n = x.len().min(codes.len());
+    for i in 0..n {
+        let t = A::scaled(x[i], p.a(i));
+        let q = R::round(t, key, index0 + i as u64) + p.zp(i);
+        let (lo, hi) = (p.lo(i), p.hi(i));
+        clipped += ((q < lo) | (q > hi)) as u32;
+        let c = if q < lo {
+            lo
+        } else if q > hi {
+            hi
+        } else {
+            q
+        };
+        #[allow(clippy::eq_op)]
+        let c = if c == c { c } else { p.zp(i) };
+        // SAFETY: c is lo, hi, the zero-point or an integer-valued float
+        // between lo and hi, all of which are i32 values.
+        codes[i] = unsafe { c.to_int_unchecked::<i32>() };
+    }
+    clipped as u64
+}
+
+/// The float32 fast path of [`quantize_block`]: x·fl32(1/s) in float32.
+/// With `check`, returns whether any element lies so near a rounding
+/// boundary that the exact x/s might round otherwise (the caller then
+/// redoes the run in float64); without, this is the reciprocal arithmetic
+/// itself. Valid when scales, their reciprocals and the integer parameters
+/// are exact normal float32 values (`Resolved::fast32`).
+#[inline(always)]
+fn quantize_block32<R: Round, P: Params>(
+    x: &[f32],
+    p: &P,
+    check: bool,
+    codes: &mut [i32],
+) -> (u64, bool) {
+    let mut clipped = 0u32;
+    let mut near = false;
+    let n = x.len().min(codes.len());
+    for i in 0..n {
+        let t = x[i] * p.a32(i);
+        let r = R::round32(t);
+        near |= check & R::near32(t, r, x[i]);
+        let q = r + p.zp32(i);
+        let (lo, hi) = (p.lo32(i), p.hi32(i));
+        clipped += ((q < lo) | (q > hi)) as u32;
+        let c = if q < lo {
+            lo
+        } else if q > hi {
+            hi
+        } else {
+            q
+        };
+        #[allow(clippy::eq_op)]
+        let c = if c == c { c } else { p.zp32(i) };
+        // SAFETY: c is lo, hi, the zero-point or an integer-valued float
+        // between lo and hi, all integers of magnitude ≤ 2^24.
+        codes[i] = unsafe { c.to_int_unchecked::<i32>() };
+    }
+    (clipped as u64, near)
+}
+
+/// Eq. (10) in float32: exact (n − b) times s in one float32 rounding,
+/// which equals the float64 product rounded to float32 when |n − b| < 2^24
+/// and s is a float32.
+#[inline(always)]
+fn dequantize_block32<P: Params, F: OutFloat>(codes: &[i32], p: &P, out: &mut [F]) {
+    let n = codes.len().min(out.len());
+    for i in 0..n {
+        out[i] = F::from_f32((codes[i] as f32 - p.zp32(i)) * p.s32(i));
+    }
+}
+
+/// Def 3.2, eq. (10): s·(n − b).
+#[inline(always)]
+fn dequantize_block<P: Params, F: OutFloat>(codes: &[i32], p: &P, out: &mut [F]) {
+    let n = codes.len().min(out.len());
+    for i in 0..n {
+        out[i] = F::from_f64((codes[i] as f64 - p.zp(i)) * p.s(i));
+    }
+}
+
+/// An output float type.
+pub trait OutFloat: Copy + Default + Send + Sync {
+    /// Whether this is float32 (which the float32 fast paths may write).
+    const IS_F32: bool;
+    /// From float64, rounded to nearest even.
+    fn from_f64(v: f64) -> Self;
+    /// From float32 (only called when `IS_F32`).
+    fn from_f32(v: f32) -> Self;
+}
+impl OutFloat for f32 {
+    const IS_F32: bool = true;
+    #[inline(always)]
+    fn from_f64(v: f64) -> f32 {
+        v as f32
+    }
+    #[inline(always)]
+    fn from_f32(v: f32) -> f32 {
+        v
+    }
+}
+impl OutFloat for f64 {
+    const IS_F32: bool = false;
+    #[inline(always)]
+    fn from_f64(v: f64) -> f64 {
+        v
+    }
+    #[inline(always)]
+    fn from_f32(v: f32) -> f64 {
+        v as f64
+    }
+}
+
+/// Loads `out.len()` elements of `x` (not float64) from `start` as float32.
+#[inline(always)]
+fn load32(x: &Values<'_>, start: usize, out: &mut [f32]) {
+    let n = out.len();
+    match x {
+        Values::F32(v) => out.copy_from_slice(&v[start..start + n]),
+        Values::Bf16(v) => {
+            let v = &v[start..start + n];
+            for i in 0..n {
+                out[i] = f32::from_bits((v[i] as u32) << 16);
+            }
+        }
+        Values::F16(v) => {
+            let v = &v[start..start + n];
+            for i in 0..n {
+                out[i] = f16_to_f32(v[i]);
+            }
+        }
+        Values::F64(v) => {
+            let v = &v[start..start + n];
+            for i in 0..n {
+                out[i] = v[i] as f32;
+            }
+        }
+    }
+}
+
+/// Loads `out.len()` elements of `x` from `start` as float64.
+#[inline(always)]
+fn load(x: &Values<'_>, start: usize, out: &mut [f64]) {
+    let n = out.len();
+    match x {
+        Values::F32(v) => {
+            let v = &v[start..start + n];
+            for i in 0..n {
+                out[i] = v[i] as f64;
+            }
+        }
+        Values::F64(v) => out.copy_from_slice(&v[start..start + n]),
+        Values::Bf16(v) => {
+            let v = &v[start..start + n];
+            for i in 0..n {
+                out[i] = f32::from_bits((v[i] as u32) << 16) as f64;
+            }
+        }
+        Values::F16(v) => {
+            let v = &v[start..start + n];
+            for i in 0..n {
+                out[i] = f16_to_f32(v[i]) as f64;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Sinks: where a block's codes go.
+// ---------------------------------------------------------------------------
+
+/// Receives codes: per run of one part (`segment`) and per block
+/// (`block`); offsets are element offsets within the chunk.
+pub trait Sink {
+    /// Codes of one run of elements sharing the parameters `p`.
+    #[inline(always)]
+    fn segment<P: Params>(&mut self, _offset: usize, _codes: &[i32], _p: &P) {}
+    /// All codes of a block (called after its segments).
+    #[inline(always)]
+    fn block(&mut self, _offset: usize, _codes: &[i32]) {}
+}
+
+/// A code container type.
+pub trait CodeInt: Copy + Default + Send + Sync {
+    /// Truncating conversion (the caller guarantees the range).
+    fn from_i32(v: i32) -> Self;
+    /// Widening conversion.
+    fn to_i32(self) -> i32;
+}
+macro_rules! code_int {
+    ($($t:ty),*) => {$(
+        impl CodeInt for $t {
+            #[inline(always)]
+            fn from_i32(v: i32) -> $t { v as $t }
+            #[inline(always)]
+            fn to_i32(self) -> i32 { self as i32 }
+        }
+    )*};
+}
+code_int!(i8, u8, i16, u16, i32);
+
+struct IntSink<'a, T>(&'a mut [T]);
+impl<T: CodeInt> Sink for IntSink<'_, T> {
+    #[inline(always)]
+    fn segment<P: Params>(&mut self, offset: usize, codes: &[i32], _p: &P) {
+        let out = &mut self.0[offset..offset + codes.len()];
+        for i in 0..codes.len() {
+            out[i] = T::from_i32(codes[i]);
+        }
+    }
+}
+
+struct PackSink<'a> {
+    out: &'a mut [u8],
+    bits: u32,
+}
+impl Sink for PackSink<'_> {
+    #[inline(always)]
+    fn block(&mut self, offset: usize, codes: &[i32]) {
+        let w = self.bits as usize;
+        let byte0 = offset * w / 8;
+        let nbytes = (codes.len() * w).div_ceil(8);
+        pack::pack_into(codes, self.bits, &mut self.out[byte0..byte0 + nbytes]);
+    }
+}
+
+struct DeqSink<'a, F> {
+    out: &'a mut [F],
+    fast: bool,
+}
+impl<F: OutFloat> Sink for DeqSink<'_, F> {
+    #[inline(always)]
+    fn segment<P: Params>(&mut self, offset: usize, codes: &[i32], p: &P) {
+        let out = &mut self.out[offset..offset + codes.len()];
+        if self.fast {
+            dequantize_block32(codes, p, out);
+        } else {
+            dequantize_block(codes, p, out);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Chunk jobs
+// ---------------------------------------------------------------------------
+
+struct QuantChunk<'a, R, A, S> {
+    x: Values<'a>,
+    plan: &'a Plan<'a>,
+    r: &'a Resolved,
+    key: [u32; 2],
+    start: usize,
+    end: usize,
+    sink: S,
+    _m: std::marker::PhantomData<(R, A)>,
+}
+
+impl<R: Round, A: Scaled, S: Sink> Kernel for QuantChunk<'_, R, A, S> {
+    type Output = u64;
+    #[inline(always)]
+    fn run(mut self) -> u64 {
+        let mut xb = [0f64; BLOCK];
+        let mut xb32 = [0f32; BLOCK];
+        let mut cb = [0i32; BLOCK];
+        let mut ids = [0u32; BLOCK];
+        let mut clipped = 0u64;
+        let fast = R::FAST32 && self.r.fast32 && !matches!(self.x, Values::F64(_));
+        let mut pos = self.start;
+        while pos < self.end {
+            let n = BLOCK.min(self.end - pos);
+            if fast {
+                load32(&self.x, pos, &mut xb32[..n]);
+            } else {
+                load(&self.x, pos, &mut xb[..n]);
+            }
+            let off = pos - self.start;
+            if self.plan.has_segments() {
+                let mut done = 0;
+                while done < n {
+                    let (j, len) = self.plan.segment(pos + done, n - done);
+                    let p = Const::of(self.r, j);
+                    let seg = done..done + len;
+                    clipped += self.codes(
+                        fast,
+                        pos + done,
+                        &xb32[seg.clone()],
+                        &mut xb[seg.clone()],
+                        &p,
+                        &mut cb[seg.clone()],
+                    );
+                    self.sink.segment(off + done, &cb[seg], &p);
+                    done += len;
+                }
+            } else {
+                self.plan.parts_of(pos, &mut ids[..n]);
+                let p = Gather {
+                    ids: &ids[..n],
+                    r: self.r,
+                };
+                clipped += self.codes(fast, pos, &xb32[..n], &mut xb[..n], &p, &mut cb[..n]);
+                self.sink.segment(off, &cb[..n], &p);
+            }
+            self.sink.block(off, &cb[..n]);
+            pos += n;
+        }
+        clipped
+    }
+}
+
+impl<R: Round, A: Scaled, S: Sink> QuantChunk<'_, R, A, S> {
+    /// Codes of a run starting at flat index `start`: the float32 path when
+    /// `fast` (redone in float64 if a quotient is near a boundary), else
+    /// float64 from `x64` (already loaded unless `fast`).
+    #[inline(always)]
+    fn codes<P: Params>(
+        &self,
+        fast: bool,
+        start: usize,
+        x32: &[f32],
+        x64: &mut [f64],
+        p: &P,
+        codes: &mut [i32],
+    ) -> u64 {
+        if fast {
+            let (clipped, near) = quantize_block32::<R, P>(x32, p, A::CHECK, codes);
+            if !near {
+                return clipped;
+            }
+            load(&self.x, start, x64);
+        }
+        quantize_block::<R, A, P>(x64, p, self.key, start as u64, codes)
+    }
+}
+
+fn run_chunk<S: Sink>(
+    opts: &Options,
+    x: Values<'_>,
+    plan: &Plan<'_>,
+    r: &Resolved,
+    start: usize,
+    end: usize,
+    sink: S,
+) -> u64 {
+    macro_rules! go {
+        ($R:ty, $A:ty) => {
+            simd::dispatch(QuantChunk::<$R, $A, S> {
+                x,
+                plan,
+                r,
+                key: seed_key(opts.seed),
+                start,
+                end,
+                sink,
+                _m: std::marker::PhantomData,
+            })
+        };
+    }
+    macro_rules! arith {
+        ($R:ty) => {
+            match opts.arith {
+                Arith::Divide => go!($R, Divide),
+                Arith::Reciprocal32 => go!($R, Reciprocal32),
+            }
+        };
+    }
+    match opts.rounding {
+        Rounding::NearestEven => arith!(NearestEven),
+        Rounding::NearestAway => arith!(NearestAway),
+        Rounding::TowardZero => arith!(TowardZero),
+        Rounding::Down => arith!(Down),
+        Rounding::Up => arith!(Up),
+        Rounding::Stochastic => arith!(Stochastic),
+    }
+}
+
+/// Which container the codes go into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeType {
+    /// int8.
+    I8,
+    /// uint8.
+    U8,
+    /// int16.
+    I16,
+    /// uint16.
+    U16,
+    /// int32.
+    I32,
+    /// `bits` (2–8) per code, packed LSB-first (see [`pack`]); `signed`
+    /// says whether unpacking sign-extends.
+    Packed {
+        /// Bits per code.
+        bits: u32,
+        /// Two's complement codes.
+        signed: bool,
+    },
+}
+
+fn ints<T: CodeInt>(opts: &Options, x: Values<'_>, plan: &Plan<'_>, r: &Resolved) -> (Vec<T>, u64) {
+    let n = x.len();
+    let mut out = crate::lowp::output::<T>(n);
+    let clipped = out
+        .par_chunks_mut(CHUNK)
+        .enumerate()
+        .map(|(k, o)| {
+            let start = k * CHUNK;
+            run_chunk(opts, x, plan, r, start, start + o.len(), IntSink(o))
+        })
+        .sum();
+    (out, clipped)
+}
+
+/// Quantizes into `code_type`; returns the codes and the number of
+/// clipped elements.
+pub fn quantize(
+    x: Values<'_>,
+    plan: &Plan<'_>,
+    r: &Resolved,
+    code_type: CodeType,
+    opts: &Options,
+) -> (Codes, u64) {
+    crate::threads::init_pool();
+    match code_type {
+        CodeType::I8 => {
+            let (c, k) = ints::<i8>(opts, x, plan, r);
+            (Codes::I8(c), k)
+        }
+        CodeType::U8 => {
+            let (c, k) = ints::<u8>(opts, x, plan, r);
+            (Codes::U8(c), k)
+        }
+        CodeType::I16 => {
+            let (c, k) = ints::<i16>(opts, x, plan, r);
+            (Codes::I16(c), k)
+        }
+        CodeType::U16 => {
+            let (c, k) = ints::<u16>(opts, x, plan, r);
+            (Codes::U16(c), k)
+        }
+        CodeType::I32 => {
+            let (c, k) = ints::<i32>(opts, x, plan, r);
+            (Codes::I32(c), k)
+        }
+        CodeType::Packed { bits, signed } => {
+            let n = x.len();
+            let w = bits as usize;
+            let mut out = crate::lowp::output::<u8>((n * w).div_ceil(8));
+            let chunk_bytes = CHUNK * w / 8;
+            let clipped = out
+                .par_chunks_mut(chunk_bytes.max(1))
+                .enumerate()
+                .map(|(k, o)| {
+                    let start = k * CHUNK;
+                    let end = (start + CHUNK).min(n);
+                    run_chunk(opts, x, plan, r, start, end, PackSink { out: o, bits })
+                })
+                .sum();
+            (
+                Codes::Packed {
+                    data: out,
+                    bits,
+                    signed,
+                    len: n,
+                },
+                clipped,
+            )
+        }
+    }
+}
+
+/// Quantizes and dequantizes in one pass (no codes in memory).
+pub fn fake_quantize<F: OutFloat>(
+    x: Values<'_>,
+    plan: &Plan<'_>,
+    r: &Resolved,
+    opts: &Options,
+) -> (Vec<F>, u64) {
+    crate::threads::init_pool();
+    let mut out = crate::lowp::output::<F>(x.len());
+    let clipped = out
+        .par_chunks_mut(CHUNK)
+        .enumerate()
+        .map(|(k, o)| {
+            let start = k * CHUNK;
+            let end = start + o.len();
+            let sink = DeqSink {
+                out: o,
+                fast: F::IS_F32 && r.fast32,
+            };
+            run_chunk(opts, x, plan, r, start, end, sink)
+        })
+        .sum();
+    (out, clipped)
+}
+
+struct DeqChunk<'a, F> {
+    codes: CodesRef<'a>,
+    plan: &'a Plan<'a>,
+    r: &'a Resolved,
+    start: usize,
+    out: &'a mut [F],
+}
+
+#[inline(always)]
+fn load_codes(codes: &CodesRef<'_>, start: usize, out: &mut [i32]) {
+    #[inline(always)]
+    fn widen<T: CodeInt>(v: &[T], out: &mut [i32]) {
+        for i in 0..out.len() {
+            out[i] = v[i].to_i32();
+        }
+    }
+    let n = out.len();
+    match codes {
+        CodesRef::I8(v) => widen(&v[start..start + n], out),
+        CodesRef::U8(v) => widen(&v[start..start + n], out),
+        CodesRef::I16(v) => widen(&v[start..start + n], out),
+        CodesRef::U16(v) => widen(&v[start..start + n], out),
+        CodesRef::I32(v) => out.copy_from_slice(&v[start..start + n]),
+        CodesRef::Packed {
+            data, bits, signed, ..
+        } => {
+            let w = *bits as usize;
+            let byte0 = start * w / 8;
+            let nbytes = (n * w).div_ceil(8);
+            pack::unpack_from(&data[byte0..byte0 + nbytes], *bits, *signed, out);
+        }
+    }
+}
+
+impl<F: OutFloat> Kernel for DeqChunk<'_, F> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let mut cb = [0i32; BLOCK];
+        let mut ids = [0u32; BLOCK];
+        let end = self.start + self.out.len();
+        // Codes of up to 16 bits minus a zero-point within 2^23 are exact
+        // in float32.
+        let fast = F::IS_F32 && self.r.fast32 && !matches!(self.codes, CodesRef::I32(_));
+        let mut pos = self.start;
+        while pos < end {
+            let n = BLOCK.min(end - pos);
+            load_codes(&self.codes, pos, &mut cb[..n]);
+            let off = pos - self.start;
+            if self.plan.has_segments() {
+                let mut done = 0;
+                while done < n {
+                    let (j, len) = self.plan.segment(pos + done, n - done);
+                    let out = &mut self.out[off + done..off + done + len];
+                    let p = Const::of(self.r, j);
+                    if fast {
+                        dequantize_block32(&cb[done..done + len], &p, out);
+                    } else {
+                        dequantize_block(&cb[done..done + len], &p, out);
+                    }
+                    done += len;
+                }
+            } else {
+                self.plan.parts_of(pos, &mut ids[..n]);
+                let p = Gather {
+                    ids: &ids[..n],
+                    r: self.r,
+                };
+                if fast {
+                    dequantize_block32(&cb[..n], &p, &mut self.out[off..off + n]);
+                } else {
+                    dequantize_block(&cb[..n], &p, &mut self.out[off..off + n]);
+                }
+            }
+            pos += n;
+        }
+    }
+}
+
+/// s·(n − b) for every code.
+pub fn dequantize<F: OutFloat>(codes: CodesRef<'_>, plan: &Plan<'_>, r: &Resolved) -> Vec<F> {
+    crate::threads::init_pool();
+    let mut out = crate::lowp::output::<F>(plan.len);
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(k, o)| {
+        simd::dispatch(DeqChunk {
+            codes,
+            plan,
+            r,
+            start: k * CHUNK,
+            out: o,
+        })
+    });
+    out
+}

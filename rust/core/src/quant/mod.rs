@@ -1,0 +1,442 @@
+//! Integer quantization over any partition (lecture Def 3.2).
+//!
+//! Given an ordered partition (I_1 … I_k) of a tensor's elements, and per
+//! part j a scale s_j > 0, an integer zero-point b_j and an integer range
+//! [qmin_j, qmax_j] (the lecture's [−M_j, M_j]):
+//!
+//! * Q_j(x) = clip(round(x / s_j) + b_j, qmin_j, qmax_j)  — eq. (9)
+//! * Q̃_j(n) = s_j · (n − b_j)                             — eq. (10)
+//!
+//! * [`partition`]: tiles (per-tensor, per-axis, groups, 2-D blocks, all with
+//!   ragged edges) and arbitrary labels.
+//! * [`calibrate`]: s_j and b_j from the data (full range, percentile, MSE
+//!   search with optional importance weights; torchao's formulas).
+//! * [`kernel`]: the quantize / dequantize / fake-quantize loops (SIMD +
+//!   rayon), rounding nearest-even, nearest-away, toward zero, down, up, or
+//!   stochastic (seeded, counter-based: independent of the thread count).
+//! * [`pack`]: 1…8-bit codes packed LSB-first.
+//!
+//! Arithmetic: by default x/s is one float64 division (what a float64
+//! oracle computes); [`Arith::Reciprocal32`] multiplies by the float32
+//! reciprocal as torch's `quantize_per_channel` and torchao's
+//! `quantize_affine` do. Dequantization is s·(n − b) in float64, rounded
+//! once to the output type. NaN quantizes to b_j (dequantizes to 0); ±Inf
+//! clips to the range ends.
+//!
+//! ```
+//! use quantdrift_core::lowp::Values;
+//! use quantdrift_core::quant::{self, Codes, CodeType, Options, Partition, QParams};
+//! // Example 3.1: parts {1,2} and {3,4}, M = (127, 7), s = (0.01, 0.1), b = (0, 1).
+//! let x = [1.20, -0.55, 0.07, 2.31];
+//! let part = Partition::Labels { ids: &[0, 0, 1, 1], parts: 2 };
+//! let qp = QParams { scale: &[0.01, 0.1], zero_point: &[0, 1], qmin: &[-127, -7], qmax: &[127, 7] };
+//! let (codes, clipped) =
+//!     quant::quantize(Values::F64(&x), &part, &qp, CodeType::I8, &Options::default()).unwrap();
+//! assert_eq!(codes, Codes::I8(vec![120, -55, 2, 7]));
+//! assert_eq!(clipped, 1);
+//! ```
+
+pub mod calibrate;
+pub mod kernel;
+pub mod pack;
+pub mod partition;
+
+pub use calibrate::{Calibration, Method, Ranges, Style};
+pub use kernel::CodeType;
+pub use partition::{Partition, Plan};
+
+use crate::error::{CoreError, Result};
+use crate::lowp::codec::Rounding;
+use crate::lowp::{Rounded, Values};
+
+/// How x/s is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arith {
+    /// float64 division x / s.
+    Divide,
+    /// float32 product x · fl32(1 / s) (torch, torchao).
+    Reciprocal32,
+}
+
+/// Rounding and arithmetic of a quantization.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Options {
+    /// round(·) of eq. (9).
+    pub rounding: Rounding,
+    /// Seed of stochastic rounding.
+    pub seed: u64,
+    /// How x/s is formed.
+    pub arith: Arith,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            rounding: Rounding::NearestEven,
+            seed: 0,
+            arith: Arith::Divide,
+        }
+    }
+}
+
+/// Per-part parameters, each of length k (the number of parts).
+#[derive(Debug, Clone, Copy)]
+pub struct QParams<'a> {
+    /// s_j > 0.
+    pub scale: &'a [f64],
+    /// b_j.
+    pub zero_point: &'a [i32],
+    /// Lower clip bound (−M_j in the lecture).
+    pub qmin: &'a [i32],
+    /// Upper clip bound (M_j).
+    pub qmax: &'a [i32],
+}
+
+/// Parameters resolved for the kernels (float64 per part).
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// Multiplier of x (scale, or float32 reciprocal).
+    pub a: Vec<f64>,
+    /// Zero-points.
+    pub zp: Vec<f64>,
+    /// Lower bounds.
+    pub lo: Vec<f64>,
+    /// Upper bounds.
+    pub hi: Vec<f64>,
+    /// Scales.
+    pub s: Vec<f64>,
+    /// fl32(1/s) per part.
+    pub a32: Vec<f32>,
+    /// Whether the float32 fast paths apply: every scale is a float32 in
+    /// [2^−126, 2^126] (so its reciprocal is a normal float32 too) and every
+    /// zero-point and bound lies within ±2^23.
+    pub fast32: bool,
+}
+
+impl Resolved {
+    /// Checks `p` against `plan` and resolves it for `arith`.
+    pub fn new(plan: &Plan<'_>, p: &QParams<'_>, arith: Arith) -> Result<Resolved> {
+        let k = plan.parts;
+        for (name, len) in [
+            ("scale", p.scale.len()),
+            ("zero_point", p.zero_point.len()),
+            ("qmin", p.qmin.len()),
+            ("qmax", p.qmax.len()),
+        ] {
+            if len != k {
+                return Err(CoreError::Shape(format!(
+                    "{name} has {len} values but the partition has {k} parts (grid {:?})",
+                    plan.grid()
+                )));
+            }
+        }
+        if let Some(j) = p.scale.iter().position(|&s| !(s > 0.0 && s.is_finite())) {
+            return Err(CoreError::Value(format!(
+                "scale of part {j} is {}; scales must be positive and finite",
+                p.scale[j]
+            )));
+        }
+        if let Some(j) = (0..k).find(|&j| p.qmin[j] > p.qmax[j]) {
+            return Err(CoreError::Value(format!(
+                "part {j}: qmin {} > qmax {}",
+                p.qmin[j], p.qmax[j]
+            )));
+        }
+        let a = match arith {
+            Arith::Divide => p.scale.to_vec(),
+            Arith::Reciprocal32 => p
+                .scale
+                .iter()
+                .map(|&s| (1.0f32 / s as f32) as f64)
+                .collect(),
+        };
+        let s = p.scale.to_vec();
+        let a32: Vec<f32> = p.scale.iter().map(|&s| 1.0f32 / s as f32).collect();
+        let small = |v: &i32| (v.unsigned_abs()) <= 1 << 23;
+        let fast32 = p.scale.iter().all(|&s| {
+            s as f32 as f64 == s && (f32::MIN_POSITIVE as f64..=2f64.powi(126)).contains(&s)
+        }) && p.zero_point.iter().all(small)
+            && p.qmin.iter().all(small)
+            && p.qmax.iter().all(small);
+        Ok(Resolved {
+            a32,
+            fast32,
+            a,
+            zp: p.zero_point.iter().map(|&b| b as f64).collect(),
+            lo: p.qmin.iter().map(|&v| v as f64).collect(),
+            hi: p.qmax.iter().map(|&v| v as f64).collect(),
+            s,
+        })
+    }
+}
+
+/// Quantized codes in their container.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Codes {
+    /// int8 codes.
+    I8(Vec<i8>),
+    /// uint8 codes.
+    U8(Vec<u8>),
+    /// int16 codes.
+    I16(Vec<i16>),
+    /// uint16 codes.
+    U16(Vec<u16>),
+    /// int32 codes.
+    I32(Vec<i32>),
+    /// Bit-packed codes (see [`pack`]).
+    Packed {
+        /// The bytes.
+        data: Vec<u8>,
+        /// Bits per code.
+        bits: u32,
+        /// Two's complement.
+        signed: bool,
+        /// Number of codes.
+        len: usize,
+    },
+}
+
+/// Borrowed codes.
+#[derive(Debug, Clone, Copy)]
+pub enum CodesRef<'a> {
+    /// int8 codes.
+    I8(&'a [i8]),
+    /// uint8 codes.
+    U8(&'a [u8]),
+    /// int16 codes.
+    I16(&'a [i16]),
+    /// uint16 codes.
+    U16(&'a [u16]),
+    /// int32 codes.
+    I32(&'a [i32]),
+    /// Bit-packed codes.
+    Packed {
+        /// The bytes.
+        data: &'a [u8],
+        /// Bits per code.
+        bits: u32,
+        /// Two's complement.
+        signed: bool,
+        /// Number of codes.
+        len: usize,
+    },
+}
+
+impl CodesRef<'_> {
+    /// Number of codes.
+    pub fn len(&self) -> usize {
+        match self {
+            CodesRef::I8(v) => v.len(),
+            CodesRef::U8(v) => v.len(),
+            CodesRef::I16(v) => v.len(),
+            CodesRef::U16(v) => v.len(),
+            CodesRef::I32(v) => v.len(),
+            CodesRef::Packed { len, .. } => *len,
+        }
+    }
+
+    /// Whether there are no codes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The integer range a code type holds.
+fn container_range(t: CodeType) -> Result<(i64, i64)> {
+    Ok(match t {
+        CodeType::I8 => (i8::MIN as i64, i8::MAX as i64),
+        CodeType::U8 => (0, u8::MAX as i64),
+        CodeType::I16 => (i16::MIN as i64, i16::MAX as i64),
+        CodeType::U16 => (0, u16::MAX as i64),
+        CodeType::I32 => (i32::MIN as i64, i32::MAX as i64),
+        CodeType::Packed { bits, signed } => {
+            if !(1..=8).contains(&bits) || (signed && bits < 2) {
+                return Err(CoreError::Value(format!(
+                    "packed codes need 1..8 bits (2..8 signed), got {bits}"
+                )));
+            }
+            if signed {
+                (-(1i64 << (bits - 1)), (1i64 << (bits - 1)) - 1)
+            } else {
+                (0, (1i64 << bits) - 1)
+            }
+        }
+    })
+}
+
+/// Q(x): codes of every element and the number of clipped elements.
+///
+/// Errors: parameters that do not match the partition, a non-positive
+/// scale, or an integer range the code type cannot hold.
+pub fn quantize(
+    x: Values<'_>,
+    partition: &Partition<'_>,
+    params: &QParams<'_>,
+    code_type: CodeType,
+    opts: &Options,
+) -> Result<(Codes, u64)> {
+    let plan = Plan::new(partition, x.len())?;
+    let r = Resolved::new(&plan, params, opts.arith)?;
+    let (lo, hi) = container_range(code_type)?;
+    let lo_min = params.qmin.iter().copied().min().unwrap_or(0) as i64;
+    let hi_max = params.qmax.iter().copied().max().unwrap_or(0) as i64;
+    let zp_bad = params
+        .zero_point
+        .iter()
+        .any(|&b| (b as i64) < lo || (b as i64) > hi);
+    if lo_min < lo || hi_max > hi || zp_bad {
+        return Err(CoreError::Value(format!(
+            "the integer range [{lo_min}, {hi_max}] (and zero-points) do not fit the code type {code_type:?}, which holds [{lo}, {hi}]"
+        )));
+    }
+    Ok(kernel::quantize(x, &plan, &r, code_type, opts))
+}
+
+/// Q̃(Q(x)) without materialising codes: float32 (float64 for float64
+/// input), and the number of clipped elements.
+pub fn fake_quantize(
+    x: Values<'_>,
+    partition: &Partition<'_>,
+    params: &QParams<'_>,
+    opts: &Options,
+) -> Result<(Rounded, u64)> {
+    let plan = Plan::new(partition, x.len())?;
+    let r = Resolved::new(&plan, params, opts.arith)?;
+    Ok(match x {
+        Values::F64(_) => {
+            let (y, k) = kernel::fake_quantize::<f64>(x, &plan, &r, opts);
+            (Rounded::F64(y), k)
+        }
+        _ => {
+            let (y, k) = kernel::fake_quantize::<f32>(x, &plan, &r, opts);
+            (Rounded::F32(y), k)
+        }
+    })
+}
+
+/// Q̃(codes) = s·(n − b) as float32, or float64 with `f64_out`. With
+/// [`Arith::Reciprocal32`] the scales are first rounded to float32.
+pub fn dequantize(
+    codes: CodesRef<'_>,
+    partition: &Partition<'_>,
+    scale: &[f64],
+    zero_point: &[i32],
+    arith: Arith,
+    f64_out: bool,
+) -> Result<Rounded> {
+    let plan = Plan::new(partition, codes.len())?;
+    let (lo, hi) = (vec![i32::MIN; scale.len()], vec![i32::MAX; scale.len()]);
+    let params = QParams {
+        scale,
+        zero_point,
+        qmin: &lo,
+        qmax: &hi,
+    };
+    let r = Resolved::new(&plan, &params, arith)?;
+    if let CodesRef::Packed {
+        data,
+        bits,
+        len,
+        signed,
+    } = codes
+    {
+        container_range(CodeType::Packed { bits, signed })?;
+        let need = (len * bits as usize).div_ceil(8);
+        if data.len() != need {
+            return Err(CoreError::Shape(format!(
+                "codes: {len} packed codes of {bits} bits need {need} bytes, got {}",
+                data.len()
+            )));
+        }
+    }
+    Ok(if f64_out {
+        Rounded::F64(kernel::dequantize::<f64>(codes, &plan, &r))
+    } else {
+        Rounded::F32(kernel::dequantize::<f32>(codes, &plan, &r))
+    })
+}
+
+/// Scale and zero-point per part chosen from the data (see [`calibrate`]).
+pub fn calibrate(
+    x: Values<'_>,
+    partition: &Partition<'_>,
+    ranges: &Ranges<'_>,
+    c: &Calibration<'_>,
+) -> Result<(Vec<f64>, Vec<i32>)> {
+    let plan = Plan::new(partition, x.len())?;
+    calibrate::calibrate(x, &plan, ranges, c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exercise_3_1() {
+        // parts {1,3} and {2}; M = (15, 127); s = (0.02, 0.01); b = (2, 0).
+        let x = [0.34, -1.26, 0.51];
+        let part = Partition::Labels {
+            ids: &[0, 1, 0],
+            parts: 2,
+        };
+        let qp = QParams {
+            scale: &[0.02, 0.01],
+            zero_point: &[2, 0],
+            qmin: &[-15, -127],
+            qmax: &[15, 127],
+        };
+        let (codes, clipped) = quantize(
+            Values::F64(&x),
+            &part,
+            &qp,
+            CodeType::I8,
+            &Options::default(),
+        )
+        .unwrap();
+        assert_eq!(codes, Codes::I8(vec![15, -126, 15]));
+        assert_eq!(clipped, 2);
+        let Rounded::F64(y) = fake_quantize(Values::F64(&x), &part, &qp, &Options::default())
+            .unwrap()
+            .0
+        else {
+            panic!()
+        };
+        assert_eq!(y, vec![0.02 * 13.0, 0.01 * -126.0, 0.02 * 13.0]);
+    }
+
+    #[test]
+    fn packed_matches_unpacked() {
+        let x: Vec<f32> = (0..1003).map(|i| ((i * 37) % 101) as f32 - 50.0).collect();
+        let part = Partition::Tiles {
+            shape: vec![17, 59],
+            tile: vec![1, 8],
+        };
+        let k = 17 * 8;
+        let scale = vec![7.0; k];
+        let zp = vec![0; k];
+        let (lo, hi) = (vec![-8; k], vec![7; k]);
+        let qp = QParams {
+            scale: &scale,
+            zero_point: &zp,
+            qmin: &lo,
+            qmax: &hi,
+        };
+        let o = Options::default();
+        let (a, _) = quantize(Values::F32(&x), &part, &qp, CodeType::I32, &o).unwrap();
+        let (b, _) = quantize(
+            Values::F32(&x),
+            &part,
+            &qp,
+            CodeType::Packed {
+                bits: 4,
+                signed: true,
+            },
+            &o,
+        )
+        .unwrap();
+        let (Codes::I32(a), Codes::Packed { data, .. }) = (a, b) else {
+            panic!()
+        };
+        assert_eq!(pack::unpack(&data, 4, true, a.len()).unwrap(), a);
+    }
+}

@@ -1,0 +1,228 @@
+//! Bit packing of 2…8-bit codes.
+//!
+//! Layout: one little-endian bit stream over the flat (C-order) codes. Code
+//! `i` occupies stream bits `i·w … i·w + w − 1`, least significant bit
+//! first, and stream bit `k` is bit `k mod 8` of byte `k / 8`. For w = 4
+//! this is element 2j in the low nibble of byte j and 2j+1 in the high
+//! nibble (the layout of `lowp`'s packed float4); for w = 2, byte j holds
+//! elements 4j … 4j+3 from the low bits up; for w = 3, 8 codes fill 3 bytes
+//! and codes straddle bytes. Negative codes are stored as their w-bit two's
+//! complement and sign-extended on unpacking. The last byte is zero-padded.
+
+use crate::error::{CoreError, Result};
+
+/// Packs `codes` (each already within w bits, or w-bit two's complement)
+/// into `out`, which must hold `ceil(codes.len() · w / 8)` bytes.
+#[inline(always)]
+pub fn pack_into(codes: &[i32], bits: u32, out: &mut [u8]) {
+    match bits {
+        4 => return pack_fixed::<2>(codes, out),
+        2 => return pack_fixed::<4>(codes, out),
+        8 => {
+            for (o, &c) in out.iter_mut().zip(codes) {
+                *o = c as u8;
+            }
+            return;
+        }
+        _ => {}
+    }
+    let w = bits as usize;
+    let mask = (1u64 << w) - 1;
+    let whole = codes.len() / 8;
+    for g in 0..whole {
+        let mut v = 0u64;
+        for k in 0..8 {
+            v |= ((codes[8 * g + k] as u32 as u64) & mask) << (k * w);
+        }
+        let bytes = v.to_le_bytes();
+        out[g * w..g * w + w].copy_from_slice(&bytes[..w]);
+    }
+    let rest = &codes[8 * whole..];
+    if !rest.is_empty() {
+        let mut v = 0u64;
+        for (k, &c) in rest.iter().enumerate() {
+            v |= ((c as u32 as u64) & mask) << (k * w);
+        }
+        let nbytes = (rest.len() * w).div_ceil(8);
+        let bytes = v.to_le_bytes();
+        out[whole * w..whole * w + nbytes].copy_from_slice(&bytes[..nbytes]);
+    }
+}
+
+/// Unpacks `out.len()` codes from `data` (laid out as [`pack_into`] writes).
+#[inline(always)]
+pub fn unpack_from(data: &[u8], bits: u32, signed: bool, out: &mut [i32]) {
+    match bits {
+        4 => return unpack_fixed::<2>(data, signed, out),
+        2 => return unpack_fixed::<4>(data, signed, out),
+        _ => {}
+    }
+    let w = bits as usize;
+    let mask = (1u64 << w) - 1;
+    let sign = if signed { 1i64 << (w - 1) } else { 0 };
+    let n = out.len();
+    let whole = n / 8;
+    for g in 0..whole {
+        let mut bytes = [0u8; 8];
+        bytes[..w].copy_from_slice(&data[g * w..g * w + w]);
+        let v = u64::from_le_bytes(bytes);
+        for k in 0..8 {
+            let u = ((v >> (k * w)) & mask) as i64;
+            // (u ^ sign) − sign sign-extends a w-bit value (sign = 0: no-op).
+            out[8 * g + k] = ((u ^ sign) - sign) as i32;
+        }
+    }
+    let rest = n - 8 * whole;
+    if rest > 0 {
+        let nbytes = (rest * w).div_ceil(8);
+        let mut bytes = [0u8; 8];
+        bytes[..nbytes].copy_from_slice(&data[whole * w..whole * w + nbytes]);
+        let v = u64::from_le_bytes(bytes);
+        for k in 0..rest {
+            let u = ((v >> (k * w)) & mask) as i64;
+            out[8 * whole + k] = ((u ^ sign) - sign) as i32;
+        }
+    }
+}
+
+/// Packing for widths that divide a byte: `PER` codes of 8/PER bits each.
+#[inline(always)]
+fn pack_fixed<const PER: usize>(codes: &[i32], out: &mut [u8]) {
+    let w = 8 / PER;
+    let mask = (1u32 << w) - 1;
+    let mut groups = codes.chunks_exact(PER);
+    for (o, g) in out.iter_mut().zip(&mut groups) {
+        let mut b = 0u32;
+        for k in 0..PER {
+            b |= (g[k] as u32 & mask) << (k * w);
+        }
+        *o = b as u8;
+    }
+    let rest = groups.remainder();
+    if !rest.is_empty() {
+        let mut b = 0u32;
+        for (k, &c) in rest.iter().enumerate() {
+            b |= (c as u32 & mask) << (k * w);
+        }
+        out[codes.len() / PER] = b as u8;
+    }
+}
+
+/// Unpacking for widths that divide a byte.
+#[inline(always)]
+fn unpack_fixed<const PER: usize>(data: &[u8], signed: bool, out: &mut [i32]) {
+    let w = 8 / PER;
+    let mask = (1i32 << w) - 1;
+    let sign = if signed { 1i32 << (w - 1) } else { 0 };
+    let whole = out.len() / PER;
+    let (head, tail) = out.split_at_mut(whole * PER);
+    for (g, &b) in head.chunks_exact_mut(PER).zip(data) {
+        for k in 0..PER {
+            let u = (b as i32 >> (k * w)) & mask;
+            g[k] = (u ^ sign) - sign;
+        }
+    }
+    if !tail.is_empty() {
+        let b = data[whole];
+        for (k, o) in tail.iter_mut().enumerate() {
+            let u = (b as i32 >> (k * w)) & mask;
+            *o = (u ^ sign) - sign;
+        }
+    }
+}
+
+fn check_bits(bits: u32) -> Result<()> {
+    if !(1..=8).contains(&bits) {
+        return Err(CoreError::Value(format!(
+            "bits must be in 1..8 for packing, got {bits}"
+        )));
+    }
+    Ok(())
+}
+
+/// Packs codes into `bits` per code; every code must fit (in `0..2^bits` or,
+/// if `signed`, in `−2^(bits−1)..2^(bits−1)`).
+pub fn pack(codes: &[i32], bits: u32, signed: bool) -> Result<Vec<u8>> {
+    check_bits(bits)?;
+    let (lo, hi) = if signed {
+        (-(1i64 << (bits - 1)), (1i64 << (bits - 1)) - 1)
+    } else {
+        (0, (1i64 << bits) - 1)
+    };
+    if let Some(i) = codes
+        .iter()
+        .position(|&c| (c as i64) < lo || (c as i64) > hi)
+    {
+        return Err(CoreError::Value(format!(
+            "codes[{i}] = {} does not fit in {bits} {} bits ({lo}..={hi})",
+            codes[i],
+            if signed { "signed" } else { "unsigned" }
+        )));
+    }
+    let mut out = vec![0u8; (codes.len() * bits as usize).div_ceil(8)];
+    pack_into(codes, bits, &mut out);
+    Ok(out)
+}
+
+/// Unpacks `len` codes of `bits` each.
+pub fn unpack(data: &[u8], bits: u32, signed: bool, len: usize) -> Result<Vec<i32>> {
+    check_bits(bits)?;
+    let need = (len * bits as usize).div_ceil(8);
+    if data.len() != need {
+        return Err(CoreError::Shape(format!(
+            "packed: {len} codes of {bits} bits need {need} bytes, got {}",
+            data.len()
+        )));
+    }
+    let mut out = vec![0i32; len];
+    unpack_par(data, bits, signed, &mut out);
+    Ok(out)
+}
+
+fn unpack_par(data: &[u8], bits: u32, signed: bool, out: &mut [i32]) {
+    use rayon::prelude::*;
+    const N: usize = 1 << 16;
+    let w = bits as usize;
+    out.par_chunks_mut(N).enumerate().for_each(|(k, o)| {
+        let byte0 = k * N * w / 8;
+        let nbytes = (o.len() * w).div_ceil(8);
+        unpack_from(&data[byte0..byte0 + nbytes], bits, signed, o);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_is_lsb_first() {
+        assert_eq!(pack(&[1, 2, 3, 4], 4, false).unwrap(), vec![0x21, 0x43]);
+        assert_eq!(pack(&[1, 2, 3, 0], 2, false).unwrap(), vec![0b00_11_10_01]);
+        assert_eq!(pack(&[-1, 0], 4, true).unwrap(), vec![0x0f]);
+        // 3 bits: 1, 7 -> 0b111_001
+        assert_eq!(pack(&[1, 7], 3, false).unwrap(), vec![0b00_111_001]);
+    }
+
+    #[test]
+    fn round_trips() {
+        for bits in 1..=8u32 {
+            for signed in [false, true] {
+                if signed && bits == 1 {
+                    continue;
+                }
+                let (lo, hi) = if signed {
+                    (-(1i32 << (bits - 1)), (1i32 << (bits - 1)) - 1)
+                } else {
+                    (0, (1i32 << bits) - 1)
+                };
+                for len in [0usize, 1, 7, 8, 9, 23, 1000] {
+                    let codes: Vec<i32> = (0..len)
+                        .map(|i| lo + (i as i32 * 7919) % (hi - lo + 1))
+                        .collect();
+                    let p = pack(&codes, bits, signed).unwrap();
+                    assert_eq!(unpack(&p, bits, signed, len).unwrap(), codes);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! Integer quantization (Def 3.2): calibration, quantize, dequantize,
+//! fake-quantize and bit packing.
+//!
+//! Python hands over flat C-contiguous arrays, the partition as
+//! `(shape, tile, labels, parts)` and per-part parameter arrays of length
+//! k; these wrappers borrow them, release the GIL, and move results back.
+
+use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
+use pyo3::prelude::*;
+use quantdrift_core::lowp::{Rounded, Rounding};
+use quantdrift_core::quant::{
+    self, pack, Arith, Calibration, CodeType, Codes, CodesRef, Method, Options, Partition, QParams,
+    Ranges, Style,
+};
+use quantdrift_core::CoreError;
+
+use crate::errors::Error;
+use crate::lowp::Input;
+
+/// A partition as Python passes it: (shape, tile, labels, parts). With
+/// labels, shape and tile are ignored.
+type PartSpec<'py> = (
+    Vec<usize>,
+    Vec<usize>,
+    Option<PyReadonlyArray1<'py, i64>>,
+    usize,
+);
+
+/// Per-part scales (float64) and zero-points (int32).
+type ScalesAndZeros<'py> = (Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<i32>>);
+
+fn slice<'a, T: numpy::Element>(
+    a: &'a PyReadonlyArray1<'_, T>,
+    arg: &str,
+) -> Result<&'a [T], Error> {
+    a.as_slice()
+        .map_err(|e| Error(CoreError::Value(format!("{arg}: {e}"))))
+}
+
+fn partition<'a>(spec: &'a PartSpec<'_>) -> Result<Partition<'a>, Error> {
+    let (shape, tile, labels, parts) = spec;
+    Ok(match labels {
+        Some(ids) => Partition::Labels {
+            ids: slice(ids, "labels")?,
+            parts: *parts,
+        },
+        None => Partition::Tiles {
+            shape: shape.clone(),
+            tile: tile.clone(),
+        },
+    })
+}
+
+fn arith(name: &str) -> Result<Arith, Error> {
+    match name {
+        "divide" => Ok(Arith::Divide),
+        "reciprocal32" => Ok(Arith::Reciprocal32),
+        other => Err(Error(CoreError::Value(format!(
+            "arith must be \"divide\" or \"reciprocal32\", got {other:?}"
+        )))),
+    }
+}
+
+fn options(rounding: &str, seed: u64, arith_name: &str) -> Result<Options, Error> {
+    Ok(Options {
+        rounding: Rounding::parse(rounding)?,
+        seed,
+        arith: arith(arith_name)?,
+    })
+}
+
+fn code_type(name: &str) -> Result<CodeType, Error> {
+    Ok(match name {
+        "int8" => CodeType::I8,
+        "uint8" => CodeType::U8,
+        "int16" => CodeType::I16,
+        "uint16" => CodeType::U16,
+        "int32" => CodeType::I32,
+        _ => {
+            let (signed, rest) = match name.strip_prefix("packed_s") {
+                Some(r) => (true, r),
+                None => (
+                    false,
+                    name.strip_prefix("packed_u").ok_or_else(|| {
+                        Error(CoreError::Value(format!(
+                            "code_type must be int8, uint8, int16, uint16, int32, packed_sN or packed_uN, got {name:?}"
+                        )))
+                    })?,
+                ),
+            };
+            let bits = rest.parse::<u32>().map_err(|_| {
+                Error(CoreError::Value(format!(
+                    "code_type {name:?}: bits must be a number"
+                )))
+            })?;
+            CodeType::Packed { bits, signed }
+        }
+    })
+}
+
+fn rounded_to_py(py: Python<'_>, r: Rounded) -> Bound<'_, PyAny> {
+    match r {
+        Rounded::F32(v) => v.into_pyarray(py).into_any(),
+        Rounded::F64(v) => v.into_pyarray(py).into_any(),
+    }
+}
+
+/// Scale (float64) and zero-point (int32) of every part.
+#[pyfunction]
+#[pyo3(signature = (x, partition, qmin, qmax, *, symmetric, method, percentile, style, eps, scale_f32, importance, rounding, seed, arith, x16, w16))]
+#[allow(clippy::too_many_arguments)]
+pub fn quant_calibrate<'py>(
+    py: Python<'py>,
+    x: Input<'py>,
+    partition: PartSpec<'py>,
+    qmin: PyReadonlyArray1<'py, i32>,
+    qmax: PyReadonlyArray1<'py, i32>,
+    symmetric: bool,
+    method: &str,
+    percentile: f64,
+    style: &str,
+    eps: f32,
+    scale_f32: bool,
+    importance: Option<Input<'py>>,
+    rounding: &str,
+    seed: u64,
+    arith: &str,
+    x16: &str,
+    w16: &str,
+) -> PyResult<ScalesAndZeros<'py>> {
+    let part = self::partition(&partition)?;
+    let values = x.values(x16, "x")?;
+    let weights = match &importance {
+        Some(w) => Some(w.values(w16, "importance")?),
+        None => None,
+    };
+    let method = match method {
+        "range" => Method::Range,
+        "percentile" => Method::Percentile(percentile),
+        "mse" => Method::Mse,
+        other => {
+            return Err(Error(CoreError::Value(format!(
+                "calibration method must be range, percentile or mse, got {other:?}"
+            )))
+            .into())
+        }
+    };
+    let style = match style {
+        "lecture" => Style::Lecture,
+        "torchao" => Style::Torchao { eps },
+        other => {
+            return Err(Error(CoreError::Value(format!(
+                "style must be lecture or torchao, got {other:?}"
+            )))
+            .into())
+        }
+    };
+    let cal = Calibration {
+        method,
+        style,
+        symmetric,
+        scale_f32,
+        weights,
+        options: options(rounding, seed, arith)?,
+    };
+    let ranges = Ranges {
+        qmin: slice(&qmin, "qmin")?,
+        qmax: slice(&qmax, "qmax")?,
+    };
+    let (s, b) = py
+        .detach(|| quant::calibrate(values, &part, &ranges, &cal))
+        .map_err(Error)?;
+    Ok((s.into_pyarray(py), b.into_pyarray(py)))
+}
+
+/// Codes of x (in `code_type`) and the number of clipped elements.
+#[pyfunction]
+#[pyo3(signature = (x, partition, scale, zero_point, qmin, qmax, *, code_type, rounding, seed, arith, x16))]
+#[allow(clippy::too_many_arguments)]
+pub fn quant_quantize<'py>(
+    py: Python<'py>,
+    x: Input<'py>,
+    partition: PartSpec<'py>,
+    scale: PyReadonlyArray1<'py, f64>,
+    zero_point: PyReadonlyArray1<'py, i32>,
+    qmin: PyReadonlyArray1<'py, i32>,
+    qmax: PyReadonlyArray1<'py, i32>,
+    code_type: &str,
+    rounding: &str,
+    seed: u64,
+    arith: &str,
+    x16: &str,
+) -> PyResult<(Bound<'py, PyAny>, u64)> {
+    let part = self::partition(&partition)?;
+    let values = x.values(x16, "x")?;
+    let params = QParams {
+        scale: slice(&scale, "scale")?,
+        zero_point: slice(&zero_point, "zero_point")?,
+        qmin: slice(&qmin, "qmin")?,
+        qmax: slice(&qmax, "qmax")?,
+    };
+    let ct = self::code_type(code_type)?;
+    let opts = options(rounding, seed, arith)?;
+    let (codes, clipped) = py
+        .detach(|| quant::quantize(values, &part, &params, ct, &opts))
+        .map_err(Error)?;
+    let arr = match codes {
+        Codes::I8(v) => v.into_pyarray(py).into_any(),
+        Codes::U8(v) => v.into_pyarray(py).into_any(),
+        Codes::I16(v) => v.into_pyarray(py).into_any(),
+        Codes::U16(v) => v.into_pyarray(py).into_any(),
+        Codes::I32(v) => v.into_pyarray(py).into_any(),
+        Codes::Packed { data, .. } => data.into_pyarray(py).into_any(),
+    };
+    Ok((arr, clipped))
+}
+
+/// Q̃(Q(x)) (float32, float64 for float64 x) and the number of clipped elements.
+#[pyfunction]
+#[pyo3(signature = (x, partition, scale, zero_point, qmin, qmax, *, rounding, seed, arith, x16))]
+#[allow(clippy::too_many_arguments)]
+pub fn quant_fake<'py>(
+    py: Python<'py>,
+    x: Input<'py>,
+    partition: PartSpec<'py>,
+    scale: PyReadonlyArray1<'py, f64>,
+    zero_point: PyReadonlyArray1<'py, i32>,
+    qmin: PyReadonlyArray1<'py, i32>,
+    qmax: PyReadonlyArray1<'py, i32>,
+    rounding: &str,
+    seed: u64,
+    arith: &str,
+    x16: &str,
+) -> PyResult<(Bound<'py, PyAny>, u64)> {
+    let part = self::partition(&partition)?;
+    let values = x.values(x16, "x")?;
+    let params = QParams {
+        scale: slice(&scale, "scale")?,
+        zero_point: slice(&zero_point, "zero_point")?,
+        qmin: slice(&qmin, "qmin")?,
+        qmax: slice(&qmax, "qmax")?,
+    };
+    let opts = options(rounding, seed, arith)?;
+    let (y, clipped) = py
+        .detach(|| quant::fake_quantize(values, &part, &params, &opts))
+        .map_err(Error)?;
+    Ok((rounded_to_py(py, y), clipped))
+}
+
+/// Integer codes as Python passes them.
+#[derive(FromPyObject)]
+pub enum CodeArray<'py> {
+    I8(PyReadonlyArray1<'py, i8>),
+    U8(PyReadonlyArray1<'py, u8>),
+    I16(PyReadonlyArray1<'py, i16>),
+    U16(PyReadonlyArray1<'py, u16>),
+    I32(PyReadonlyArray1<'py, i32>),
+}
+
+/// s·(n − b) of codes (float32, or float64 with f64_out).
+#[pyfunction]
+#[pyo3(signature = (codes, partition, scale, zero_point, *, packed_bits, signed, length, arith, f64_out))]
+#[allow(clippy::too_many_arguments)]
+pub fn quant_dequantize<'py>(
+    py: Python<'py>,
+    codes: CodeArray<'py>,
+    partition: PartSpec<'py>,
+    scale: PyReadonlyArray1<'py, f64>,
+    zero_point: PyReadonlyArray1<'py, i32>,
+    packed_bits: Option<u32>,
+    signed: bool,
+    length: usize,
+    arith: &str,
+    f64_out: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let part = self::partition(&partition)?;
+    let c = match (&codes, packed_bits) {
+        (CodeArray::U8(a), Some(bits)) => CodesRef::Packed {
+            data: slice(a, "codes")?,
+            bits,
+            signed,
+            len: length,
+        },
+        (_, Some(_)) => {
+            return Err(Error(CoreError::Dtype("codes: packed codes must be uint8".into())).into())
+        }
+        (CodeArray::I8(a), None) => CodesRef::I8(slice(a, "codes")?),
+        (CodeArray::U8(a), None) => CodesRef::U8(slice(a, "codes")?),
+        (CodeArray::I16(a), None) => CodesRef::I16(slice(a, "codes")?),
+        (CodeArray::U16(a), None) => CodesRef::U16(slice(a, "codes")?),
+        (CodeArray::I32(a), None) => CodesRef::I32(slice(a, "codes")?),
+    };
+    let (s, b) = (slice(&scale, "scale")?, slice(&zero_point, "zero_point")?);
+    let ar = self::arith(arith)?;
+    let y = py
+        .detach(|| quant::dequantize(c, &part, s, b, ar, f64_out))
+        .map_err(Error)?;
+    Ok(rounded_to_py(py, y))
+}
+
+/// Packs int32 codes into `bits` each, LSB-first.
+#[pyfunction]
+pub fn quant_pack<'py>(
+    py: Python<'py>,
+    codes: PyReadonlyArray1<'py, i32>,
+    bits: u32,
+    signed: bool,
+) -> PyResult<Bound<'py, PyArray1<u8>>> {
+    let c = slice(&codes, "codes")?;
+    let out = py.detach(|| pack::pack(c, bits, signed)).map_err(Error)?;
+    Ok(out.into_pyarray(py))
+}
+
+/// Unpacks `length` codes of `bits` each to int32.
+#[pyfunction]
+pub fn quant_unpack<'py>(
+    py: Python<'py>,
+    packed: PyReadonlyArray1<'py, u8>,
+    bits: u32,
+    signed: bool,
+    length: usize,
+) -> PyResult<Bound<'py, PyArray1<i32>>> {
+    let d = slice(&packed, "packed")?;
+    let out = py
+        .detach(|| pack::unpack(d, bits, signed, length))
+        .map_err(Error)?;
+    Ok(out.into_pyarray(py))
+}
