@@ -4,21 +4,39 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from xml.etree import ElementTree
+
+import pytest
 
 import quantdrift as qd
 from quantdrift.cli import main
 
 
-def run(*args):
-    return subprocess.run([sys.executable, "-m", "quantdrift", *args], capture_output=True, text=True)
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "quantdrift", *args], capture_output=True, text=True, cwd=cwd)
 
 
-def test_demo_runs_and_reports_every_scheme():
-    out = run("demo")
+def test_demo_quantizes_the_model_and_reports_every_scheme(tmp_path):
+    out = run("demo", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    for scheme in ("bfloat16", "float8_e4m3fn", "mxfp4", "nvfp4"):
-        assert scheme in out.stdout
-    assert "mean KL" in out.stdout
+    rows = {}
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if parts and parts[0] in DEMO_SCHEMES:
+            rows[parts[0]] = (float(parts[1]), float(parts[2]))  # bits/param, mean KL
+    assert set(rows) == set(DEMO_SCHEMES), out.stdout
+    assert "mean KL" in out.stdout and "PPL" in out.stdout
+    # more bits, less drift: 16-bit < 8-bit < 4-bit < 2-bit
+    assert rows["bfloat16"][1] < rows["int8"][1] < rows["int4:g32"][1] < rows["int2:g32:asym"][1]
+    assert rows["float8_e4m3fn"][1] < rows["mxfp4"][1]
+    assert rows["int4:g32"][0] == pytest.approx(4 + 32 / 32)  # a float32 scale per 32 weights
+    svg = (tmp_path / "quantdrift-demo.svg").read_text()
+    ElementTree.fromstring(svg)  # well-formed
+    assert "int4:g32" in svg
+
+
+DEMO_SCHEMES = ("bfloat16", "float8_e4m3fn", "int8", "mxfp8_e4m3", "int4:g32", "int4:g32:asym", "nvfp4",
+                "mxfp4", "float4_e2m1fn", "int3:g32", "int2:g32:asym")
 
 
 def test_version_and_usage_errors():
