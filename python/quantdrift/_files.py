@@ -16,15 +16,22 @@ PathLike = Union[str, "os.PathLike[str]"]
 def atomic_path(path: PathLike) -> Iterator[str]:
     """Yields a temporary path beside ``path``; on a clean exit the file
     written there is fsynced and renamed to ``path``, on an exception it is
-    removed and ``path`` is left as it was."""
+    removed and ``path`` is left as it was. The file gets the permissions a
+    new file would (mkstemp's are 0600)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     os.close(fd)
     try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

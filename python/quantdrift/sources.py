@@ -30,7 +30,6 @@ import json
 import mmap
 import os
 import struct
-import tempfile
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -39,6 +38,7 @@ import numpy as np
 from . import _core
 from ._arrays import BFLOAT16
 from ._errors import DtypeError, FormatError, InputError, ShapeError
+from ._files import atomic_path
 
 __all__ = [
     "open_source",
@@ -742,33 +742,6 @@ def check_pair(base: LogitSource, other: LogitSource) -> None:
 # ---------------------------------------------------------------------------
 
 
-@contextmanager
-def _atomic(path: PathLike) -> Iterator[str]:
-    """Yields a temporary path beside ``path``; on success fsyncs it and
-    renames it to ``path``, on failure removes it."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def _block_rows(source: LogitSource, itemsize: int = 4) -> int:
     return max(1, _BLOCK_BYTES // max(1, source.vocab * itemsize))
 
@@ -834,7 +807,7 @@ class LlamacppBaseWriter:
         self.rows_per_chunk = n_ctx - 1 - self.first
         self.n_rows = n_chunk * self.rows_per_chunk
         self.written = 0
-        self._atomic = _atomic(self.path)
+        self._atomic = atomic_path(self.path)
         self._tmp = self._atomic.__enter__()
         try:
             self._file = open(self._tmp, "wb")
@@ -1029,7 +1002,7 @@ def _safetensors_out(path: PathLike, tensors: Sequence[Tuple[str, str, Tuple[int
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-(8 + len(raw)) % 8)  # data starts 8-byte aligned
     base = 8 + len(raw)
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(struct.pack("<Q", len(raw)) + raw)
             f.truncate(base + offset)
@@ -1081,7 +1054,7 @@ def write_npy(path: PathLike, source: Any, *, dtype: Optional[str] = None) -> No
     shape = src.shape if src.layout == "dense" else (src.n_rows, src.vocab)
     np_dtype = {"float32": np.float32, "float64": np.float64, "float16": np.float16,
                 "bfloat16": BFLOAT16}[src.dtype if src.layout == "dense" else "float32"]
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np_dtype, shape=tuple(shape))
         target = out.reshape(src.n_rows, src.vocab)
         _copy_rows(src, target.view(np.uint16) if src.dtype == "bfloat16" else target)
