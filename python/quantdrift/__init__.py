@@ -21,6 +21,7 @@ from . import formats
 from .formats import FloatFormat
 from .lowp import decode, encode, mx_decode, mx_encode, nvfp4_decode, nvfp4_encode, round_mixed, round_to
 from .stats import ErrorStats, error_stats
+from .checkpoint import QuantizeReport, Recipe, dequantize_file, quantize_file
 from .quant import (
     Partition,
     QuantizedTensor,
@@ -65,6 +66,10 @@ __all__ = [
     "groups",
     "blocks",
     "labels",
+    "quantize_file",
+    "dequantize_file",
+    "Recipe",
+    "QuantizeReport",
     "QuantdriftError",
     "InputError",
     "ShapeError",
