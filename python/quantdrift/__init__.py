@@ -24,6 +24,7 @@ from .sources import LogitSource, check_pair, open_source, write_llamacpp_base, 
 from .stats import ErrorStats, error_stats
 from .compare import compare
 from .report import Report
+from .checkpoint import QuantizeReport, Recipe, dequantize_file, quantize_file
 from .quant import (
     Partition,
     QuantizedTensor,
@@ -70,6 +71,10 @@ __all__ = [
     "groups",
     "blocks",
     "labels",
+    "quantize_file",
+    "dequantize_file",
+    "Recipe",
+    "QuantizeReport",
     "QuantdriftError",
     "InputError",
     "ShapeError",

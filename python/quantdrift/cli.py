@@ -95,6 +95,43 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- checkpoints: quantize / dequantize -------------------------------------
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from .checkpoint import quantize_file
+
+    rep = quantize_file(args.src, args.dst, args.recipe, report=args.report, stats=not args.no_stats)
+    print(rep.to_table())
+    return 0
+
+
+def _dequantize(args: argparse.Namespace) -> int:
+    from .checkpoint import dequantize_file
+
+    dequantize_file(args.src, args.dst)
+    return 0
+
+
+def _add_checkpoint_commands(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    q = commands.add_parser("quantize", help="quantize a safetensors checkpoint (file or *.index.json) by a recipe")
+    q.add_argument("src", help="input .safetensors file or sharded *.index.json")
+    q.add_argument("dst", help="output .safetensors file")
+    q.add_argument("--recipe", default=None,
+                   help="TOML/JSON recipe file, or a scheme for every matrix (int8, int4:g128, mxfp4, ...); "
+                        "default: int8 per channel, 1-D tensors and embeddings kept")
+    q.add_argument("--report", default=None, help="also write the report to this .json or .csv file")
+    q.add_argument("--no-stats", action="store_true", help="skip the error columns (faster)")
+    q.set_defaults(run=_quantize)
+    d = commands.add_parser("dequantize", help="restore float tensors from a file written by `quantize`")
+    d.add_argument("src")
+    d.add_argument("dst")
+    d.set_defaults(run=_dequantize)
+
+
+# ---------------------------------------------------------------------------
+
+
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -158,6 +195,8 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--columns", help="write the per-token columns as .npz here")
     cmp.add_argument("--no-progress", action="store_true", help="no progress bar")
     cmp.set_defaults(run=_compare)
+
+    _add_checkpoint_commands(commands)
     return parser
 
 

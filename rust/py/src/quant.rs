@@ -7,6 +7,7 @@
 
 use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 use quantdrift_core::lowp::{Rounded, Rounding};
 use quantdrift_core::quant::{
     self, pack, Arith, Calibration, CodeType, Codes, CodesRef, Method, Options, Partition, QParams,
@@ -325,4 +326,32 @@ pub fn quant_unpack<'py>(
         .detach(|| pack::unpack(d, bits, signed, length))
         .map_err(Error)?;
     Ok(out.into_pyarray(py))
+}
+
+/// Mergeable error sums of y against x as a dict.
+#[pyfunction]
+#[pyo3(signature = (x, y, *, x16, y16))]
+pub fn quant_error_sums<'py>(
+    py: Python<'py>,
+    x: Input<'py>,
+    y: Input<'py>,
+    x16: &str,
+    y16: &str,
+) -> PyResult<Bound<'py, PyDict>> {
+    let (xv, yv) = (x.values(x16, "x")?, y.values(y16, "y")?);
+    let s = py
+        .detach(|| quant::stats::error_sums(xv, yv))
+        .map_err(Error)?;
+    let d = PyDict::new(py);
+    d.set_item("n", s.n)?;
+    d.set_item("n_finite", s.n_finite)?;
+    d.set_item("sum_err2", s.sum_err2)?;
+    d.set_item("max_abs", s.max_abs)?;
+    d.set_item("sum_x2", s.sum_x2)?;
+    d.set_item("sum_y2", s.sum_y2)?;
+    d.set_item("sum_xy", s.sum_xy)?;
+    d.set_item("n_flushed", s.n_flushed)?;
+    d.set_item("n_nan", s.n_nan)?;
+    d.set_item("n_inf", s.n_inf)?;
+    Ok(d)
 }

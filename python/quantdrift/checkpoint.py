@@ -1,0 +1,1168 @@
+"""Quantizing whole safetensors checkpoints, tensor by tensor.
+
+:func:`quantize_file` reads a safetensors file (or a sharded ``*.index.json``
+set) through a memory map, one tensor at a time and each tensor in chunks of
+rows, and writes one safetensors file holding, per tensor, the codes and the
+scales/zero-points its scheme produces. The header's ``__metadata__`` key
+``"quantdrift"`` holds a JSON description of every tensor's scheme and
+layout (docs/quantization.md), from which :func:`dequantize_file` restores
+float tensors with the original names, shapes and dtypes.
+
+Recipes map tensor names to schemes (first matching rule wins); see
+:class:`Recipe`. Output files are written atomically: a temporary file in the
+destination folder, fsync, rename. Inputs are only read.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import io
+import json
+import math
+import mmap
+import os
+import re
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import ml_dtypes
+import numpy as np
+
+from . import _core
+from ._errors import InputError, QuantdriftError
+from .formats import FORMATS, get as get_format
+from .lowp import decode, encode, mx_decode, mx_encode, nvfp4_decode, nvfp4_encode
+from .quant import _code_type, _plan, _smallest_int, groups, per_axis, per_tensor
+
+__all__ = [
+    "Recipe",
+    "Scheme",
+    "parse_scheme",
+    "quantize_file",
+    "dequantize_file",
+    "fake_quantize_tensor",
+    "QuantizeReport",
+    "DEFAULT_RECIPE",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+METADATA_KEY = "quantdrift"
+LAYOUT_VERSION = 1
+
+# safetensors dtype names <-> numpy
+_ST_DTYPES: Dict[str, np.dtype] = {
+    "F64": np.dtype(np.float64),
+    "F32": np.dtype(np.float32),
+    "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
+    "I64": np.dtype(np.int64),
+    "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16),
+    "I8": np.dtype(np.int8),
+    "U64": np.dtype(np.uint64),
+    "U32": np.dtype(np.uint32),
+    "U16": np.dtype(np.uint16),
+    "U8": np.dtype(np.uint8),
+    "BOOL": np.dtype(np.bool_),
+}
+_NP_TO_ST = {v: k for k, v in _ST_DTYPES.items()}
+_FLOAT_ST = {"F64", "F32", "F16", "BF16"}
+
+# Elements per chunk of rows (float32 temporaries stay around 16 MiB).
+CHUNK_ELEMENTS = 1 << 22
+_MAX_HEADER = 100 << 20
+
+
+class CheckpointError(InputError):
+    """A checkpoint file is malformed, truncated, or does not match its
+    metadata (the message names the file and tensor)."""
+
+
+# ---------------------------------------------------------------------------
+# Reading safetensors through a memory map
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    name: str
+    dtype: str
+    shape: Tuple[int, ...]
+    start: int  # absolute byte offset in the file
+    end: int
+    source: "_File"
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+    def array(self) -> np.ndarray:
+        """A read-only view of the tensor (no copy)."""
+        return self.source.view(self)
+
+
+class _File:
+    """One safetensors file, memory-mapped read-only."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self._fh = open(path, "rb")
+        except OSError:
+            raise
+        size = os.fstat(self._fh.fileno()).st_size
+        head = self._fh.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
+        n = int.from_bytes(head, "little")
+        if n > min(size - 8, _MAX_HEADER):
+            raise CheckpointError(f"{path}: header length {n} exceeds the file ({size} bytes); truncated or not safetensors")
+        try:
+            header = json.loads(self._fh.read(n).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path}: the header is not valid JSON ({e})") from None
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{path}: the header is not a JSON object")
+        self.data_start = 8 + n
+        data_len = size - self.data_start
+        self.metadata: Dict[str, str] = header.pop("__metadata__", None) or {}
+        self.entries: Dict[str, _Entry] = {}
+        for name, info in header.items():
+            try:
+                dtype, shape, (b, e) = info["dtype"], tuple(int(s) for s in info["shape"]), info["data_offsets"]
+            except (KeyError, TypeError, ValueError):
+                raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry {info!r}") from None
+            if dtype not in _ST_DTYPES:
+                raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}")
+            want = math.prod(shape) * _ST_DTYPES[dtype].itemsize
+            if not (0 <= b <= e) or e - b != want:
+                raise CheckpointError(
+                    f"{path}: tensor {name!r} has data_offsets [{b}, {e}] but shape {list(shape)} of {dtype} needs {want} bytes"
+                )
+            if e > data_len:
+                raise CheckpointError(
+                    f"{path}: tensor {name!r} ends at byte {e} of the data but the file holds only {data_len}; "
+                    "the file is truncated"
+                )
+            self.entries[name] = _Entry(name, dtype, shape, self.data_start + b, self.data_start + e, self)
+        self._mm: Optional[mmap.mmap] = None
+        if size > self.data_start:
+            self._mm = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def view(self, e: _Entry) -> np.ndarray:
+        dt = _ST_DTYPES[e.dtype]
+        if e.nbytes == 0 or self._mm is None:
+            return np.zeros(e.shape, dtype=dt)
+        return np.frombuffer(self._mm, dtype=dt, count=e.nbytes // dt.itemsize, offset=e.start).reshape(e.shape)
+
+    def release(self, start: int, end: int) -> None:
+        """Drops the mapped pages of bytes start..end from this process (they
+        stay in the page cache), so resident memory follows the tensor in
+        hand rather than everything read so far."""
+        if self._mm is None or end <= start or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        page = mmap.PAGESIZE
+        lo = start // page * page
+        hi = min(-(-end // page) * page, len(self._mm))
+        if hi > lo:
+            self._mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+    def close(self) -> None:
+        if self._mm is not None:
+            try:
+                self._mm.close()
+            except BufferError:  # a caller still holds a view; the GC closes it later
+                pass
+        self._fh.close()
+
+
+class _Checkpoint:
+    """A safetensors file or a sharded set named by ``*.index.json``."""
+
+    def __init__(self, src: PathLike):
+        path = Path(src)
+        self.files: List[_File] = []
+        try:
+            if path.name.endswith(".index.json"):
+                try:
+                    index = json.loads(path.read_text())
+                    weight_map = index["weight_map"]
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise CheckpointError(f"{path}: not a safetensors index (needs a 'weight_map'): {e}") from None
+                shards: Dict[str, List[str]] = {}
+                for name, shard in weight_map.items():
+                    shards.setdefault(shard, []).append(name)
+                self.entries: Dict[str, _Entry] = {}
+                self.metadata: Dict[str, str] = {}
+                for shard, names in shards.items():
+                    f = _File(path.parent / shard)
+                    self.files.append(f)
+                    self.metadata.update(f.metadata)
+                    for name in names:
+                        if name not in f.entries:
+                            raise CheckpointError(f"{f.path}: tensor {name!r} is listed in {path.name} but missing")
+                        self.entries[name] = f.entries[name]
+            else:
+                f = _File(path)
+                self.files.append(f)
+                self.entries = dict(f.entries)
+                self.metadata = dict(f.metadata)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+    def __enter__(self) -> "_Checkpoint":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------
+# Schemes and recipes
+# ---------------------------------------------------------------------------
+
+_MX = {
+    "mxfp4": ("fp4_e2m1", True),
+    "mxfp6_e2m3": ("fp6_e2m3", False),
+    "mxfp6_e3m2": ("fp6_e3m2", False),
+    "mxfp8_e4m3": ("fp8_e4m3", False),
+    "mxfp8_e5m2": ("fp8_e5m2", False),
+    "mxint8": ("int8", False),
+}
+_CASTS = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """A parsed scheme string.
+
+    Kinds: ``keep``; ``int`` (``int<b>[:g<N>|:tensor|:channel][:asym|:sym]
+    [:absmax|:minmax|:mse|:percentile][:restricted]``, per output channel
+    by default); ``cast`` (``bfloat16``, ``float16``, ``float32``);
+    ``float`` (any other low-precision float name, e.g. ``float8_e4m3fn``,
+    with one float32 scale per tensor mapping max |x| onto the format's max);
+    ``mx`` (``mxfp4``, ``mxfp6_e2m3``, ``mxfp6_e3m2``, ``mxfp8_e4m3``,
+    ``mxfp8_e5m2``, ``mxint8``: OCP MX blocks of 32 along the last axis);
+    ``nvfp4`` (blocks of 16, per-tensor scale).
+    """
+
+    text: str
+    kind: str
+    bits: int = 0
+    group: Optional[int] = None
+    granularity: str = "channel"  # channel | tensor | group
+    symmetric: bool = True
+    calibration: str = "absmax"
+    restricted: bool = False
+    fmt: Optional[str] = None
+
+
+def parse_scheme(text: str) -> Scheme:
+    """Parses a scheme string (see :class:`Scheme`).
+
+    Raises:
+        InputError: an unknown scheme or option, naming what is valid.
+    """
+    if not isinstance(text, str) or not text:
+        raise InputError(f"a scheme must be a non-empty string, got {text!r}")
+    t = text.strip().lower()
+    if t == "keep":
+        return Scheme(text, "keep")
+    if t in _CASTS:
+        return Scheme(text, "cast", fmt=t)
+    if t in _MX:
+        return Scheme(text, "mx", fmt=t)
+    if t == "nvfp4":
+        return Scheme(text, "nvfp4", fmt=t)
+    m = re.fullmatch(r"(u?int)(\d+)((?::[a-z0-9]+)*)", t)
+    if m:
+        bits = int(m.group(2))
+        if not 2 <= bits <= 16:
+            raise InputError(f"scheme {text!r}: integer width must be 2..16")
+        kw: Dict[str, Any] = {"bits": bits, "symmetric": m.group(1) == "int"}
+        for opt in filter(None, m.group(3).split(":")):
+            if re.fullmatch(r"g\d+", opt) and int(opt[1:]) >= 1:
+                kw["group"], kw["granularity"] = int(opt[1:]), "group"
+            elif opt in ("tensor", "channel"):
+                kw["granularity"] = opt
+            elif opt == "asym":
+                kw["symmetric"] = False
+            elif opt == "sym":
+                kw["symmetric"] = True
+            elif opt in ("absmax", "minmax", "mse", "percentile"):
+                kw["calibration"] = opt
+            elif opt == "restricted":
+                kw["restricted"] = True
+            else:
+                raise InputError(
+                    f"scheme {text!r}: unknown option {opt!r} (valid: gN, tensor, channel, asym, sym, "
+                    "absmax, minmax, mse, percentile, restricted)"
+                )
+        return Scheme(text, "int", **kw)
+    if t in FORMATS:
+        return Scheme(text, "float", fmt=t)
+    raise InputError(
+        f"unknown scheme {text!r}; valid: keep, int<b>[:gN][:asym][:mse], bfloat16, float16, float32, "
+        f"a float format ({', '.join(sorted(f for f in FORMATS if f not in _CASTS))}), "
+        f"{', '.join(_MX)}, nvfp4"
+    )
+
+
+_EMBEDDING = re.compile(r"(^|[._])(embed|embeddings|embed_tokens|wte|wpe|word_embeddings|tok_embeddings)([._]|$)")
+
+
+@dataclass
+class Recipe:
+    """Ordered rules ``pattern → scheme``; the first rule whose pattern
+    matches a tensor's name wins.
+
+    Patterns are shell globs (``*.mlp.*``), or regular expressions when
+    written ``re:<regex>`` (matched with ``re.search``). A tensor no rule
+    matches is kept if it is not a float tensor, if it has at most one axis
+    (norms, biases; ``keep_1d``) or if its name looks like an embedding
+    (``keep_embeddings``), and otherwise gets ``default``. Integer and bool
+    tensors are always kept.
+
+    TOML::
+
+        default = "int8"
+        [[rule]]
+        pattern = "*.mlp.*"
+        scheme = "int4:g128"
+
+    JSON: ``{"default": "int8", "rules": [{"pattern": "*.mlp.*", "scheme":
+    "int4:g128"}]}`` (``"rules"`` may also be an object mapping patterns to
+    schemes, in order).
+    """
+
+    rules: List[Tuple[str, str]] = field(default_factory=list)
+    default: str = "int8"
+    keep_1d: bool = True
+    keep_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        for pattern, scheme in self.rules:
+            parse_scheme(scheme)
+            if pattern.startswith("re:"):
+                try:
+                    re.compile(pattern[3:])
+                except re.error as e:
+                    raise InputError(f"recipe pattern {pattern!r} is not a valid regex: {e}") from None
+        parse_scheme(self.default)
+
+    def scheme_for(self, name: str, shape: Sequence[int], dtype: str) -> Scheme:
+        """The scheme of a tensor (``dtype`` as safetensors names it)."""
+        if dtype not in _FLOAT_ST:
+            return Scheme("keep", "keep")
+        for pattern, scheme in self.rules:
+            hit = re.search(pattern[3:], name) if pattern.startswith("re:") else fnmatch.fnmatchcase(name, pattern)
+            if hit:
+                return parse_scheme(scheme)
+        if self.keep_1d and len(shape) <= 1:
+            return Scheme("keep", "keep")
+        if self.keep_embeddings and _EMBEDDING.search(name):
+            return Scheme("keep", "keep")
+        return parse_scheme(self.default)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "Recipe":
+        """From the TOML/JSON structure described in the class docs."""
+        if not isinstance(d, dict):
+            raise InputError(f"a recipe must be a table/object, got {type(d).__name__}")
+        raw = d.get("rule", d.get("rules", []))
+        rules: List[Tuple[str, str]] = []
+        if isinstance(raw, dict):
+            rules = [(str(k), str(v)) for k, v in raw.items()]
+        elif isinstance(raw, list):
+            for r in raw:
+                if not isinstance(r, dict) or "pattern" not in r or "scheme" not in r:
+                    raise InputError(f"recipe rule {r!r} needs 'pattern' and 'scheme'")
+                rules.append((str(r["pattern"]), str(r["scheme"])))
+        else:
+            raise InputError("recipe 'rules' must be a list of {pattern, scheme} or an object")
+        unknown = set(d) - {"rule", "rules", "default", "keep_1d", "keep_embeddings"}
+        if unknown:
+            raise InputError(f"unknown recipe keys {sorted(unknown)}; valid: rule(s), default, keep_1d, keep_embeddings")
+        return cls(
+            rules=rules,
+            default=str(d.get("default", "int8")),
+            keep_1d=bool(d.get("keep_1d", True)),
+            keep_embeddings=bool(d.get("keep_embeddings", True)),
+        )
+
+    @classmethod
+    def load(cls, path: PathLike) -> "Recipe":
+        """From a ``.toml`` or ``.json`` file."""
+        p = Path(path)
+        text = p.read_text()
+        if p.suffix.lower() == ".toml":
+            try:
+                import tomllib  # type: ignore[import-not-found]
+            except ModuleNotFoundError:  # Python < 3.11
+                import tomli as tomllib  # type: ignore[no-redef]
+            try:
+                return cls.from_dict(tomllib.loads(text))
+            except tomllib.TOMLDecodeError as e:
+                raise InputError(f"{p}: invalid TOML: {e}") from None
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise InputError(f"{p}: invalid JSON: {e}") from None
+
+    @classmethod
+    def coerce(cls, recipe: Any) -> "Recipe":
+        """A Recipe from a Recipe, a dict, a path to a TOML/JSON file, a
+        scheme string (the default recipe with that scheme as default), or
+        None (the default recipe)."""
+        if recipe is None:
+            return cls()
+        if isinstance(recipe, Recipe):
+            return recipe
+        if isinstance(recipe, dict):
+            return cls.from_dict(recipe)
+        if isinstance(recipe, (str, os.PathLike)):
+            p = Path(recipe)
+            if p.suffix.lower() in (".toml", ".json") or p.is_file():
+                return cls.load(p)
+            return cls(default=str(recipe))
+        raise InputError(f"recipe must be a Recipe, dict, path or scheme string, got {type(recipe).__name__}")
+
+
+DEFAULT_RECIPE = Recipe()
+
+# ---------------------------------------------------------------------------
+# Per-scheme encoding
+# ---------------------------------------------------------------------------
+
+
+def _matrix_shape(shape: Tuple[int, ...], scheme: Scheme) -> Tuple[int, int]:
+    """The 2-D (rows, cols) view a tensor is processed as, in row chunks."""
+    if len(shape) == 0:
+        return 1, 1
+    if len(shape) == 1:
+        return 1, shape[0]
+    if scheme.kind == "int" and scheme.granularity == "channel":
+        return shape[0], math.prod(shape[1:])
+    return math.prod(shape[:-1]), shape[-1]
+
+
+def _int_partition(scheme: Scheme, ndim: int):
+    if scheme.granularity == "group":
+        return groups(-1, scheme.group)
+    if scheme.granularity == "channel" and ndim >= 2:
+        return per_axis(0)
+    return per_tensor()
+
+
+def _int_range(scheme: Scheme) -> Tuple[int, int]:
+    b = scheme.bits
+    if scheme.symmetric:
+        hi = (1 << (b - 1)) - 1
+        return (-hi if scheme.restricted else -hi - 1), hi
+    return 0, (1 << b) - 1
+
+
+@dataclass
+class _Out:
+    """One output tensor: name, safetensors dtype, shape."""
+
+    name: str
+    dtype: str
+    shape: Tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * _ST_DTYPES[self.dtype].itemsize
+
+
+def _layout(name: str, dtype: str, shape: Tuple[int, ...], scheme: Scheme) -> Tuple[List[_Out], Dict[str, Any]]:
+    """Output tensors and the metadata entry of one input tensor."""
+    meta: Dict[str, Any] = {"scheme": scheme.text, "kind": scheme.kind, "dtype": dtype, "shape": list(shape)}
+    n = math.prod(shape)
+    if scheme.kind == "keep":
+        meta["codes"] = name
+        return [_Out(name, dtype, shape)], meta
+    if scheme.kind == "cast":
+        st = _CASTS[scheme.fmt or ""]
+        meta["codes"] = name
+        return [_Out(name, st, shape)], meta
+    scale_name = f"{name}.__scale__"
+    if scheme.kind == "float":
+        fmt = get_format(scheme.fmt or "")
+        st = {"float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2"}.get(fmt.name, "U8" if fmt.bits <= 8 else "U16")
+        meta.update(codes=name, scale=scale_name, format=fmt.name)
+        return [_Out(name, st, shape), _Out(scale_name, "F32", ())], meta
+    last = shape[-1] if shape else 1
+    lead = shape[:-1] if shape else ()
+    if scheme.kind == "mx":
+        elem, packed = _MX[scheme.fmt or ""]
+        nb = -(-last // 32)
+        codes_shape = lead + ((last + 1) // 2 if packed else last,)
+        meta.update(codes=name, scale=scale_name, element=elem, block=32, packed=packed, axis=-1)
+        return [_Out(name, "I8" if elem == "int8" else "U8", codes_shape), _Out(scale_name, "U8", lead + (nb,))], meta
+    if scheme.kind == "nvfp4":
+        ts = f"{name}.__tensor_scale__"
+        meta.update(codes=name, scale=scale_name, tensor_scale=ts, block=16, packed=True, axis=-1)
+        return [
+            _Out(name, "U8", lead + ((last + 1) // 2,)),
+            _Out(scale_name, "U8", lead + (-(-last // 16),)),
+            _Out(ts, "F32", ()),
+        ], meta
+    # integer
+    part = _int_partition(scheme, len(shape))
+    plan = _plan(part, tuple(shape))
+    qmin, qmax = _int_range(scheme)
+    code_type, width, signed = _code_type(qmin, qmax, True)
+    outs = []
+    if width is None:
+        outs.append(_Out(name, _NP_TO_ST[np.dtype(code_type)], shape))
+    else:
+        outs.append(_Out(name, "U8", (-(-n * width // 8),)))
+    outs.append(_Out(scale_name, "F32", plan.grid))
+    meta.update(
+        codes=name, scale=scale_name, partition=part.to_dict(), qmin=qmin, qmax=qmax,
+        packed_bits=width, signed=signed, symmetric=scheme.symmetric, calibration=scheme.calibration,
+        arith="divide",
+    )
+    if not scheme.symmetric:
+        zp_name = f"{name}.__zero_point__"
+        zdt = _NP_TO_ST[_smallest_int(qmin, qmax)]
+        outs.append(_Out(zp_name, zdt, plan.grid))
+        meta["zero_point"] = zp_name
+    return outs, meta
+
+
+def _as_core(x: np.ndarray) -> Tuple[np.ndarray, str]:
+    """Flat C-contiguous array for _core, with what uint16 holds."""
+    flat = np.ascontiguousarray(x).reshape(-1)
+    if flat.dtype == np.float16:
+        return flat.view(np.uint16), "float16"
+    if flat.dtype == ml_dtypes.bfloat16:
+        return flat.view(np.uint16), "bfloat16"
+    return flat, "float32"
+
+
+@dataclass
+class _Sums:
+    n: int = 0
+    n_finite: int = 0
+    sum_err2: float = 0.0
+    max_abs: float = 0.0
+    sum_x2: float = 0.0
+    sum_y2: float = 0.0
+    sum_xy: float = 0.0
+    n_clipped: Optional[int] = None
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        xa, x16 = _as_core(x)
+        ya, y16 = _as_core(y)
+        d = _core.quant_error_sums(xa, ya, x16=x16, y16=y16)
+        self.n += d["n"]
+        self.n_finite += d["n_finite"]
+        self.sum_err2 += d["sum_err2"]
+        self.max_abs = max(self.max_abs, d["max_abs"])
+        self.sum_x2 += d["sum_x2"]
+        self.sum_y2 += d["sum_y2"]
+        self.sum_xy += d["sum_xy"]
+
+    def row(self) -> Dict[str, Any]:
+        mse = self.sum_err2 / self.n_finite if self.n_finite else float("nan")
+        if self.sum_err2 == 0:
+            sqnr = float("inf")
+        else:
+            sqnr = 10 * math.log10(self.sum_x2 / self.sum_err2) if self.sum_x2 > 0 else float("-inf")
+        cos = (
+            self.sum_xy / math.sqrt(self.sum_x2 * self.sum_y2) if self.sum_x2 > 0 and self.sum_y2 > 0 else float("nan")
+        )
+        sat = None if self.n_clipped is None else (100.0 * self.n_clipped / self.n if self.n else 0.0)
+        return {"mse": mse, "sqnr_db": sqnr, "max_abs": self.max_abs if self.n_finite else float("nan"),
+                "cosine": cos, "saturated_pct": sat}
+
+
+class _Writer:
+    """Writes a safetensors file whose layout is fixed up front: the header
+    first, then each piece of data at its offset (pwrite), so tensors can be
+    produced in chunks and in any order without holding the output."""
+
+    def __init__(self, dst: Path, outs: List[_Out], metadata: Dict[str, str]):
+        self.dst = dst
+        header: Dict[str, Any] = {}
+        if metadata:
+            header["__metadata__"] = metadata
+        self.offsets: Dict[str, int] = {}
+        pos = 0
+        for o in outs:
+            if o.name in header or o.name in self.offsets:
+                raise InputError(f"output tensor name {o.name!r} occurs twice (a tensor collides with a generated name)")
+            header[o.name] = {"dtype": o.dtype, "shape": list(o.shape), "data_offsets": [pos, pos + o.nbytes]}
+            self.offsets[o.name] = pos
+            pos += o.nbytes
+        text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        text += b" " * (-(8 + len(text)) % 8)
+        self.data_start = 8 + len(text)
+        self.total = self.data_start + pos
+        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=str(dst.parent))
+        self.tmp = Path(tmp)
+        self.fd = fd
+        try:
+            os.write(fd, len(text).to_bytes(8, "little") + text)
+            os.ftruncate(fd, self.total)
+        except BaseException:
+            self.abort()
+            raise
+
+    def write(self, name: str, offset: int, data: np.ndarray) -> None:
+        buf = memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
+        pos = self.data_start + self.offsets[name] + offset
+        while len(buf):
+            k = os.pwrite(self.fd, buf, pos)
+            buf, pos = buf[k:], pos + k
+
+    def commit(self) -> None:
+        try:
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+            os.replace(self.tmp, self.dst)
+        except BaseException:
+            self.abort()
+            raise
+        try:
+            dfd = os.open(str(self.dst.parent), os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:  # some filesystems cannot fsync a directory
+            pass
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        try:
+            self.tmp.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _row_chunks(rows: int, cols: int) -> Iterator[Tuple[int, int]]:
+    """Row ranges of about CHUNK_ELEMENTS elements, in multiples of 8 rows
+    (so that packed codes of any width start on a byte)."""
+    step = max(8, (CHUNK_ELEMENTS // max(cols, 1)) // 8 * 8)
+    for r0 in range(0, rows, step):
+        yield r0, min(rows, r0 + step)
+
+
+def _encode_tensor(entry: _Entry, scheme: Scheme, outs: List[_Out], meta: Dict[str, Any], w: _Writer,
+                   sums: Optional[_Sums]) -> None:
+    """Encodes one tensor chunk by chunk into the writer."""
+    x = entry.array()
+    shape = entry.shape
+    if scheme.kind == "keep":
+        step = max(1, CHUNK_ELEMENTS * 4)
+        flat = x.reshape(-1).view(np.uint8)
+        for b in range(0, flat.size, step):
+            w.write(outs[0].name, b, flat[b : b + step])
+        if sums is not None:
+            sums.n = math.prod(shape)
+        return
+    rows, cols = _matrix_shape(shape, scheme)
+    m = x.reshape(rows, cols)
+    if scheme.kind == "int":
+        _encode_int(entry, m, scheme, outs, meta, w, sums)
+        return
+    state: Dict[str, Any] = {}
+    if scheme.kind == "float":
+        fmt = get_format(meta["format"])
+        amax = 0.0
+        for r0, r1 in _row_chunks(rows, cols):
+            c = m[r0:r1].astype(np.float32)
+            c = np.abs(c[np.isfinite(c)])
+            if c.size:
+                amax = max(amax, float(c.max()))
+        scale = np.float32(amax / fmt.max) if amax > 0 else np.float32(1.0)
+        state["scale"] = scale
+        w.write(meta["scale"], 0, np.array(scale, np.float32))
+    if scheme.kind == "nvfp4":
+        flat, x16 = _as_core(x)
+        pts = float(_core.nvfp4_scale(flat, x16)) if flat.size else 1.0
+        state["pts"] = pts
+        w.write(meta["tensor_scale"], 0, np.array(pts, np.float32))
+    for r0, r1 in _row_chunks(rows, cols):
+        xc = m[r0:r1]
+        codes, y = _encode_chunk(xc, scheme, meta, state, w, r0)
+        if sums is not None:
+            sums.add(xc, y)
+
+
+def _encode_chunk(xc: np.ndarray, scheme: Scheme, meta: Dict[str, Any], state: Dict[str, Any], w: _Writer,
+                  r0: int) -> Tuple[np.ndarray, np.ndarray]:
+    name = meta["codes"]
+    cols = xc.shape[1]
+    if scheme.kind == "cast":
+        codes = encode(xc, scheme.fmt) if scheme.fmt != "float32" else xc.astype(np.float32)
+        w.write(name, r0 * cols * codes.dtype.itemsize, codes)
+        y = codes.view(_ST_DTYPES[_CASTS[scheme.fmt or ""]])
+        return codes, y
+    if scheme.kind == "float":
+        s = state["scale"]
+        codes = encode(xc.astype(np.float32) / s, meta["format"])
+        w.write(name, r0 * cols * codes.dtype.itemsize, codes)
+        return codes, decode(codes, meta["format"]) * s
+    if scheme.kind == "mx":
+        elem, packed = meta["element"], meta["packed"]
+        codes, scales = mx_encode(xc, elem, packed=packed)
+        w.write(name, r0 * codes.shape[1], codes)
+        w.write(meta["scale"], r0 * scales.shape[1], scales)
+        return codes, mx_decode(codes, scales, elem, packed=packed, length=cols)
+    # nvfp4
+    codes, scales, _ = nvfp4_encode(xc, per_tensor_scale=state["pts"], packed=True)
+    w.write(name, r0 * codes.shape[1], codes)
+    w.write(meta["scale"], r0 * scales.shape[1], scales)
+    return codes, nvfp4_decode(codes, scales, per_tensor_scale=state["pts"], packed=True, length=cols)
+
+
+def _int_spec(meta: Dict[str, Any], rows: int, cols: int, total_rows: int):
+    """(core partition spec for a chunk of `rows` rows of the matrix view,
+    parts per row or None for a single part)."""
+    kind = meta["partition"]["kind"]
+    if kind == "per_tensor":
+        return ((rows, cols), (max(rows, 1), max(cols, 1)), None, 1), None
+    if kind == "per_axis":
+        return ((rows, cols), (1, max(cols, 1)), None, rows), 1
+    g = int(meta["partition"]["size"][0])
+    ng = -(-cols // g)
+    return ((rows, cols), (1, g), None, rows * ng), ng
+
+
+def _encode_int(entry: _Entry, m: np.ndarray, scheme: Scheme, outs: List[_Out], meta: Dict[str, Any],
+                w: _Writer, sums: Optional[_Sums]) -> None:
+    rows, cols = m.shape
+    qmin, qmax = meta["qmin"], meta["qmax"]
+    full_spec, ppr = _int_spec(meta, rows, cols, rows)
+    k = full_spec[3]
+    lo = np.full(k, qmin, np.int32)
+    hi = np.full(k, qmax, np.int32)
+    flat, x16 = _as_core(m)
+    method = {"absmax": "range", "minmax": "range"}.get(scheme.calibration, scheme.calibration)
+    scale, zp = _core.quant_calibrate(
+        flat, full_spec, lo, hi, symmetric=scheme.symmetric, method=method, percentile=99.9, style="lecture",
+        eps=0.0, scale_f32=True, importance=None, rounding="nearest_even", seed=0, arith="divide", x16=x16,
+        w16="float32",
+    )
+    w.write(meta["scale"], 0, scale.astype(np.float32))
+    if "zero_point" in meta:
+        w.write(meta["zero_point"], 0, zp.astype(_ST_DTYPES[outs[2].dtype]))
+    width = meta["packed_bits"]
+    code_type = _code_type(qmin, qmax, True)[0]
+    itemsize = np.dtype(code_type).itemsize if width is None else 0
+    clipped = 0
+    for r0, r1 in _row_chunks(rows, cols):
+        spec, per = _int_spec(meta, r1 - r0, cols, rows)
+        sl = slice(0, 1) if per is None else slice(r0 * per, r1 * per)
+        xc, xc16 = _as_core(m[r0:r1])
+        args = (xc, spec, scale[sl], zp[sl], lo[sl], hi[sl])
+        codes, _ = _core.quant_quantize(*args, code_type=code_type, rounding="nearest_even", seed=0,
+                                        arith="divide", x16=xc16)
+        off = r0 * cols * itemsize if width is None else r0 * cols * width // 8
+        w.write(meta["codes"], off, codes)
+        if sums is not None:
+            y, c = _core.quant_fake(*args, rounding="nearest_even", seed=0, arith="divide", x16=xc16)
+            clipped += int(c)
+            sums.add(m[r0:r1], y)
+    if sums is not None:
+        sums.n_clipped = clipped
+
+
+def fake_quantize_tensor(x: Any, scheme: Union[str, Scheme]) -> np.ndarray:
+    """What :func:`quantize_file` followed by :func:`dequantize_file` makes of
+    one tensor under ``scheme``, computed in memory (x's dtype).
+
+    For integer schemes this is :func:`quantdrift.fake_quantize` with the
+    scheme's partition and range (the reference the checkpoint tests use).
+    """
+    sc = parse_scheme(scheme) if isinstance(scheme, str) else scheme
+    arr = np.asarray(x)
+    if sc.kind == "keep":
+        return arr.copy()
+    if sc.kind == "int":
+        from .quant import fake_quantize
+
+        qmin, qmax = _int_range(sc)
+        return fake_quantize(arr, qrange=(qmin, qmax), partition=_int_partition(sc, arr.ndim),
+                             symmetric=sc.symmetric, calibration=sc.calibration)
+    if sc.kind == "cast":
+        return arr.astype(_ST_DTYPES[_CASTS[sc.fmt or ""]]).astype(arr.dtype)
+    rows, cols = _matrix_shape(arr.shape, sc)
+    m = arr.reshape(rows, cols)
+    if sc.kind == "float":
+        a = m.astype(np.float32)
+        fin = np.abs(a[np.isfinite(a)])
+        amax = float(fin.max()) if fin.size else 0.0
+        s = np.float32(amax / get_format(sc.fmt or "").max) if amax > 0 else np.float32(1.0)
+        y = decode(encode(a / s, sc.fmt or ""), sc.fmt or "") * s
+    elif sc.kind == "mx":
+        elem, _ = _MX[sc.fmt or ""]
+        c, s_ = mx_encode(m, elem)
+        y = mx_decode(c, s_, elem)
+    else:
+        c, s_, pts = nvfp4_encode(m, per_tensor_scale="auto")
+        y = nvfp4_decode(c, s_, per_tensor_scale=pts)
+    return y.reshape(arr.shape).astype(arr.dtype)
+
+
+# ---------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class QuantizeReport:
+    """Per-tensor rows and totals of a :func:`quantize_file` run.
+
+    Attributes:
+        rows: one dict per tensor: name, scheme, shape, dtype, mse, sqnr_db,
+            max_abs, cosine, saturated_pct (integer schemes; None
+            otherwise), bits_per_param, bytes_in, bytes_out.
+        totals: bytes_in, bytes_out, compression (bytes_in / bytes_out),
+            params, mean_bits_per_param (8 · bytes_out / params), tensors.
+    """
+
+    rows: List[Dict[str, Any]]
+    totals: Dict[str, Any]
+
+    def to_json(self) -> str:
+        """The report as JSON (non-finite numbers as strings)."""
+
+        def clean(v: Any) -> Any:
+            if isinstance(v, float) and not math.isfinite(v):
+                return str(v)
+            return v
+
+        rows = [{k: clean(v) for k, v in r.items()} for r in self.rows]
+        return json.dumps({"tensors": rows, "totals": {k: clean(v) for k, v in self.totals.items()}}, indent=1)
+
+    def to_csv(self) -> str:
+        """One CSV line per tensor (the totals are in :meth:`to_json`)."""
+        buf = io.StringIO()
+        keys = ["name", "scheme", "shape", "dtype", "mse", "sqnr_db", "max_abs", "cosine", "saturated_pct",
+                "bits_per_param", "bytes_in", "bytes_out"]
+        wr = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+        wr.writeheader()
+        for r in self.rows:
+            wr.writerow({**r, "shape": "x".join(map(str, r["shape"]))})
+        return buf.getvalue()
+
+    def to_table(self) -> str:
+        """A text table with a totals line."""
+
+        def num(v: Any, fmt: str) -> str:
+            return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+        name_w = max([len("tensor")] + [len(r["name"]) for r in self.rows])
+        head = (f"{'tensor':<{name_w}}  {'scheme':<16}{'shape':>16}{'mse':>11}{'sqnr dB':>9}{'max abs':>10}"
+                f"{'cosine':>9}{'sat %':>8}{'bits/p':>8}")
+        lines = [head, "-" * len(head)]
+        for r in self.rows:
+            shape = "x".join(map(str, r["shape"])) or "()"
+            lines.append(
+                f"{r['name']:<{name_w}}  {r['scheme']:<16}{shape:>16}{num(r['mse'], '.3e'):>11}"
+                f"{num(r['sqnr_db'], '.1f'):>9}{num(r['max_abs'], '.2e'):>10}{num(r['cosine'], '.5f'):>9}"
+                f"{num(r['saturated_pct'], '.3f'):>8}{num(r['bits_per_param'], '.2f'):>8}"
+            )
+        t = self.totals
+        lines.append("-" * len(head))
+        lines.append(
+            f"{t['tensors']} tensors, {t['params']:,} params: {t['bytes_in']:,} -> {t['bytes_out']:,} bytes "
+            f"({t['compression']:.2f}x), {t['mean_bits_per_param']:.2f} bits/param"
+        )
+        return "\n".join(lines)
+
+    def write(self, path: PathLike) -> None:
+        """Writes JSON (``.json``) or CSV (``.csv``) by the file's suffix,
+        atomically."""
+        p = Path(path)
+        if p.suffix.lower() == ".json":
+            text = self.to_json()
+        elif p.suffix.lower() == ".csv":
+            text = self.to_csv()
+        else:
+            raise InputError(f"report file {p} must end in .json or .csv")
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent.resolve()))
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, p)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+
+def _progress(total: int, desc: str, enabled: Optional[bool]):
+    """tqdm on a terminal when it is installed, else a no-op."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if enabled:
+        try:
+            from tqdm import tqdm  # type: ignore[import-untyped]
+
+            return tqdm(total=total, desc=desc, unit="B", unit_scale=True, leave=False)
+        except ImportError:
+            pass
+
+    class _Null:
+        def update(self, n: int) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    return _Null()
+
+
+# ---------------------------------------------------------------------------
+# quantize_file / dequantize_file
+# ---------------------------------------------------------------------------
+
+
+def _check_paths(src: PathLike, dst: PathLike) -> Path:
+    d = Path(dst)
+    if d.exists() and Path(src).exists() and d.resolve() == Path(src).resolve():
+        raise InputError(f"destination {d} is the source; inputs are never overwritten")
+    if not d.parent.exists():
+        raise FileNotFoundError(f"destination folder {d.parent} does not exist")
+    return d
+
+
+def quantize_file(
+    src: PathLike,
+    dst: PathLike,
+    recipe: Any = None,
+    *,
+    report: Optional[PathLike] = None,
+    stats: bool = True,
+    progress: Optional[bool] = None,
+) -> QuantizeReport:
+    """Quantizes a safetensors checkpoint tensor by tensor.
+
+    Args:
+        src: a ``.safetensors`` file or a sharded set's ``*.index.json``.
+        dst: the output ``.safetensors`` file (one file, written atomically).
+        recipe: a :class:`Recipe`, a dict, a path to a TOML/JSON recipe, a
+            scheme string used as the default scheme, or None for
+            :data:`DEFAULT_RECIPE` (int8 per channel; 1-D tensors and
+            embeddings kept).
+        report: write the report to this ``.json`` or ``.csv`` file.
+        stats: compute the error columns (one more pass per tensor).
+        progress: show a progress bar (default: when stderr is a terminal
+            and tqdm is installed).
+
+    Returns:
+        The :class:`QuantizeReport`.
+
+    Raises:
+        CheckpointError: a malformed or truncated input (naming the tensor).
+        InputError: a bad recipe or scheme.
+        OSError: file errors; nothing is left at ``dst`` on any failure.
+    """
+    rec = Recipe.coerce(recipe)
+    d = _check_paths(src, dst)
+    with _Checkpoint(src) as ck:
+        outs: List[_Out] = []
+        metas: Dict[str, Dict[str, Any]] = {}
+        plan: List[Tuple[_Entry, Scheme, List[_Out]]] = []
+        for name, e in ck.entries.items():
+            sc = rec.scheme_for(name, e.shape, e.dtype)
+            try:
+                o, meta = _layout(name, e.dtype, e.shape, sc)
+            except QuantdriftError as err:
+                raise type(err)(f"tensor {name!r} of shape {list(e.shape)}: {err}") from None
+            outs += o
+            metas[name] = meta
+            plan.append((e, sc, o))
+        md = {k: v for k, v in ck.metadata.items() if k != METADATA_KEY}
+        md[METADATA_KEY] = json.dumps({"version": LAYOUT_VERSION, "tensors": metas}, separators=(",", ":"))
+        w = _Writer(d, outs, md)
+        rows: List[Dict[str, Any]] = []
+        bar = _progress(sum(e.nbytes for e, _, _ in plan), "quantize", progress)
+        try:
+            for e, sc, o in plan:
+                sums = _Sums() if stats and sc.kind != "keep" else None
+                try:
+                    _encode_tensor(e, sc, o, metas[e.name], w, sums)
+                except (QuantdriftError, ValueError) as err:
+                    raise type(err)(f"tensor {e.name!r}: {err}") from None
+                finally:
+                    e.source.release(e.start, e.end)
+                n = math.prod(e.shape)
+                out_bytes = sum(x.nbytes for x in o)
+                row: Dict[str, Any] = {
+                    "name": e.name, "scheme": sc.text, "shape": list(e.shape), "dtype": e.dtype,
+                    "mse": 0.0 if sc.kind == "keep" else None, "sqnr_db": float("inf") if sc.kind == "keep" else None,
+                    "max_abs": 0.0 if sc.kind == "keep" else None, "cosine": 1.0 if sc.kind == "keep" else None,
+                    "saturated_pct": None,
+                    "bits_per_param": 8.0 * out_bytes / n if n else 0.0, "bytes_in": e.nbytes, "bytes_out": out_bytes,
+                }
+                if sums is not None:
+                    row.update(sums.row())
+                rows.append(row)
+                bar.update(e.nbytes)
+            w.commit()
+        except BaseException:
+            w.abort()
+            raise
+        finally:
+            bar.close()
+    params = sum(math.prod(r["shape"]) for r in rows)
+    b_in = sum(r["bytes_in"] for r in rows)
+    b_out = sum(r["bytes_out"] for r in rows)
+    totals = {
+        "tensors": len(rows), "params": params, "bytes_in": b_in, "bytes_out": b_out,
+        "compression": b_in / b_out if b_out else float("nan"),
+        "mean_bits_per_param": 8.0 * b_out / params if params else 0.0,
+    }
+    rep = QuantizeReport(rows, totals)
+    if report is not None:
+        rep.write(report)
+    return rep
+
+
+def read_layout(path: PathLike) -> Dict[str, Any]:
+    """The quantdrift layout metadata of a quantized file (the JSON object
+    stored under ``__metadata__["quantdrift"]``).
+
+    Raises:
+        CheckpointError: the file has no quantdrift metadata.
+    """
+    with _Checkpoint(path) as ck:
+        return _layout_of(ck, path)
+
+
+def _layout_of(ck: _Checkpoint, path: PathLike) -> Dict[str, Any]:
+    raw = ck.metadata.get(METADATA_KEY)
+    if raw is None:
+        raise CheckpointError(f"{path}: no __metadata__['{METADATA_KEY}']; not written by quantize_file")
+    try:
+        layout = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: the quantdrift metadata is not valid JSON: {e}") from None
+    if layout.get("version") != LAYOUT_VERSION:
+        raise CheckpointError(f"{path}: unsupported quantdrift layout version {layout.get('version')!r}")
+    return layout
+
+
+def dequantize_file(src: PathLike, dst: PathLike, *, progress: Optional[bool] = None) -> None:
+    """Restores the float tensors of a file written by :func:`quantize_file`
+    (same names, shapes and dtypes), tensor by tensor, atomically.
+
+    Raises:
+        CheckpointError: missing or inconsistent metadata (naming the tensor).
+        OSError: file errors; nothing is left at ``dst`` on any failure.
+    """
+    d = _check_paths(src, dst)
+    with _Checkpoint(src) as ck:
+        layout = _layout_of(ck, src)
+        tensors: Dict[str, Dict[str, Any]] = layout["tensors"]
+        outs = []
+        for name, meta in tensors.items():
+            try:
+                outs.append(_Out(name, meta["dtype"], tuple(meta["shape"])))
+            except KeyError as e:
+                raise CheckpointError(f"{src}: tensor {name!r}: metadata lacks {e}") from None
+        md = {k: v for k, v in ck.metadata.items() if k != METADATA_KEY}
+        w = _Writer(d, outs, md)
+        bar = _progress(sum(o.nbytes for o in outs), "dequantize", progress)
+        try:
+            for name, meta in tensors.items():
+                try:
+                    _decode_tensor(ck, name, meta, w)
+                except KeyError as e:
+                    raise CheckpointError(f"{src}: tensor {name!r}: stored tensor {e} is missing") from None
+                except (QuantdriftError, ValueError) as err:
+                    raise type(err)(f"tensor {name!r}: {err}") from None
+                bar.update(math.prod(meta["shape"]) * _ST_DTYPES[meta["dtype"]].itemsize)
+            w.commit()
+        except BaseException:
+            w.abort()
+            raise
+        finally:
+            bar.close()
+
+
+def _decode_tensor(ck: _Checkpoint, name: str, meta: Dict[str, Any], w: _Writer) -> None:
+    kind = meta["kind"]
+    shape = tuple(meta["shape"])
+    out_dt = _ST_DTYPES[meta["dtype"]]
+    codes_e = ck.entries[meta["codes"]]
+    codes = codes_e.array()
+    try:
+        if kind == "keep":
+            w.write(name, 0, codes.reshape(-1).view(np.uint8))
+            return
+        scheme = parse_scheme(meta["scheme"])
+        rows, cols = _matrix_shape(shape, scheme)
+        if kind == "cast":
+            m = codes.reshape(rows, cols)
+            for r0, r1 in _row_chunks(rows, cols):
+                w.write(name, r0 * cols * out_dt.itemsize, m[r0:r1].astype(out_dt))
+            return
+        scale = ck.entries[meta["scale"]].array()
+        if kind == "int":
+            _decode_int(ck, name, meta, codes, scale, rows, cols, out_dt, w)
+            return
+        if kind == "float":
+            m = codes.reshape(rows, cols)
+            s = np.float32(scale.reshape(()))
+            for r0, r1 in _row_chunks(rows, cols):
+                c = m[r0:r1].view(np.uint8) if m.dtype.itemsize == 1 else m[r0:r1].view(np.uint16)
+                w.write(name, r0 * cols * out_dt.itemsize, (decode(c, meta["format"]) * s).astype(out_dt))
+            return
+        m = codes.reshape(rows, -1)
+        sm = scale.reshape(rows, -1)
+        for r0, r1 in _row_chunks(rows, cols):
+            if kind == "mx":
+                y = mx_decode(m[r0:r1], sm[r0:r1], meta["element"], packed=meta["packed"], length=cols)
+            else:
+                pts = float(ck.entries[meta["tensor_scale"]].array().reshape(()))
+                y = nvfp4_decode(m[r0:r1], sm[r0:r1], per_tensor_scale=pts, packed=True, length=cols)
+            w.write(name, r0 * cols * out_dt.itemsize, y.astype(out_dt))
+    finally:
+        codes_e.source.release(codes_e.start, codes_e.end)
+
+
+def _decode_int(ck: _Checkpoint, name: str, meta: Dict[str, Any], codes: np.ndarray, scale: np.ndarray,
+                rows: int, cols: int, out_dt: np.dtype, w: _Writer) -> None:
+    sc = np.ascontiguousarray(scale, dtype=np.float64).reshape(-1)
+    if "zero_point" in meta:
+        zp = np.ascontiguousarray(ck.entries[meta["zero_point"]].array(), dtype=np.int32).reshape(-1)
+    else:
+        zp = np.full(sc.size, (int(meta["qmin"]) + int(meta["qmax"]) + 1) // 2, np.int32)
+    width = meta["packed_bits"]
+    flat = codes.reshape(-1)
+    for r0, r1 in _row_chunks(rows, cols):
+        spec, per = _int_spec(meta, r1 - r0, cols, rows)
+        sl = slice(0, 1) if per is None else slice(r0 * per, r1 * per)
+        if width is None:
+            c = flat[r0 * cols : r1 * cols]
+        else:
+            c = flat[r0 * cols * width // 8 : -(-r1 * cols * width // 8)]
+        y = _core.quant_dequantize(c, spec, sc[sl], zp[sl], packed_bits=width, signed=bool(meta["signed"]),
+                                   length=(r1 - r0) * cols, arith=meta.get("arith", "divide"), f64_out=False)
+        w.write(name, r0 * cols * out_dt.itemsize, y.astype(out_dt))
