@@ -49,62 +49,34 @@ class SchemeResult:
     ppl: float
 
 
-def quantize_matrix(w: np.ndarray, scheme: str) -> Tuple[np.ndarray, float]:
-    """Rounds a weight matrix ``[out, in]`` under ``scheme`` and returns the
-    dequantized float32 matrix and its storage cost in bits per parameter
-    (element bits plus the scales and zero-points that go with them)."""
+def quantize_model(weights_path: str, scheme: str, workdir: str) -> Tuple[Dict[str, np.ndarray], float]:
+    """Quantizes the model's safetensors file under ``scheme`` with
+    :func:`quantdrift.quantize_file` (the default recipe's rules: the
+    embedding and 1-D tensors are kept), restores it with
+    :func:`quantdrift.dequantize_file`, and returns the restored weights and
+    the quantized matrices' mean bits/param (scales and zero-points
+    included)."""
     import quantdrift as qd
+    from .demo_model import read_safetensors
 
-    parts = scheme.split(":")
-    kind = parts[0]
-    if kind.startswith("int"):
-        bits = int(kind[3:])
-        group = next((int(p[1:]) for p in parts[1:] if p.startswith("g")), None)
-        asym = "asym" in parts[1:]
-        partition = qd.groups(-1, group) if group else qd.per_axis(0)
-        qt = qd.quantize(w, bits=bits, partition=partition, symmetric=not asym)
-        return qt.dequantize().astype(np.float32), float(qt.bits_per_param)
-    if kind in ("bfloat16", "float16"):
-        return qd.round_to(w, kind), 16.0
-    if kind.startswith("mx"):
-        elem = {"mxfp8_e4m3": "fp8_e4m3", "mxfp8_e5m2": "fp8_e5m2", "mxfp6_e2m3": "fp6_e2m3",
-                "mxfp6_e3m2": "fp6_e3m2", "mxfp4": "fp4_e2m1", "mxint8": "int8"}[kind]
-        codes, scales = qd.mx_encode(w, elem)
-        elem_bits = {"fp8_e4m3": 8, "fp8_e5m2": 8, "fp6_e2m3": 6, "fp6_e3m2": 6, "fp4_e2m1": 4, "int8": 8}[elem]
-        return qd.mx_decode(codes, scales, elem), elem_bits + 8 / 32
-    if kind == "nvfp4":
-        codes, scales, tensor_scale = qd.nvfp4_encode(w, per_tensor_scale="auto")
-        return qd.nvfp4_decode(codes, scales, per_tensor_scale=tensor_scale), 4 + 8 / 16 + 32 / w.size
-    # a plain float format with one float32 scale per output channel,
-    # mapping each row's max |w| onto the format's largest finite value
-    fmt = qd.formats.get(kind)
-    row_max = np.abs(w).max(axis=1, keepdims=True)
-    scale = np.where(row_max > 0, row_max / fmt.max, 1.0).astype(np.float32)
-    return (qd.round_to(w / scale, kind) * scale).astype(np.float32), fmt.bits + 32 / w.shape[1]
-
-
-def quantize_model(weights: Dict[str, np.ndarray], scheme: str) -> Tuple[Dict[str, np.ndarray], float]:
-    """Every weight matrix rounded under ``scheme`` (1-D tensors — biases and
-    norms — and the character embedding are kept, as the default recipe of
-    ``quantdrift quantize`` does); returns the weights and the matrices'
-    mean bits/param."""
-    out: Dict[str, np.ndarray] = {}
-    bits = params = 0.0
-    for name, w in weights.items():
-        if w.ndim == 2 and "embed" not in name:
-            out[name], b = quantize_matrix(w, scheme)
-            bits += b * w.size
-            params += w.size
-        else:
-            out[name] = w
-    return out, bits / params
+    packed = os.path.join(workdir, "packed.safetensors")
+    restored = os.path.join(workdir, "restored.safetensors")
+    report = qd.quantize_file(weights_path, packed, scheme, progress=False)
+    qd.dequantize_file(packed, restored, progress=False)
+    weights, _ = read_safetensors(restored)
+    rows = [r for r in report.rows if r["scheme"] != "keep"]
+    params = sum(int(np.prod(r["shape"])) for r in rows)
+    bits = sum(r["bits_per_param"] * int(np.prod(r["shape"])) for r in rows) / params
+    return weights, bits
 
 
 def run(schemes: Sequence[str] = SCHEMES, *, chars: int = 8000, plot: Optional[str] = "quantdrift-demo.svg",
         echo: Callable[[str], None] = print) -> List[SchemeResult]:
     """Runs the demo and returns its table; ``plot=None`` skips the figure."""
+    import tempfile
+
     import quantdrift as qd
-    from .demo_model import heldout_text, load_model
+    from .demo_model import MODEL_PATH, heldout_text, load_model
 
     started = time.perf_counter()
     model = load_model()
@@ -118,7 +90,8 @@ def run(schemes: Sequence[str] = SCHEMES, *, chars: int = 8000, plot: Optional[s
     echo(f"model: character-level MLP, {n_params / 1e6:.2f}M parameters, vocabulary {len(model.vocab)}, "
          f"context {model.context}; {len(targets)} held-out characters of Shakespeare")
     echo(f"float32 model: perplexity {base_ppl:.3f} ({math.log2(base_ppl):.3f} bits/char)")
-    echo("each scheme rounds the weight matrices; its next-character distributions are compared with float32's")
+    echo("each scheme: quantize_file → dequantize_file on the model's safetensors, then the restored model's")
+    echo("next-character distributions are compared with the float32 model's")
     echo("")
     header = (f"{'scheme':<16}{'bits/param':>11}{'mean KL ± se':>22}{'p99 KL':>11}{'mean JS':>11}"
               f"{'same top-1':>12}{'PPL':>9}{'ΔPPL':>8}")
@@ -126,8 +99,9 @@ def run(schemes: Sequence[str] = SCHEMES, *, chars: int = 8000, plot: Optional[s
     echo("-" * len(header))
     results: List[SchemeResult] = []
     columns: Dict[str, np.ndarray] = {}
+    workdir = tempfile.TemporaryDirectory(prefix="quantdrift-demo-")
     for scheme in schemes:
-        weights, bits = quantize_model(model.weights, scheme)
+        weights, bits = quantize_model(str(MODEL_PATH), scheme, workdir.name)
         report = qd.compare(reference, model.logits(ids, weights=weights), tokens=targets, progress=False)
         s = report.summary()
         r = SchemeResult(scheme, bits, s["kl"]["mean"], s["kl"]["se"], s["kl"]["p99"], s["js"]["mean"],
@@ -136,9 +110,11 @@ def run(schemes: Sequence[str] = SCHEMES, *, chars: int = 8000, plot: Optional[s
         columns[scheme] = report.kl
         echo(f"{scheme:<16}{bits:>11.2f}{r.kl_mean:>13.2e} ± {r.kl_se:.1e}{r.kl_p99:>11.2e}{r.js_mean:>11.2e}"
              f"{r.same_top1:>12.1%}{r.ppl:>9.3f}{(r.ppl / base_ppl - 1):>+8.1%}")
+    workdir.cleanup()
     echo("")
     echo("KL = KL(P_float32 ‖ P_scheme) per character, nats; JS in nats; bits/param of the weight matrices")
-    echo("(scales and zero-points included); the embedding and 1-D tensors stay float32.")
+    echo("(scales and zero-points included; float formats carry one float32 scale per tensor, MX and NVFP4")
+    echo("their block scales); the embedding and 1-D tensors stay float32 (the default recipe).")
     if plot:
         write_text_atomic(plot, svg_figure(results, columns))
         echo(f"figure: {os.path.abspath(plot)}")
