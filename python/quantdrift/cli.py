@@ -62,25 +62,28 @@ def _compare(args: argparse.Namespace) -> int:
     from .compare import compare
     from .sources import open_source
 
-    base = open_source(args.base, tensor=args.base_tensor, dtype=args.base_dtype)
-    other = open_source(args.other, tensor=args.other_tensor, dtype=args.other_dtype)
-    mask = None
-    if args.mask:
-        mask = np.load(args.mask)
-    report = compare(
-        base,
-        other,
-        tokens=args.tokens,
-        mask=mask,
+    opts = dict(
         sequences=args.sequences,
         prompt_lengths=args.prompt_length,
         metrics=tuple(args.metrics.split(",")),
         topk=tuple(int(k) for k in args.topk.split(",")),
         temperature=args.temperature,
-        progress=not args.no_progress,
         chunk_bytes=int(args.chunk_mb * 1024 * 1024),
         worst=args.worst,
     )
+    if args.scheduler:
+        # shards of BASE and OTHER pair up in name order; workers read them
+        from .distributed import _distributed, compare_shards, shard_pairs
+
+        if args.tokens or args.mask or args.base_tensor or args.other_tensor or args.base_dtype or args.other_dtype:
+            raise ValueError("--scheduler takes shard folders or globs only (no --tokens/--mask/--*-tensor/--*-dtype)")
+        with _distributed().Client(args.scheduler) as client:
+            report = compare_shards(shard_pairs(args.base, args.other), client, **opts)
+    else:
+        base = open_source(args.base, tensor=args.base_tensor, dtype=args.base_dtype)
+        other = open_source(args.other, tensor=args.other_tensor, dtype=args.other_dtype)
+        mask = np.load(args.mask) if args.mask else None
+        report = compare(base, other, tokens=args.tokens, mask=mask, progress=not args.no_progress, **opts)
     print(report)
     if args.json:
         report.to_json(args.json)
@@ -194,6 +197,8 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--plot", help="write a figure here (PNG/PDF/SVG; needs matplotlib)")
     cmp.add_argument("--columns", help="write the per-token columns as .npz here")
     cmp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cmp.add_argument("--scheduler", metavar="ADDRESS",
+                     help="run on a Dask cluster: BASE and OTHER are folders/globs of shards, paired by name order")
     cmp.set_defaults(run=_compare)
 
     _add_checkpoint_commands(commands)

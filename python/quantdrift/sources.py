@@ -461,20 +461,31 @@ def open_source(obj: Any, *, dtype: Optional[str] = None, tensor: Optional[str] 
 
 
 def _open_path(path: str, *, dtype, tensor, values, name) -> LogitSource:
+    files = shard_files(path)
+    if len(files) == 1 and files[0] == path:
+        return _open_file(path, dtype=dtype, tensor=tensor, values=values, name=name or path)
+    return _shards(name or path, files, dtype, tensor, values)
+
+
+def shard_files(path: str) -> List[str]:
+    """The files a path stands for, in the order they are read: the shards
+    of a folder (sorted by name; .npy, .safetensors and llama.cpp base
+    files), the matches of a glob (sorted), or the file itself."""
+    path = os.fspath(path)
     if os.path.isdir(path):
         files = sorted(os.path.join(path, f) for f in os.listdir(path) if not f.startswith("."))
         files = [f for f in files if os.path.isfile(f) and _is_shard(f)]
         if not files:
             raise FileNotFoundError(f"{path}: no shards (.npy, .safetensors or llama.cpp base files) in the folder")
-        return _shards(name or path, files, dtype, tensor, values)
+        return files
     if not os.path.exists(path):
         if any(c in path for c in "*?["):
             files = sorted(f for f in _glob.glob(path) if os.path.isfile(f))
             if not files:
                 raise FileNotFoundError(f"{path}: the pattern matches no file")
-            return _shards(name or path, files, dtype, tensor, values)
+            return files
         raise FileNotFoundError(f"{path}: no such file or folder")
-    return _open_file(path, dtype=dtype, tensor=tensor, values=values, name=name or path)
+    return [path]
 
 
 def _is_shard(path: str) -> bool:

@@ -1,0 +1,123 @@
+"""compare_shards on a real dask.distributed LocalCluster (2 worker
+processes): equal to compare on the concatenated data, surviving a worker
+killed mid-run, naming a failing shard; and `quantdrift compare --scheduler`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
+
+import quantdrift as qd  # noqa: E402
+from quantdrift.distributed import ShardError, compare_shards, shard_pairs  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                                       dashboard_address=None, silence_logs=40)
+    c = distributed.Client(cluster)
+    yield c
+    c.close()
+    cluster.close()
+
+
+def write_shards(folder, n_shards, rows, vocab, seed=0, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder / "base", exist_ok=True)
+    os.makedirs(folder / "other", exist_ok=True)
+    bases, others, tokens = [], [], []
+    for i in range(n_shards):
+        b = (rng.standard_normal((rows, vocab)) * 3).astype(dtype)
+        o = (b + rng.standard_normal((rows, vocab)) * 0.3).astype(dtype)
+        t = rng.integers(0, vocab, rows)
+        np.save(folder / "base" / f"s{i:03d}.npy", b)
+        np.save(folder / "other" / f"s{i:03d}.npy", o)
+        np.save(folder / f"tokens{i:03d}.npy", t)
+        bases.append(b), others.append(o), tokens.append(t)
+    return np.concatenate(bases), np.concatenate(others), np.concatenate(tokens)
+
+
+def same_report(a, b):
+    da, db = a.to_dict(), b.to_dict()
+    for d in (da, db):
+        d.pop("base"), d.pop("other")
+    assert da == db
+    np.testing.assert_array_equal(a.kl, b.kl)
+
+
+def test_compare_shards_equals_one_run(client, tmp_path):
+    base, other, tokens = write_shards(tmp_path, 5, 37, 50)
+    pairs = [(str(b), str(o), str(tmp_path / f"tokens{i:03d}.npy"))
+             for i, (b, o) in enumerate(shard_pairs(tmp_path / "base", tmp_path / "other"))]
+    merged = compare_shards(pairs, client, topk=(1, 5), sequences=37)
+    single = qd.compare(base, other, tokens=tokens, topk=(1, 5), sequences=37, progress=False)
+    same_report(merged, single)
+    assert merged.n_sequences == 5
+    # without a client: the same code in this process
+    same_report(compare_shards(pairs, None, topk=(1, 5), sequences=37), single)
+
+
+def test_a_worker_killed_mid_run(client, tmp_path):
+    base, other, _ = write_shards(tmp_path, 16, 200, 20000, seed=1, dtype=np.float16)
+    pairs = shard_pairs(tmp_path / "base", tmp_path / "other")
+    done = {}
+    runner = threading.Thread(target=lambda: done.setdefault("report", compare_shards(pairs, client)))
+    pids_before = set(client.run(os.getpid).values())
+    runner.start()
+    victim = None
+    deadline = time.time() + 60
+    while victim is None and time.time() < deadline:
+        busy = [w for w, tasks in client.processing().items() if tasks]
+        victim = busy[0] if busy else None
+        time.sleep(0.005)
+    assert victim is not None, "no shard started"
+    pid = client.run(os.getpid, workers=[victim])[victim]
+    os.kill(pid, signal.SIGKILL)  # the worker process dies with its shard in flight
+    runner.join(300)
+    assert "report" in done
+    same_report(done["report"], qd.compare(base, other, progress=False))
+    client.wait_for_workers(2, timeout=60)
+    assert set(client.run(os.getpid).values()) != pids_before  # the nanny replaced the killed worker
+
+
+def test_a_failing_shard_is_named(client, tmp_path):
+    write_shards(tmp_path, 3, 10, 20)
+    bad = tmp_path / "base" / "s001.npy"
+    bad.write_bytes(bad.read_bytes()[:-50])  # truncated
+    pairs = shard_pairs(tmp_path / "base", tmp_path / "other")
+    with pytest.raises(ShardError, match="s001.npy"):
+        compare_shards(pairs, client, retries=0)
+
+
+def test_cli_scheduler(client, tmp_path):
+    base, other, _ = write_shards(tmp_path, 3, 30, 40)
+    out = subprocess.run(
+        [sys.executable, "-m", "quantdrift", "compare", str(tmp_path / "base"), str(tmp_path / "other"),
+         "--scheduler", client.scheduler.address, "--json", str(tmp_path / "r.json"), "--no-progress"],
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    import json
+
+    got = json.loads((tmp_path / "r.json").read_text())
+    want = qd.compare(base, other, progress=False).summary()
+    assert got["kl"]["mean"] == pytest.approx(want["kl"]["mean"], rel=1e-12)
+    assert got["tokens"] == 90
+
+
+def test_pairs_must_match(tmp_path):
+    write_shards(tmp_path, 2, 5, 10)
+    (tmp_path / "base" / "s009.npy").write_bytes((tmp_path / "base" / "s000.npy").read_bytes())
+    with pytest.raises(qd.InputError, match="3 shards but"):
+        shard_pairs(tmp_path / "base", tmp_path / "other")
+    with pytest.raises(qd.InputError, match="tokens per shard"):
+        compare_shards([("a", "b")], None, tokens="t.npy")
