@@ -121,3 +121,68 @@ def test_pairs_must_match(tmp_path):
         shard_pairs(tmp_path / "base", tmp_path / "other")
     with pytest.raises(qd.InputError, match="tokens per shard"):
         compare_shards([("a", "b")], None, tokens="t.npy")
+
+
+def test_quantize_files_equals_quantize_file_shard_by_shard(client, tmp_path):
+    import json
+
+    from test_checkpoint import model, read_st, write_st
+
+    t = model(3)
+    names = list(t)
+    src = tmp_path / "src"
+    src.mkdir()
+    parts = {"model-00001-of-00003.safetensors": names[:3], "model-00002-of-00003.safetensors": names[3:6],
+             "model-00003-of-00003.safetensors": names[6:]}
+    for f, keys in parts.items():
+        write_st(src / f, {k: t[k] for k in keys})
+    (src / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": {k: f for f, keys in parts.items() for k in keys}}))
+    from quantdrift.distributed import quantize_files
+
+    rep = quantize_files(src / "model.safetensors.index.json", tmp_path / "out", "int4:g32", client,
+                         report=tmp_path / "report.json")
+    assert rep.totals["tensors"] == len(names)
+    for f in parts:
+        qd.quantize_file(src / f, tmp_path / f"ref-{f}", "int4:g32")
+        assert (tmp_path / "out" / f).read_bytes() == (tmp_path / f"ref-{f}").read_bytes()
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"]) == set(names)
+    assert json.loads((tmp_path / "report.json").read_text())["totals"]["tensors"] == len(names)
+    assert not [p for p in os.listdir(tmp_path / "out") if p.startswith(".")]  # no staging left
+    back, _ = read_st(tmp_path / "out" / "model-00002-of-00003.safetensors")
+    assert back
+
+
+def test_quantize_files_failure_leaves_nothing(client, tmp_path):
+    from test_checkpoint import model, write_st
+
+    from quantdrift.distributed import quantize_files
+
+    t = model(4)
+    src = tmp_path / "src"
+    src.mkdir()
+    write_st(src / "a.safetensors", {k: t[k] for k in list(t)[:3]})
+    write_st(src / "b.safetensors", {k: t[k] for k in list(t)[3:]})
+    raw = (src / "b.safetensors").read_bytes()
+    (src / "b.safetensors").write_bytes(raw[:-100])  # truncated
+    with pytest.raises(ShardError, match="b.safetensors"):
+        quantize_files(str(src), tmp_path / "out", "int8", client, retries=0)
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_cli_quantize_scheduler(client, tmp_path):
+    from test_checkpoint import model, write_st
+
+    t = model(5)
+    (tmp_path / "src").mkdir()
+    write_st(tmp_path / "src" / "a.safetensors", {k: t[k] for k in list(t)[:4]})
+    write_st(tmp_path / "src" / "b.safetensors", {k: t[k] for k in list(t)[4:]})
+    out = subprocess.run(
+        [sys.executable, "-m", "quantdrift", "quantize", str(tmp_path / "src"), str(tmp_path / "out"),
+         "--recipe", "int8", "--scheduler", client.scheduler.address],
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    qd.quantize_file(tmp_path / "src" / "a.safetensors", tmp_path / "a.safetensors", "int8")
+    assert (tmp_path / "out" / "a.safetensors").read_bytes() == (tmp_path / "a.safetensors").read_bytes()

@@ -104,7 +104,14 @@ def _compare(args: argparse.Namespace) -> int:
 def _quantize(args: argparse.Namespace) -> int:
     from .checkpoint import quantize_file
 
-    rep = quantize_file(args.src, args.dst, args.recipe, report=args.report, stats=not args.no_stats)
+    if args.scheduler:
+        # one task per file of the set; DST is a folder that receives the set
+        from .distributed import _distributed, quantize_files
+
+        with _distributed().Client(args.scheduler) as client:
+            rep = quantize_files(args.src, args.dst, args.recipe, client, report=args.report)
+    else:
+        rep = quantize_file(args.src, args.dst, args.recipe, report=args.report, stats=not args.no_stats)
     print(rep.to_table())
     return 0
 
@@ -125,6 +132,8 @@ def _add_checkpoint_commands(commands: "argparse._SubParsersAction[argparse.Argu
                         "default: int8 per channel, 1-D tensors and embeddings kept")
     q.add_argument("--report", default=None, help="also write the report to this .json or .csv file")
     q.add_argument("--no-stats", action="store_true", help="skip the error columns (faster)")
+    q.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run on a Dask cluster, one task per file of the set; DST is then an output folder")
     q.set_defaults(run=_quantize)
     d = commands.add_parser("dequantize", help="restore float tensors from a file written by `quantize`")
     d.add_argument("src")

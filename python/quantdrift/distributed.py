@@ -132,3 +132,135 @@ def shard_pairs(base: PathLike, other: PathLike) -> List[Tuple[str, str]]:
     if len(left) != len(right):
         raise InputError(f"{base} has {len(left)} shards but {other} has {len(right)}; they must pair up")
     return list(zip(left, right))
+
+
+def _quantize_shard(src: str, dst: str, recipe: Any) -> Any:
+    """Runs on a worker: one safetensors file quantized where it lies."""
+    from .checkpoint import quantize_file
+
+    return quantize_file(src, dst, recipe, progress=False)
+
+
+def _source_files(srcs: Any) -> Tuple[List[str], Optional[str]]:
+    """The safetensors files to quantize, and the index file they came from."""
+    if isinstance(srcs, (str, os.PathLike)):
+        path = os.fspath(srcs)
+        if path.endswith(".index.json"):
+            import json
+
+            with open(path) as f:
+                weight_map = json.load(f).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise InputError(f"{path}: not a safetensors index (needs a 'weight_map')")
+            folder = os.path.dirname(path)
+            files = list(dict.fromkeys(weight_map.values()))  # shard order of first appearance
+            return [os.path.join(folder, f) for f in files], path
+        from .sources import shard_files
+
+        return shard_files(path), None
+    files = [os.fspath(s) for s in srcs]
+    if not files:
+        raise InputError("quantize_files needs at least one source file")
+    return files, None
+
+
+def quantize_files(
+    srcs: Any,
+    dst_dir: PathLike,
+    recipe: Any = None,
+    client: Any = None,
+    *,
+    retries: int = 2,
+    report: Optional[PathLike] = None,
+) -> Any:
+    """Quantizes the files of a safetensors set on a Dask cluster.
+
+    Each source file is one task: a worker runs
+    :func:`quantdrift.quantize_file` on it (reading it through a memory map
+    where it lies) and writes its output into a staging folder inside
+    ``dst_dir``. Only when every file has succeeded are the outputs moved to
+    their final names (``dst_dir/<source file name>``), then an index
+    (``<name>.index.json`` when the sources came from one) and the report, so
+    ``dst_dir`` never holds a partial set under final names.
+
+    Args:
+        srcs: a ``*.index.json`` of a sharded set, a folder or glob of
+            ``.safetensors`` files, or a list of files.
+        dst_dir: the output folder (created if missing).
+        recipe: as for :func:`quantdrift.quantize_file`.
+        client: a ``distributed.Client``; default: the current client, or an
+            in-process run when there is none.
+        retries: attempts per file beyond the first.
+        report: also write the merged report here (``.json`` or ``.csv``).
+
+    Returns:
+        One :class:`~quantdrift.QuantizeReport` over all files (rows in file
+        order); each output file equals ``quantize_file`` of its source.
+
+    Raises:
+        ShardError: a file failed on every attempt (named); nothing is left
+            in ``dst_dir`` by this call.
+    """
+    import shutil
+    import tempfile
+
+    from ._files import write_text_atomic
+    from .checkpoint import QuantizeReport, Recipe
+
+    files, index = _source_files(srcs)
+    names = [os.path.basename(f) for f in files]
+    if len(set(names)) != len(names):
+        raise InputError("quantize_files: source files must have distinct names (they keep them in dst_dir)")
+    recipe = Recipe.coerce(recipe)
+    dst_dir = os.fspath(dst_dir)
+    os.makedirs(dst_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".quantdrift-staging-", dir=dst_dir)
+    try:
+        outs = [os.path.join(staging, n) for n in names]
+        if client is None:
+            try:
+                client = _distributed().get_client()
+            except (ValueError, ImportError):
+                client = None
+        if client is None:
+            reports = [_quantize_shard(f, o, recipe) for f, o in zip(files, outs)]
+        else:
+            futures = [client.submit(_quantize_shard, f, o, recipe, pure=False, retries=retries)
+                       for f, o in zip(files, outs)]
+            reports = []
+            for f, future in zip(files, futures):
+                try:
+                    reports.append(future.result())
+                except Exception as e:
+                    for other in futures:
+                        other.cancel()
+                    raise ShardError(f"{f} failed: {type(e).__name__}: {e}") from e
+        for out, name in zip(outs, names):
+            os.replace(out, os.path.join(dst_dir, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    rows = [row for r in reports for row in r.rows]
+    merged = QuantizeReport(rows, _totals(rows))
+    if index is not None:
+        import json
+
+        weight_map = {row["name"]: names[i] for i, r in enumerate(reports) for row in r.rows}
+        write_text_atomic(os.path.join(dst_dir, os.path.basename(index)),
+                          json.dumps({"metadata": {"total_size": merged.totals["bytes_out"]},
+                                      "weight_map": weight_map}, indent=1) + "\n")
+    if report is not None:
+        merged.write(report)
+    return merged
+
+
+def _totals(rows: List[dict]) -> dict:
+    import math
+
+    params = sum(math.prod(r["shape"]) for r in rows)
+    b_in = sum(r["bytes_in"] for r in rows)
+    b_out = sum(r["bytes_out"] for r in rows)
+    return {
+        "tensors": len(rows), "params": params, "bytes_in": b_in, "bytes_out": b_out,
+        "compression": b_in / b_out if b_out else float("nan"),
+        "mean_bits_per_param": 8.0 * b_out / params if params else 0.0,
+    }
