@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import struct
 import subprocess
 import sys
@@ -195,25 +194,31 @@ def bench_checkpoint(gb: float, folder: str) -> dict:
         size = src.stat().st_size
         # the run goes in a child process so that its peak RSS is its own
         code = (
-            "import time, resource, json, quantdrift as qd, sys\n"
+            "import time, json, sys, quantdrift as qd\n"
             "t = time.perf_counter()\n"
-            f"rep = qd.quantize_file({str(src)!r}, {str(dst)!r}, stats=True, progress=False)\n"
+            f"rep = qd.quantize_file({str(src)!r}, {str(dst)!r}, stats=sys.argv[1] == '1', progress=False)\n"
             "wall = time.perf_counter() - t\n"
-            "print(json.dumps({'wall': wall, 'rss_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,"
-            " 'totals': rep.totals}))\n"
+            # VmHWM is this process's own peak (ru_maxrss would carry the
+            # parent's peak across fork + exec)
+            "hwm = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+            "print(json.dumps({'wall': wall, 'rss_kb': hwm}))\n"
         )
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-        res = json.loads(out.stdout.strip().splitlines()[-1])
-        out_size = dst.stat().st_size
-    rss = res["rss_kb"] * 1024
-    target = 3 * largest + 300e6
-    print(f"checkpoint: {size / 1e9:.2f} GB bf16 (generated in {t_gen:.1f} s), largest tensor {largest / 1e6:.0f} MB, "
-          f"default recipe (int8 per channel, embeddings and 1-D kept), error stats on")
-    print(f"  quantize_file wall {res['wall']:.1f} s ({size / res['wall'] / 1e9:.2f} GB/s in), output {out_size / 1e9:.2f} GB, "
-          f"peak RSS {rss / 1e6:.0f} MB (target <= 3 x largest + 300 MB = {target / 1e6:.0f} MB: "
-          f"{'met' if rss <= target else 'NOT met'})")
-    return {"gb": size / 1e9, "wall_s": res["wall"], "peak_rss_mb": rss / 1e6, "largest_mb": largest / 1e6,
-            "target_mb": target / 1e6}
+        target = 3 * largest + 300e6
+        print(f"checkpoint: {size / 1e9:.2f} GB bf16 (generated in {t_gen:.1f} s), largest tensor {largest / 1e6:.0f} MB, "
+              f"default recipe (int8 per channel, embeddings and 1-D kept)")
+        result = {"gb": size / 1e9, "largest_mb": largest / 1e6, "target_mb": target / 1e6}
+        for stats in (True, False):
+            out = subprocess.run([sys.executable, "-c", code, "1" if stats else "0"], capture_output=True, text=True,
+                                 check=True)
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            out_size = dst.stat().st_size
+            rss = res["rss_kb"] * 1024
+            print(f"  quantize_file (error stats {'on' if stats else 'off'}): wall {res['wall']:.1f} s "
+                  f"({size / res['wall'] / 1e9:.2f} GB/s in), output {out_size / 1e9:.2f} GB, peak RSS {rss / 1e6:.0f} MB "
+                  f"(target <= 3 x largest + 300 MB = {target / 1e6:.0f} MB: {'met' if rss <= target else 'NOT met'})")
+            result[f"stats_{stats}"] = {"wall_s": res["wall"], "peak_rss_mb": rss / 1e6}
+            dst.unlink()
+    return result
 
 
 def main() -> None:
