@@ -33,6 +33,7 @@ bench: develop
 	$(PY) -m pip install --quiet "scipy>=1.7"
 	$(PY) benches/bench_divergence.py
 	$(PY) benches/bench_formats.py
+	$(PY) benches/bench_quantize.py
 
 lint:
 	cargo fmt --all --check
