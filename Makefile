@@ -34,6 +34,7 @@ bench: develop
 	$(PY) benches/bench_divergence.py
 	$(PY) benches/bench_formats.py
 	$(PY) benches/bench_stream.py
+	$(PY) benches/bench_quantize.py
 
 lint:
 	cargo fmt --all --check

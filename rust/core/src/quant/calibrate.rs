@@ -311,38 +311,19 @@ impl MinMax {
         }
     }
 
-    /// Min and max of the finite values of a run, with 16 lane
-    /// accumulators for float32 (the common case).
+    /// Min and max of the finite values of a run (vectorised; float64
+    /// input is exact, other inputs go through float32 exactly).
     fn run(&mut self, x: &Values<'_>, start: usize, n: usize) {
-        match x {
-            Values::F32(v) => {
-                let v = &v[start..start + n];
-                let mut lo = [f32::INFINITY; 16];
-                let mut hi = [f32::NEG_INFINITY; 16];
-                let mut blocks = v.chunks_exact(16);
-                for b in &mut blocks {
-                    for l in 0..16 {
-                        let e = b[l];
-                        let ok = e.abs() < f32::INFINITY;
-                        lo[l] = if ok & (e < lo[l]) { e } else { lo[l] };
-                        hi[l] = if ok & (e > hi[l]) { e } else { hi[l] };
-                    }
-                }
-                for l in 0..16 {
-                    if lo[l] <= hi[l] {
-                        self.one(lo[l] as f64);
-                        self.one(hi[l] as f64);
-                    }
-                }
-                for &e in blocks.remainder() {
-                    self.one(e as f64);
-                }
+        if let Values::F64(v) = x {
+            for &e in &v[start..start + n] {
+                self.one(e);
             }
-            other => {
-                for i in start..start + n {
-                    self.one(other.get_f64(i));
-                }
-            }
+            return;
+        }
+        let (lo, hi) = crate::simd::dispatch(MinMaxRun { x: *x, start, n });
+        if lo <= hi {
+            self.one(lo as f64);
+            self.one(hi as f64);
         }
     }
 
@@ -487,4 +468,44 @@ fn search<R: Round, A: Scaled>(
         }
     }
     best
+}
+
+/// Lane-wise min/max of the finite float32 values of a run.
+struct MinMaxRun<'a> {
+    x: Values<'a>,
+    start: usize,
+    n: usize,
+}
+
+impl crate::simd::Kernel for MinMaxRun<'_> {
+    type Output = (f32, f32);
+    #[inline(always)]
+    fn run(self) -> (f32, f32) {
+        const B: usize = super::kernel::BLOCK;
+        let mut buf = [0f32; B];
+        let mut lo = [f32::INFINITY; 16];
+        let mut hi = [f32::NEG_INFINITY; 16];
+        let mut pos = self.start;
+        let end = self.start + self.n;
+        while pos < end {
+            let m = B.min(end - pos);
+            super::kernel::load32(&self.x, pos, &mut buf[..m]);
+            // pad a short block with +inf, which the finiteness test skips
+            for v in buf[m..].iter_mut() {
+                *v = f32::INFINITY;
+            }
+            for b in buf.chunks_exact(16) {
+                for l in 0..16 {
+                    let e = b[l];
+                    let ok = e.abs() < f32::INFINITY;
+                    lo[l] = if ok & (e < lo[l]) { e } else { lo[l] };
+                    hi[l] = if ok & (e > hi[l]) { e } else { hi[l] };
+                }
+            }
+            pos += m;
+        }
+        let lo = lo.iter().copied().fold(f32::INFINITY, f32::min);
+        let hi = hi.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        (lo, hi)
+    }
 }

@@ -443,7 +443,7 @@ impl OutFloat for f64 {
 
 /// Loads `out.len()` elements of `x` (not float64) from `start` as float32.
 #[inline(always)]
-fn load32(x: &Values<'_>, start: usize, out: &mut [f32]) {
+pub(crate) fn load32(x: &Values<'_>, start: usize, out: &mut [f32]) {
     let n = out.len();
     match x {
         Values::F32(v) => out.copy_from_slice(&v[start..start + n]),
@@ -470,7 +470,7 @@ fn load32(x: &Values<'_>, start: usize, out: &mut [f32]) {
 
 /// Loads `out.len()` elements of `x` from `start` as float64.
 #[inline(always)]
-fn load(x: &Values<'_>, start: usize, out: &mut [f64]) {
+pub(crate) fn load(x: &Values<'_>, start: usize, out: &mut [f64]) {
     let n = out.len();
     match x {
         Values::F32(v) => {

@@ -232,6 +232,20 @@ impl<'a> Plan<'a> {
             return;
         };
         let d = t.shape.len();
+        if t.tile[..d - 1].iter().all(|&e| e == 1) {
+            // One run along a row (per-channel rows, groups along the last
+            // axis): no odometer.
+            let g_last = t.grid[d - 1];
+            if g_last == 0 {
+                return;
+            }
+            let (row, col) = (part / g_last, (part % g_last) * t.row_tile);
+            let run = t.row_tile.min(t.row_len - col);
+            if run > 0 {
+                f(row * t.row_len + col, run);
+            }
+            return;
+        }
         // The tile's box: [lo, hi) along each axis.
         let mut rest = part;
         let mut lo = vec![0usize; d];

@@ -67,28 +67,87 @@ pub fn error_sums(x: Values<'_>, y: Values<'_>) -> Result<ErrorSums> {
     let parts: Vec<ErrorSums> = (0..n.div_ceil(CHUNK))
         .into_par_iter()
         .map(|k| {
-            let mut p = ErrorSums::default();
-            let end = ((k + 1) * CHUNK).min(n);
-            p.n = (end - k * CHUNK) as u64;
-            for i in k * CHUNK..end {
-                let (a, b) = (x.get_f64(i), y.get_f64(i));
-                p.n_nan += b.is_nan() as u64;
-                p.n_inf += b.is_infinite() as u64;
-                p.n_flushed += (a.is_finite() && a != 0.0 && b == 0.0) as u64;
-                if a.is_finite() && b.is_finite() {
-                    let d = a - b;
-                    p.n_finite += 1;
-                    p.sum_err2 += d * d;
-                    p.max_abs = p.max_abs.max(d.abs());
-                    p.sum_x2 += a * a;
-                    p.sum_y2 += b * b;
-                    p.sum_xy += a * b;
-                }
-            }
-            p
+            crate::simd::dispatch(SumsRun {
+                x,
+                y,
+                start: k * CHUNK,
+                end: ((k + 1) * CHUNK).min(n),
+            })
         })
         .collect();
     Ok(parts
         .into_iter()
         .fold(ErrorSums::default(), ErrorSums::merge))
+}
+
+/// The sums of one chunk, lane-wise over float64 blocks.
+struct SumsRun<'a> {
+    x: Values<'a>,
+    y: Values<'a>,
+    start: usize,
+    end: usize,
+}
+
+impl crate::simd::Kernel for SumsRun<'_> {
+    type Output = ErrorSums;
+    #[inline(always)]
+    fn run(self) -> ErrorSums {
+        const B: usize = super::kernel::BLOCK;
+        const L: usize = 8;
+        let (mut xb, mut yb) = ([0f64; B], [0f64; B]);
+        let mut err2 = [0f64; L];
+        let mut x2 = [0f64; L];
+        let mut y2 = [0f64; L];
+        let mut xy = [0f64; L];
+        let mut mx = [0f64; L];
+        let mut fin = [0u64; L];
+        let mut flushed = [0u64; L];
+        let mut nan = [0u64; L];
+        let mut inf = [0u64; L];
+        let mut pos = self.start;
+        while pos < self.end {
+            let m = B.min(self.end - pos);
+            super::kernel::load(&self.x, pos, &mut xb[..m]);
+            super::kernel::load(&self.y, pos, &mut yb[..m]);
+            // padding pairs are (0, 0): finite with zero error, subtracted below
+            for v in xb[m..].iter_mut().chain(yb[m..].iter_mut()) {
+                *v = 0.0;
+            }
+            for (xs, ys) in xb.chunks_exact(L).zip(yb.chunks_exact(L)) {
+                for l in 0..L {
+                    let (a, b) = (xs[l], ys[l]);
+                    let fa = a.abs() < f64::INFINITY;
+                    let fb = b.abs() < f64::INFINITY;
+                    let ok = fa & fb;
+                    #[allow(clippy::eq_op)]
+                    let b_nan = b != b;
+                    nan[l] += b_nan as u64;
+                    inf[l] += (b.abs() == f64::INFINITY) as u64;
+                    flushed[l] += (fa & (a != 0.0) & (b == 0.0)) as u64;
+                    let (a0, b0) = if ok { (a, b) } else { (0.0, 0.0) };
+                    let d = a0 - b0;
+                    fin[l] += ok as u64;
+                    err2[l] += d * d;
+                    mx[l] = if d.abs() > mx[l] { d.abs() } else { mx[l] };
+                    x2[l] += a0 * a0;
+                    y2[l] += b0 * b0;
+                    xy[l] += a0 * b0;
+                }
+            }
+            fin[0] -= (B - m) as u64;
+            pos += m;
+        }
+        ErrorSums {
+            n: (self.end - self.start) as u64,
+            n_finite: fin.iter().sum(),
+            sum_err2: err2.iter().sum(),
+            max_abs: mx.iter().copied().fold(0.0, f64::max),
+            sum_x2: x2.iter().sum(),
+            sum_y2: y2.iter().sum(),
+            sum_xy: xy.iter().sum(),
+            n_flushed: flushed.iter().sum(),
+            n_nan: nan.iter().sum(),
+            n_inf: inf.iter().sum(),
+        }
+    }
 }
