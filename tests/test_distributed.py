@@ -186,3 +186,28 @@ def test_cli_quantize_scheduler(client, tmp_path):
     assert out.returncode == 0, out.stderr
     qd.quantize_file(tmp_path / "src" / "a.safetensors", tmp_path / "a.safetensors", "int8")
     assert (tmp_path / "out" / "a.safetensors").read_bytes() == (tmp_path / "a.safetensors").read_bytes()
+
+
+def test_loglik_matrix(client, tmp_path):
+    from scipy.special import log_softmax
+
+    from quantdrift.distributed import loglik_matrix
+
+    rng = np.random.default_rng(7)
+    lengths = [12, 30, 7, 21]
+    rows, vocab = sum(lengths), 40
+    tokens = rng.integers(0, vocab, rows)
+    models = {}
+    want = []
+    for i in range(3):
+        logits = (rng.standard_normal((rows, vocab)) * 2).astype(np.float32)
+        np.save(tmp_path / f"m{i}.npy", logits)
+        models[f"m{i}"] = str(tmp_path / f"m{i}.npy")
+        lp = log_softmax(logits.astype(np.float64), axis=1)[np.arange(rows), tokens]
+        want.append(np.add.reduceat(lp, np.cumsum([0] + lengths[:-1])))
+    np.save(tmp_path / "tokens.npy", tokens)
+    L, names = loglik_matrix(models, str(tmp_path / "tokens.npy"), lengths, client)
+    assert names == ["m0", "m1", "m2"] and L.shape == (3, 4)
+    np.testing.assert_allclose(L, np.array(want), rtol=1e-5)
+    L_local, _ = loglik_matrix(models, tokens, lengths, None)
+    np.testing.assert_array_equal(L, L_local)

@@ -264,3 +264,82 @@ def _totals(rows: List[dict]) -> dict:
         "compression": b_in / b_out if b_out else float("nan"),
         "mean_bits_per_param": 8.0 * b_out / params if params else 0.0,
     }
+
+
+def _loglik_vector(logits: Any, tokens: Any, sequences: Any, opts: dict) -> Any:
+    """Runs on a worker: one model's log-likelihood of every text, the sum of
+    ln p(next token) over the text's scored rows (float64, one per text)."""
+    import numpy as np
+
+    from .compare import compare
+
+    report = compare(logits, logits, tokens=tokens, sequences=sequences, topk=(1,), progress=False, **opts)
+    if report.n_sequences == 0:
+        raise InputError(f"{_label(logits)}: give text boundaries (sequences=) to sum log-likelihoods per text")
+    scored = report.sequence >= 0
+    return -np.bincount(report.sequence[scored], weights=report.nll_base[scored].astype(np.float64),
+                        minlength=report.n_sequences)
+
+
+def loglik_matrix(
+    models: Any,
+    tokens: Any,
+    sequences: Any,
+    client: Any = None,
+    *,
+    retries: int = 2,
+    **compare_opts: Any,
+) -> Tuple[Any, List[str]]:
+    """The K×N log-likelihood matrix L of K models on N texts, one model per
+    Dask task.
+
+    ``L[i, s]`` = Σ ln p_i(next token) over the scored rows of text ``s``
+    (the log-likelihood vectors of Oyama et al.), from each model's logit
+    dump over the same token stream.
+
+    Args:
+        models: a mapping name → logits (path or fsspec URL of a dump the
+            workers can open, or an array), or a sequence of (name, logits).
+        tokens: the next token of every row, shared by all models (same
+            tokenizer and texts): an int array or a ``.npy`` path.
+        sequences: text lengths in rows (an array summing to the row count,
+            or one int), the text boundaries.
+        client: a ``distributed.Client``; default: the current client, or an
+            in-process run when there is none.
+        retries: attempts per model beyond the first.
+        **compare_opts: ``mask``, ``prompt_lengths``, ``temperature``,
+            ``chunk_bytes`` as for :func:`quantdrift.compare`.
+
+    Returns:
+        ``(L, names)``: a float64 array of shape (K, N) and the model names in
+        row order.
+    """
+    import numpy as np
+
+    items = list(models.items()) if hasattr(models, "items") else [tuple(m) for m in models]
+    if not items:
+        raise InputError("loglik_matrix needs at least one model")
+    names = [str(n) for n, _ in items]
+    if len(set(names)) != len(names):
+        raise InputError("loglik_matrix: model names must be distinct")
+    sources = [_as_path(x) for _, x in items]
+    tokens, sequences = _as_path(tokens), _as_path(sequences)
+    if client is None:
+        try:
+            client = _distributed().get_client()
+        except (ValueError, ImportError):
+            client = None
+    if client is None:
+        rows = [_loglik_vector(s, tokens, sequences, compare_opts) for s in sources]
+    else:
+        futures = [client.submit(_loglik_vector, s, tokens, sequences, compare_opts, pure=False, retries=retries)
+                   for s in sources]
+        rows = []
+        for name, future in zip(names, futures):
+            try:
+                rows.append(future.result())
+            except Exception as e:
+                for other in futures:
+                    other.cancel()
+                raise ShardError(f"model {name!r} failed: {type(e).__name__}: {e}") from e
+    return np.vstack(rows), names
