@@ -211,3 +211,22 @@ def test_loglik_matrix(client, tmp_path):
     np.testing.assert_allclose(L, np.array(want), rtol=1e-5)
     L_local, _ = loglik_matrix(models, tokens, lengths, None)
     np.testing.assert_array_equal(L, L_local)
+
+
+def test_fsspec_urls(client, tmp_path):
+    base, other, _ = write_shards(tmp_path, 2, 9, 16)
+    pairs = [(f"file://{b}", f"file://{o}") for b, o in shard_pairs(tmp_path / "base", tmp_path / "other")]
+    same_report(compare_shards(pairs, client), qd.compare(base, other, progress=False))
+    # a non-local filesystem goes through a temporary local copy on the worker
+    fsspec = pytest.importorskip("fsspec")
+    fs = fsspec.filesystem("memory")
+    with open(shard_pairs(tmp_path / "base", tmp_path / "other")[0][0], "rb") as f:
+        fs.pipe("/q/b.npy", f.read())
+    with open(shard_pairs(tmp_path / "base", tmp_path / "other")[0][1], "rb") as f:
+        fs.pipe("/q/o.npy", f.read())
+    from quantdrift.distributed import _compare_shard
+
+    # the worker-side function, run here where this memory filesystem lives
+    r = _compare_shard("memory://q/b.npy", "memory://q/o.npy", None, {})
+    np.testing.assert_array_equal(r.kl, qd.compare(base[:9], other[:9], progress=False).kl)
+    assert r.base_name == "memory://q/b.npy"

@@ -36,11 +36,49 @@ def _distributed():
     return distributed
 
 
+class _Local:
+    """Local paths for what a worker was given: plain paths and arrays pass
+    through; fsspec URLs (``s3://``, ``gs://``, ``https://``, ...) are
+    fetched into a temporary file on the worker, removed afterwards;
+    ``file://`` URLs become paths."""
+
+    def __init__(self) -> None:
+        self.temps: List[str] = []
+
+    def __call__(self, x: Any) -> Any:
+        if not (isinstance(x, str) and "://" in x):
+            return x
+        import fsspec  # a dependency of dask
+
+        fs, path = fsspec.core.url_to_fs(x)
+        if "file" in (fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)):
+            return path
+        import tempfile
+
+        fd, local = tempfile.mkstemp(prefix="quantdrift-", suffix=os.path.basename(path))
+        os.close(fd)
+        self.temps.append(local)
+        fs.get(path, local)
+        return local
+
+    def __enter__(self) -> "_Local":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for t in self.temps:
+            try:
+                os.unlink(t)
+            except OSError:
+                pass
+
+
 def _compare_shard(base: Any, other: Any, tokens: Any, opts: dict) -> Report:
     """Runs on a worker: one shard pair, compared where the files are."""
     from .compare import compare
 
-    report = compare(base, other, tokens=tokens, progress=False, **opts)
+    with _Local() as local:
+        report = compare(local(base), local(other), tokens=local(tokens), progress=False, **opts)
+    report.base_name, report.other_name = _label(base), _label(other)
     report._cache.clear()  # statistics are recomputed after the merge
     return report
 
@@ -75,9 +113,11 @@ def compare_shards(
 
     Args:
         pairs: ``(base, other)`` or ``(base, other, tokens)`` per shard, in
-            order: paths or fsspec URLs the workers can open (``.npy``,
-            safetensors, llama.cpp base files, top-k dumps), or arrays (which
+            order: paths the workers can open (a shared filesystem), fsspec
+            URLs (``s3://...``: each worker fetches its shard into a local
+            temporary file, which is removed afterwards), or arrays (which
             then travel to the workers — fine for tests, wasteful at scale).
+            Files: ``.npy``, safetensors, llama.cpp base files, top-k dumps.
         client: a ``distributed.Client``; default: the current client
             (``distributed.get_client()``), or an in-process run of the same
             code when there is none.
@@ -273,7 +313,9 @@ def _loglik_vector(logits: Any, tokens: Any, sequences: Any, opts: dict) -> Any:
 
     from .compare import compare
 
-    report = compare(logits, logits, tokens=tokens, sequences=sequences, topk=(1,), progress=False, **opts)
+    with _Local() as local:
+        src, toks = local(logits), local(tokens)
+        report = compare(src, src, tokens=toks, sequences=sequences, topk=(1,), progress=False, **opts)
     if report.n_sequences == 0:
         raise InputError(f"{_label(logits)}: give text boundaries (sequences=) to sum log-likelihoods per text")
     scored = report.sequence >= 0
