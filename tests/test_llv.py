@@ -153,3 +153,163 @@ def test_tsne_is_optional():
             m.coords("tsne")
     else:
         assert m.coords("tsne").shape == (6, 2)
+
+
+# ---------------------------------------------------------------------------
+# Markov-chain language models with exactly computable KL
+# ---------------------------------------------------------------------------
+#
+# A model is (π, P): the first token from π, each next one from P[previous].
+# Texts are sampled from a reference chain p0; models p_i perturb p0's logits.
+# log p_i(x) = log π_i(x_1) + Σ_t log P_i[x_{t−1}, x_t], and by the chain rule
+#   KL(p_i‖p_j) = KL(π_i‖π_j) + Σ_{t=2..T} Σ_a μ_{i,t−1}(a) KL(P_i[a]‖P_j[a])
+# with μ_{i,t} the state marginals under p_i. The ModelMap estimate
+# Var_s(ℓ_is − ℓ_js)/2 converges (N → ∞) to Var_{p0}(log p_i − log p_j)/2,
+# which is also computed exactly (by a forward recursion over states) and
+# equals the KL up to third order in the perturbation.
+
+V, T = 5, 16
+
+
+def _softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def make_models(k, eps, seed=0):
+    rng = np.random.default_rng(seed)
+    z0, Z0 = rng.normal(size=V), rng.normal(size=(V, V))
+    ref = (_softmax(z0), _softmax(Z0))
+    models = [(_softmax(z0 + eps * rng.normal(size=V)), _softmax(Z0 + eps * rng.normal(size=(V, V)))) for _ in range(k)]
+    return ref, models
+
+
+def sample(chain, n, rng):
+    pi, P = chain
+    x = np.empty((n, T), dtype=np.int64)
+    x[:, 0] = rng.choice(V, size=n, p=pi)
+    cum = np.cumsum(P, axis=1)
+    for t in range(1, T):
+        u = rng.random(n)[:, None]
+        x[:, t] = np.minimum((u > cum[x[:, t - 1]]).sum(1), V - 1)
+    return x
+
+
+def loglik(chain, x):
+    pi, P = chain
+    return np.log(pi)[x[:, 0]] + np.log(P)[x[:, :-1], x[:, 1:]].sum(1)
+
+
+def _kl(p, q):
+    return float(np.sum(p * (np.log(p) - np.log(q))))
+
+
+def exact_kl(a, b, marginal_chain=None):
+    """KL(a‖b) per text of length T; the state marginals are a's own unless
+    ``marginal_chain`` is given (then it is the expected per-token KL summed
+    over positions on texts from that chain)."""
+    m_pi, m_P = marginal_chain or a
+    total = _kl(a[0], b[0])
+    mu = m_pi.copy()
+    row_kl = np.array([_kl(a[1][r], b[1][r]) for r in range(V)])
+    for _ in range(1, T):
+        total += float(mu @ row_kl)
+        mu = mu @ m_P
+    return total
+
+
+def exact_half_var(a, b, ref):
+    """Var_{x~ref}(log a(x) − log b(x)) / 2, exactly, by a forward recursion
+    on (P(x_t=s), E[S·1{x_t=s}], E[S²·1{x_t=s}])."""
+    f = np.log(a[0]) - np.log(b[0])
+    g = np.log(a[1]) - np.log(b[1])
+    p = ref[0].copy()
+    m1, m2 = p * f, p * f * f
+    P = ref[1]
+    for _ in range(1, T):
+        p, m1, m2 = (
+            p @ P,
+            ((m1[:, None] + p[:, None] * g) * P).sum(0),
+            ((m2[:, None] + 2 * g * m1[:, None] + g * g * p[:, None]) * P).sum(0),
+        )
+    mean, second = m1.sum(), m2.sum()
+    return (second - mean * mean) / 2.0
+
+
+def logits_of(chain, x):
+    """Rows of logits for compare: row 0 of each text predicts x_1 from π,
+    row t predicts x_{t+1} from P[x_t]; T rows per text."""
+    pi, P = chain
+    n = x.shape[0]
+    rows = np.empty((n, T, V))
+    rows[:, 0] = np.log(pi)
+    rows[:, 1:] = np.log(P)[x[:, :-1]]
+    return rows.reshape(n * T, V)
+
+
+def test_markov_exact_formulas_agree_with_monte_carlo():
+    ref, (a, b) = make_models(2, 0.3, seed=5)
+    x = sample(a, 100_000, np.random.default_rng(0))
+    mc = np.mean(loglik(a, x) - loglik(b, x))
+    se = np.std(loglik(a, x) - loglik(b, x)) / math.sqrt(x.shape[0])
+    assert abs(mc - exact_kl(a, b)) < 4 * se
+    y = sample(ref, 100_000, np.random.default_rng(1))
+    d = loglik(a, y) - loglik(b, y)
+    se = np.std((d - d.mean()) ** 2) / 2 / math.sqrt(y.shape[0])
+    assert abs(np.var(d) / 2 - exact_half_var(a, b, ref)) < 4 * se
+
+
+def test_model_map_estimate_converges_to_exact_kl():
+    K, eps = 5, 0.15
+    ref, models = make_models(K, eps, seed=11)
+    pairs = [(i, j) for i in range(K) for j in range(i + 1, K)]
+    kl_exact = np.array([exact_kl(models[i], models[j]) for i, j in pairs])
+    target = np.array([exact_half_var(models[i], models[j], ref) for i, j in pairs])
+    # The limit of the estimator is the KL to within third order in eps.
+    assert np.max(np.abs(target - kl_exact) / kl_exact) < 0.1
+    errors = {}
+    for n in (250, 4000):
+        errs = []
+        for rep in range(8):
+            x = sample(ref, n, np.random.default_rng(1000 * n + rep))
+            L = np.stack([loglik(m, x) for m in models])
+            D = qd.ModelMap(L).kl_matrix()
+            est = np.array([D[i, j] for i, j in pairs])
+            errs.append(np.abs(est - kl_exact) / kl_exact)
+            if rep == 0:
+                # Within a few standard errors of the estimator's limit.
+                for (i, j), e, t in zip(pairs, est, target):
+                    d = L[i] - L[j]
+                    se = np.std((d - d.mean()) ** 2) / 2 / math.sqrt(n)
+                    assert abs(e - t) < 5 * se, (n, i, j, e, t, se)
+        errors[n] = float(np.mean(errs))
+    # 16× the texts: the error shrinks (like 1/sqrt(N): about 4×; allow slack).
+    assert errors[4000] < errors[250] / 2, errors
+    assert errors[4000] < 0.15, errors
+
+
+def test_estimate_agrees_with_streamed_per_token_kl():
+    K, eps, n = 3, 0.15, 3000
+    ref, models = make_models(K, eps, seed=21)
+    x = sample(ref, n, np.random.default_rng(7))
+    tokens = x.reshape(-1)
+    logits = [logits_of(m, x).astype(np.float32) for m in models]
+    # Log-likelihood vectors from logit dumps equal the chains' exact values.
+    L = np.stack([llv.loglik_from_logits(lg, tokens, T) for lg in logits])
+    np.testing.assert_allclose(L, np.stack([loglik(m, x) for m in models]), rtol=1e-5, atol=1e-4)
+    D = qd.ModelMap(L).kl_matrix()
+    for i in range(K):
+        for j in range(i + 1, K):
+            per_seq = qd.compare(logits[i], logits[j], tokens=tokens, sequences=T, progress=False).per_sequence()
+            assert per_seq.shape == (n,)
+            # compare's per-text sum of per-token KL estimates the KL with the
+            # texts' own (reference) state marginals, exactly computable:
+            want = exact_kl(models[i], models[j], marginal_chain=ref)
+            se = per_seq.std() / math.sqrt(n)
+            assert abs(per_seq.mean() - want) < 4 * se + 1e-5 * want
+            # and the Var/2 estimate agrees with it up to the estimator's noise
+            # plus the third-order gap between the two quantities.
+            d = L[i] - L[j]
+            se_var = np.std((d - d.mean()) ** 2) / 2 / math.sqrt(n)
+            assert abs(D[i, j] - per_seq.mean()) < 4 * se_var + 4 * se + 0.1 * want
