@@ -313,3 +313,99 @@ def test_estimate_agrees_with_streamed_per_token_kl():
             d = L[i] - L[j]
             se_var = np.std((d - d.mean()) ** 2) / 2 / math.sqrt(n)
             assert abs(D[i, j] - per_seq.mean()) < 4 * se_var + 4 * se + 0.1 * want
+
+
+# ---------------------------------------------------------------------------
+# Trajectories
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("c,n,noise", [(0.2, 12, 0.05), (1.0, 30, 0.1), (-0.5, 8, 0.02), (2.3, 200, 0.3)])
+def test_power_law_exponent_is_recovered_within_its_ci(c, n, noise):
+    hits = 0
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        t = np.geomspace(1000, 10000, n)
+        y = 3e-2 * t**c * np.exp(noise * rng.normal(size=n))
+        f = llv.fit_power_law(t, y)
+        assert f.ci[0] < f.exponent < f.ci[1]
+        hits += f.ci[0] <= c <= f.ci[1]
+    # A 95% interval covers the truth in about 38 of 40 draws.
+    assert hits >= 34, hits
+    # Noise-free: exact.
+    f = llv.fit_power_law(t, 5.0 * t**c)
+    assert f.exponent == pytest.approx(c, abs=1e-12) and f.prefactor == pytest.approx(5.0, rel=1e-9)
+    assert f.r2 == pytest.approx(1.0)
+
+
+def test_power_law_errors():
+    with pytest.raises(InputError):
+        llv.fit_power_law([1, 2], [1, 2])
+    with pytest.raises(InputError):
+        llv.fit_power_law([1, 2, 3], [1, 0, 2])
+    with pytest.raises(ShapeError):
+        llv.fit_power_law([1, 2, 3], [1, 2])
+
+
+def write_safetensors(path, tensors):
+    """A minimal independent safetensors writer: {name: (dtype, ndarray)}."""
+    header, blobs, off = {}, [], 0
+    for name, (dtype, arr) in tensors.items():
+        raw = np.ascontiguousarray(arr).tobytes()
+        header[name] = {"dtype": dtype, "shape": list(arr.shape), "data_offsets": [off, off + len(raw)]}
+        blobs.append(raw)
+        off += len(raw)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as fh:
+        fh.write(len(h).to_bytes(8, "little") + h + b"".join(blobs))
+
+
+def test_weight_distance_equals_numpy(tmp_path):
+    ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 arrays")
+    rng = np.random.default_rng(9)
+    kinds = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16}
+    shapes = {"embed": (37, 16), "layer.w": (16, 16), "layer.b": (16,), "scalar": ()}
+    a, b = {}, {}
+    want = 0.0
+    for i, (name, shape) in enumerate(shapes.items()):
+        da, db = list(kinds)[i % 3], list(kinds)[(i + 1) % 3]
+        xa = rng.normal(size=shape).astype(kinds[da])
+        xb = (xa.astype(np.float64) + 0.01 * rng.normal(size=shape)).astype(kinds[db])
+        a[name], b[name] = (da, xa), (db, xb)
+        want += float(np.sum((xa.astype(np.float64) - xb.astype(np.float64)) ** 2))
+    a["ids"] = b["ids"] = ("I64", np.arange(4, dtype=np.int64))  # not a float tensor: skipped
+    write_safetensors(tmp_path / "a.safetensors", a)
+    write_safetensors(tmp_path / "b.safetensors", b)
+    got = llv.weight_distance(tmp_path / "a.safetensors", tmp_path / "b.safetensors", chunk=7)
+    assert got == pytest.approx(want, rel=1e-12)
+    assert llv.weight_distance(tmp_path / "a.safetensors", tmp_path / "a.safetensors") == 0.0
+    del b["scalar"]
+    write_safetensors(tmp_path / "c.safetensors", b)
+    with pytest.raises(ShapeError, match="scalar"):
+        llv.weight_distance(tmp_path / "a.safetensors", tmp_path / "c.safetensors")
+
+
+def test_trajectory_recovers_exponents_and_alpha(tmp_path):
+    # Weights diffuse as W_t = W_0 + sqrt(t)·u (‖ΔW‖² ∝ t, c_w = 1); log-likelihood
+    # vectors drift as ℓ_t = ℓ_0 + t^0.1·v (KL ∝ t^0.2, c_q = 0.2): α = 0.2.
+    rng = np.random.default_rng(12)
+    steps = np.array([0, 1000, 2000, 4000, 8000, 16000, 32000], dtype=float)
+    u, v = rng.normal(size=(64, 8)), rng.normal(size=500)
+    base = rng.normal(-400, 30, size=500)
+    L = np.stack([base + (s**0.1) * v for s in steps])
+    paths = []
+    for s in steps:
+        p = tmp_path / f"step{int(s)}.safetensors"
+        write_safetensors(p, {"w": ("F32", (np.sqrt(s) * 1e-3 * u).astype(np.float32))})
+        paths.append(p)
+    tr = llv.Trajectory(steps, L, weights=paths)
+    lag = steps[1:]
+    np.testing.assert_allclose(tr.kl_from_start()[1:], np.var(np.outer(lag**0.1, v), axis=1) / 2, rtol=1e-9)
+    fits = tr.fit()
+    assert fits["c_q"].exponent == pytest.approx(0.2, abs=1e-9)
+    assert fits["c_w"].exponent == pytest.approx(1.0, abs=1e-5)
+    assert fits["alpha"] == pytest.approx(0.2, abs=1e-5)
+    pytest.importorskip("matplotlib", reason="plots need matplotlib")
+    tr.plot(tmp_path / "traj.png")
+    assert (tmp_path / "traj.png").stat().st_size > 0

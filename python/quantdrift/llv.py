@@ -41,6 +41,10 @@ __all__ = [
     "kl_matrix",
     "clip_quantile",
     "ModelMap",
+    "fit_power_law",
+    "PowerLaw",
+    "Trajectory",
+    "weight_distance",
 ]
 
 
@@ -360,3 +364,172 @@ class ModelMap:
 
     def __repr__(self) -> str:
         return f"ModelMap({self.shape[0]} models × {self.shape[1]} texts)"
+
+
+# ---------------------------------------------------------------------------
+# Trajectories: power-law exponents and weight distances
+# ---------------------------------------------------------------------------
+
+# Two-sided 97.5% Student-t quantiles by degrees of freedom (used when scipy
+# is absent); beyond the table the normal quantile 1.96 is close enough.
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+         10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
+
+
+def _t975(df: int) -> float:
+    try:
+        from scipy.stats import t
+
+        return float(t.ppf(0.975, df))
+    except ImportError:  # pragma: no cover - depends on the install
+        keys = [k for k in sorted(_T975) if k <= df]
+        return _T975[keys[-1]] if df <= 120 else 1.96
+
+
+class PowerLaw(tuple):
+    """``y ≈ a · t^c`` fitted on log–log axes: (exponent, ci_low, ci_high,
+    prefactor, r2)."""
+
+    __slots__ = ()
+
+    def __new__(cls, exponent: float, ci: Tuple[float, float], prefactor: float, r2: float):
+        return super().__new__(cls, (exponent, ci[0], ci[1], prefactor, r2))
+
+    exponent = property(lambda s: s[0])
+    ci = property(lambda s: (s[1], s[2]))
+    prefactor = property(lambda s: s[3])
+    r2 = property(lambda s: s[4])
+
+    def __repr__(self) -> str:
+        return f"PowerLaw(exponent={self[0]:.4g}, ci=({self[1]:.4g}, {self[2]:.4g}), r2={self[4]:.3f})"
+
+
+def fit_power_law(t: Any, y: Any) -> PowerLaw:
+    """Least-squares fit of ``log y = log a + c · log t``: the exponent ``c``
+    with a 95% confidence interval (Student t on n − 2 degrees of freedom),
+    the prefactor ``a`` and R². Needs at least 3 points with t > 0, y > 0."""
+    t = np.asarray(t, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if t.shape != y.shape:
+        raise ShapeError(f"t and y must have the same length, got {t.size} and {y.size}")
+    if t.size < 3:
+        raise InputError(f"a power-law fit with a confidence interval needs at least 3 points, got {t.size}")
+    if not (np.all(t > 0) and np.all(y > 0) and np.all(np.isfinite(t)) and np.all(np.isfinite(y))):
+        raise InputError("t and y must be finite and positive (they are fitted on log–log axes)")
+    lx, ly = np.log(t), np.log(y)
+    xm, ym = lx.mean(), ly.mean()
+    sxx = np.sum((lx - xm) ** 2)
+    if sxx == 0:
+        raise InputError("t must take at least two distinct values")
+    c = float(np.sum((lx - xm) * (ly - ym)) / sxx)
+    b = ym - c * xm
+    resid = ly - (b + c * lx)
+    df = t.size - 2
+    se = math.sqrt(float(np.sum(resid**2)) / df / sxx)
+    half = _t975(df) * se
+    sst = float(np.sum((ly - ym) ** 2))
+    r2 = 1.0 - float(np.sum(resid**2)) / sst if sst > 0 else 1.0
+    return PowerLaw(c, (c - half, c + half), math.exp(b), r2)
+
+
+def weight_distance(a: PathLike, b: PathLike, chunk: int = 1 << 22) -> float:
+    """``‖W_a − W_b‖²`` summed over every floating-point tensor of two
+    safetensors checkpoints (files or ``*.index.json`` sets), in float64.
+
+    Tensors are read one at a time, in chunks of ``chunk`` elements, from the
+    memory-mapped files, and their pages are released after use, so memory
+    stays bounded whatever the checkpoint size. Both checkpoints must hold the
+    same float tensor names and shapes (dtypes may differ: F32/F16/BF16/F64).
+    """
+    from .checkpoint import _Checkpoint
+
+    total = 0.0
+    with _Checkpoint(a) as ca, _Checkpoint(b) as cb:
+        fa = {n: e for n, e in ca.entries.items() if e.dtype in ("F64", "F32", "F16", "BF16")}
+        fb = {n: e for n, e in cb.entries.items() if e.dtype in ("F64", "F32", "F16", "BF16")}
+        if set(fa) != set(fb):
+            only = sorted(set(fa) ^ set(fb))[:5]
+            raise ShapeError(f"{a} and {b} hold different float tensors (e.g. {only})")
+        for name in sorted(fa):
+            ea, eb = fa[name], fb[name]
+            if ea.shape != eb.shape:
+                raise ShapeError(f"tensor {name!r}: shape {list(ea.shape)} in {a} but {list(eb.shape)} in {b}")
+            va, vb = ea.array().reshape(-1), eb.array().reshape(-1)
+            for s in range(0, va.size, chunk):
+                d = va[s : s + chunk].astype(np.float64) - vb[s : s + chunk].astype(np.float64)
+                total += float(np.dot(d, d))
+            del va, vb
+            ea.source.release(ea.start, ea.end)
+            eb.source.release(eb.start, eb.end)
+    return total
+
+
+class Trajectory:
+    """Ordered checkpoints of one training run: ``steps`` (T values,
+    increasing), their log-likelihood vectors ``L`` (T×N), optionally their
+    safetensors ``weights`` paths, and the texts' ``text_bytes``.
+
+    ``kl_from_start()`` is the KL estimate between each checkpoint and the
+    first (row 0 of the KL matrix); ``weight_from_start()`` is
+    ``‖W_t − W_t0‖²``; ``fit()`` fits both against ``t − t0`` on log–log
+    axes and returns the exponents c_q, c_w and the Hölder exponent
+    α = c_q / c_w.
+    """
+
+    def __init__(self, steps: Any, L: Any, weights: Optional[Sequence[PathLike]] = None,
+                 text_bytes: Any = None, clip: Optional[float] = None):
+        steps = np.asarray(steps, dtype=np.float64).ravel()
+        L = _matrix(L)
+        if steps.size != L.shape[0]:
+            raise ShapeError(f"steps has {steps.size} values but L has {L.shape[0]} rows (checkpoints)")
+        if np.any(np.diff(steps) <= 0):
+            raise InputError("steps must be strictly increasing")
+        if weights is not None and len(weights) != steps.size:
+            raise ShapeError(f"weights has {len(weights)} paths but there are {steps.size} checkpoints")
+        self.steps = steps
+        self.map = ModelMap(L, names=[f"step{s:g}" for s in steps], text_bytes=text_bytes, clip=clip)
+        self.weights = list(weights) if weights is not None else None
+        self._w: Optional[np.ndarray] = None
+
+    def kl_from_start(self, unit: str = "nats") -> np.ndarray:
+        return self.map.kl_matrix(unit)[0]
+
+    def weight_from_start(self) -> np.ndarray:
+        if self.weights is None:
+            raise InputError("weight distances need the checkpoints' safetensors files: Trajectory(..., weights=[...])")
+        if self._w is None:
+            self._w = np.array([0.0] + [weight_distance(self.weights[0], w) for w in self.weights[1:]])
+        return self._w
+
+    def fit(self, unit: str = "nats") -> Dict[str, Any]:
+        """{"c_q": PowerLaw, "c_w": PowerLaw or None, "alpha": c_q/c_w or None}."""
+        lag = self.steps[1:] - self.steps[0]
+        cq = fit_power_law(lag, self.kl_from_start(unit)[1:])
+        out: Dict[str, Any] = {"c_q": cq, "c_w": None, "alpha": None}
+        if self.weights is not None:
+            cw = fit_power_law(lag, self.weight_from_start()[1:])
+            out["c_w"] = cw
+            out["alpha"] = cq.exponent / cw.exponent
+        return out
+
+    def plot(self, path: PathLike, unit: str = "nats") -> None:
+        """Log–log plot of the KL and (if known) weight distance from the start
+        against the lag, with the fitted lines; written atomically."""
+        from ._plots import _pyplot, save
+
+        plt = _pyplot()
+        lag = self.steps[1:] - self.steps[0]
+        fits = self.fit(unit)
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        series = [("KL", self.kl_from_start(unit)[1:], fits["c_q"])]
+        if fits["c_w"] is not None:
+            series.append(("‖ΔW‖²", self.weight_from_start()[1:], fits["c_w"]))
+        for label, y, f in series:
+            ax.loglog(lag, y, "o", label=f"{label} (c = {f.exponent:.3g})")
+            ax.loglog(lag, f.prefactor * lag**f.exponent, "-", lw=1)
+        ax.set_xlabel("t − t0")
+        ax.legend()
+        try:
+            save(fig, path)
+        finally:
+            plt.close(fig)
