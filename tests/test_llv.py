@@ -409,3 +409,20 @@ def test_trajectory_recovers_exponents_and_alpha(tmp_path):
     pytest.importorskip("matplotlib", reason="plots need matplotlib")
     tr.plot(tmp_path / "traj.png")
     assert (tmp_path / "traj.png").stat().st_size > 0
+
+
+def test_cli_map(tmp_path, capsys):
+    from quantdrift.cli import main
+
+    rng = np.random.default_rng(13)
+    L = rng.normal(-300, 20, size=(4, 200))
+    np.save(tmp_path / "L.npy", L)
+    (tmp_path / "names.txt").write_text("a\nb\nc\nd\n")
+    rc = main(["map", str(tmp_path / "L.npy"), "--names", str(tmp_path / "names.txt"),
+               "--json", str(tmp_path / "m.json"), "--nearest", "2"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "4 models x 200 texts" in out and out.count("\n") == 5
+    d = json.loads((tmp_path / "m.json").read_text())
+    np.testing.assert_allclose(d["kl_nats"], numpy_kl(L), rtol=1e-10)
+    assert main(["map", str(tmp_path / "missing.npy")]) == 2
