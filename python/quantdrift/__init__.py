@@ -24,6 +24,7 @@ from .sources import LogitSource, check_pair, open_source, write_llamacpp_base, 
 from .stats import ErrorStats, error_stats
 from .compare import compare
 from .report import Report
+from .llv import ModelMap
 from .checkpoint import QuantizeReport, Recipe, dequantize_file, quantize_file
 from .quant import (
     Partition,
@@ -60,6 +61,7 @@ __all__ = [
     "error_stats",
     "compare",
     "Report",
+    "ModelMap",
     "ErrorStats",
     "quantize",
     "dequantize",

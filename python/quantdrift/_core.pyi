@@ -110,6 +110,17 @@ def llamacpp_encode(
 def llamacpp_decode(packed: npt.NDArray[np.uint16], vocab: int) -> npt.NDArray[np.float32]:
     """float32 log-probabilities (rows × vocab) of packed llama.cpp base-file rows."""
     ...
+# --- llv (rust/py/src/llv.rs) ---
+
+def llv_double_centre(l: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Q = H_K · L · H_N of a K×N float64 C-contiguous matrix: each row's mean
+    over texts removed, then each column's mean over models."""
+    ...
+def llv_kl_matrix(q: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """K×K matrix ‖q_i − q_j‖² / (2N) between the rows of a K×N float64
+    C-contiguous matrix, in nats per text; exactly symmetric, zero diagonal."""
+    ...
+
 # --- quant (rust/py/src/quant.rs) ---
 # partition: (shape, tile, labels or None, parts)
 _Part = Tuple[Tuple[int, ...], Tuple[int, ...], Optional[npt.NDArray[np.int64]], int]

@@ -33,6 +33,35 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _map(args: argparse.Namespace) -> int:
+    """A model map from a log-likelihood matrix: nearest neighbours, optional figure and JSON."""
+    import json
+
+    from ._files import atomic_path
+    from .llv import ModelMap, load_loglik
+
+    L, names = load_loglik(args.matrix)
+    if args.names:
+        names = [line.strip() for line in open(args.names, encoding="utf-8") if line.strip()]
+    text_bytes = None
+    if args.text_bytes:
+        import numpy as np
+
+        text_bytes = np.loadtxt(args.text_bytes, ndmin=1)
+    m = ModelMap(L, names=names, text_bytes=text_bytes, clip=args.clip)
+    unit = "bpb" if text_bytes is not None else "nats"
+    print(f"{m.shape[0]} models x {m.shape[1]} texts; KL estimates in {'bits/byte' if unit == 'bpb' else 'nats/text'}")
+    for name in m.names:
+        near = ", ".join(f"{n} {v:.4g}" for n, v in m.nearest(name, args.nearest, unit=unit))
+        print(f"{name}: {near}")
+    if args.json:
+        with atomic_path(args.json) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(m.to_dict(), fh)
+    if args.plot:
+        m.plot(args.plot, method=args.method)
+    return 0
+
+
 def _convert(args: argparse.Namespace) -> int:
     """Converts logits between formats (e.g. .npy + token ids -> llama.cpp base file)."""
     import numpy as np
@@ -209,6 +238,17 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--scheduler", metavar="ADDRESS",
                      help="run on a Dask cluster: BASE and OTHER are folders/globs of shards, paired by name order")
     cmp.set_defaults(run=_compare)
+
+    mp = commands.add_parser("map", help="a model map from a models x texts log-likelihood matrix")
+    mp.add_argument("matrix", help="the matrix: .npy, .csv, .json or .pkl (name -> vector)")
+    mp.add_argument("--names", help="a text file with one model name per line")
+    mp.add_argument("--text-bytes", help="a text file with each text's byte length (KL in bits/byte)")
+    mp.add_argument("--clip", type=float, help="clip L at this global quantile first (the original uses 0.02)")
+    mp.add_argument("--nearest", type=int, default=3, help="neighbours to list per model (default 3)")
+    mp.add_argument("--method", default="pca", choices=["pca", "mds", "tsne"], help="map coordinates (default pca)")
+    mp.add_argument("--plot", help="write the map here (PNG/PDF/SVG; needs matplotlib)")
+    mp.add_argument("--json", help="write names and KL matrices as JSON here")
+    mp.set_defaults(run=_map)
 
     _add_checkpoint_commands(commands)
     return parser

@@ -3,6 +3,8 @@
 //! * [`diverge`]: divergences (KL, JS, TV, Hellinger, χ², Rényi, cross-entropy,
 //!   entropy) between rows of next-token distributions given as logits,
 //!   log-probabilities or probabilities, and the distillation loss.
+//! * [`llv`]: log-likelihood vectors: double centring and the KL estimate
+//!   matrix between models.
 //! * [`lowp`]: low-precision float formats, rounding modes, MX and NVFP4
 //!   block formats, error statistics.
 //! * [`io`]: row codecs of logit file formats (llama.cpp's KL-divergence
@@ -20,6 +22,7 @@
 pub mod diverge;
 pub mod error;
 pub mod io;
+pub mod llv;
 pub mod lowp;
 pub mod quant;
 pub mod roofline;

@@ -9,6 +9,7 @@ mod compare;
 mod diverge;
 mod errors;
 mod io;
+mod llv;
 mod lowp;
 mod quant;
 
@@ -23,6 +24,8 @@ mod _core {
     use super::diverge::{distill_loss, divergence};
     #[pymodule_export]
     use super::io::{llamacpp_decode, llamacpp_encode};
+    #[pymodule_export]
+    use super::llv::{llv_double_centre, llv_kl_matrix};
     #[pymodule_export]
     use super::lowp::{
         error_stats, lowp_decode, lowp_encode, lowp_format_info, lowp_formats, lowp_pack,

@@ -1,0 +1,45 @@
+//! Log-likelihood vectors: double centring and the KL estimate matrix.
+
+use numpy::{IntoPyArray, PyArray2, PyArrayMethods, PyReadonlyArray2, PyUntypedArrayMethods};
+use pyo3::prelude::*;
+use quantdrift_core::{llv, CoreError};
+
+use crate::errors::Result;
+
+fn borrow<'a>(a: &'a PyReadonlyArray2<'_, f64>, arg: &str) -> Result<(&'a [f64], usize, usize)> {
+    if !a.is_c_contiguous() {
+        return Err(CoreError::Value(format!("{arg} must be C-contiguous")).into());
+    }
+    let (k, n) = (a.shape()[0], a.shape()[1]);
+    let data = a
+        .as_slice()
+        .map_err(|e| CoreError::Value(format!("{arg}: {e}")))?;
+    Ok((data, k, n))
+}
+
+fn to_core(e: PyErr) -> CoreError {
+    CoreError::Value(e.to_string())
+}
+
+/// ``Q = H_K · L · H_N`` of a K×N float64 matrix ``L`` (C-contiguous).
+#[pyfunction]
+pub fn llv_double_centre<'py>(
+    py: Python<'py>,
+    l: PyReadonlyArray2<'py, f64>,
+) -> Result<Bound<'py, PyArray2<f64>>> {
+    let (data, k, n) = borrow(&l, "L")?;
+    let q = py.detach(|| llv::double_centre(data, k, n))?;
+    Ok(q.into_pyarray(py).reshape([k, n]).map_err(to_core)?)
+}
+
+/// K×K matrix ``‖q_i − q_j‖² / (2N)`` between the rows of a K×N float64
+/// matrix ``Q`` (C-contiguous), in nats per text.
+#[pyfunction]
+pub fn llv_kl_matrix<'py>(
+    py: Python<'py>,
+    q: PyReadonlyArray2<'py, f64>,
+) -> Result<Bound<'py, PyArray2<f64>>> {
+    let (data, k, n) = borrow(&q, "Q")?;
+    let kl = py.detach(|| llv::kl_matrix(data, k, n))?;
+    Ok(kl.into_pyarray(py).reshape([k, k]).map_err(to_core)?)
+}

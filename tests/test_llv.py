@@ -1,0 +1,428 @@
+"""Log-likelihood vectors: centring and the KL matrix against float64 numpy,
+loaders, the model map, and the estimate against exactly computable KL of
+small Markov-chain language models."""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+
+import numpy as np
+import pytest
+
+import quantdrift as qd
+from quantdrift import llv
+from quantdrift._errors import InputError, ShapeError
+
+
+def numpy_centre(L):
+    Xi = L - L.mean(axis=1, keepdims=True)
+    return Xi - Xi.mean(axis=0, keepdims=True)
+
+
+def numpy_kl(L):
+    K = L.shape[0]
+    out = np.zeros((K, K))
+    for i in range(K):
+        for j in range(K):
+            out[i, j] = np.var(L[i] - L[j]) / 2.0  # ddof=0, as the original
+    return out
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (2, 1), (3, 5), (17, 1025), (40, 2051)])
+def test_centring_and_kl_equal_numpy(shape):
+    rng = np.random.default_rng(sum(shape))
+    L = rng.normal(-300.0, 40.0, size=shape)
+    Q = llv.double_centre(L)
+    np.testing.assert_allclose(Q, numpy_centre(L), rtol=0, atol=1e-10)
+    # H_K L H_N as an explicit matrix product, too.
+    K, N = shape
+    HK, HN = np.eye(K) - 1.0 / K, np.eye(N) - 1.0 / N
+    if N <= 1100:
+        np.testing.assert_allclose(Q, HK @ L @ HN, rtol=0, atol=1e-9)
+    D = llv.kl_matrix(Q)
+    assert D.shape == (K, K) and D.dtype == np.float64
+    assert np.array_equal(D, D.T)
+    assert np.all(np.diag(D) == 0.0)
+    want = numpy_kl(L)
+    np.testing.assert_allclose(D, want, rtol=1e-10, atol=1e-12)
+    # ‖q_i − q_j‖² / 2N form.
+    sq = ((Q[:, None, :] - Q[None, :, :]) ** 2).sum(-1) / (2 * N) if K * K * N < 2e7 else want
+    np.testing.assert_allclose(D, sq, rtol=1e-10, atol=1e-12)
+
+
+def test_errors():
+    with pytest.raises(ShapeError):
+        llv.double_centre(np.zeros(5))
+    with pytest.raises(ShapeError):
+        llv.double_centre(np.zeros((0, 5)))
+    L = np.zeros((2, 3))
+    L[1, 2] = np.nan
+    with pytest.raises(InputError, match=r"L\[1, 2\]"):
+        llv.double_centre(L)
+    with pytest.raises(ShapeError, match="names"):
+        qd.ModelMap(np.zeros((2, 3)), names=["a"])
+    with pytest.raises(InputError, match="text_bytes"):
+        qd.ModelMap(np.zeros((2, 3))).kl_matrix("bpb")
+    with pytest.raises(InputError, match="unit"):
+        qd.ModelMap(np.zeros((2, 3))).kl_matrix("bits")
+
+
+def test_token_logprobs_are_summed_per_text():
+    rng = np.random.default_rng(1)
+    lengths = np.array([3, 0, 1, 5])
+    lp = -rng.random((2, lengths.sum()))
+    got = llv.loglik_from_token_logprobs(lp, lengths)
+    want = np.stack([[row[a:b].sum() for a, b in zip(np.r_[0, np.cumsum(lengths)[:-1]], np.cumsum(lengths))] for row in lp])
+    np.testing.assert_allclose(got, want, rtol=1e-14)
+    assert got[0, 1] == 0.0
+    np.testing.assert_allclose(llv.loglik_from_token_logprobs(lp[0], lengths), want[0])
+    with pytest.raises(ShapeError):
+        llv.loglik_from_token_logprobs(lp[:, 1:], lengths)
+
+
+def test_loaders(tmp_path):
+    rng = np.random.default_rng(2)
+    L = rng.normal(size=(3, 4))
+    names = ["a", "b", "c"]
+    np.save(tmp_path / "L.npy", L)
+    got, n = llv.load_loglik(tmp_path / "L.npy")
+    assert n is None and np.array_equal(got, L)
+    (tmp_path / "L.csv").write_text("\n".join(f"{m}," + ",".join(repr(float(v)) for v in row) for m, row in zip(names, L)))
+    got, n = llv.load_loglik(tmp_path / "L.csv")
+    assert n == names and np.array_equal(got, L)
+    (tmp_path / "plain.csv").write_text("\n".join(",".join(repr(float(v)) for v in row) for row in L))
+    got, n = llv.load_loglik(tmp_path / "plain.csv")
+    assert n is None and np.array_equal(got, L)
+    (tmp_path / "L.json").write_text(json.dumps({m: row.tolist() for m, row in zip(names, L)}))
+    got, n = llv.load_loglik(tmp_path / "L.json")
+    assert n == names and np.array_equal(got, L)
+    with open(tmp_path / "L.pkl", "wb") as fh:
+        pickle.dump({m: row for m, row in zip(names, L)}, fh)
+    got, n = llv.load_loglik(tmp_path / "L.pkl")
+    assert n == names and np.array_equal(got, L)
+    (tmp_path / "ragged.json").write_text(json.dumps({"a": [1, 2], "b": [1]}))
+    with pytest.raises(ShapeError):
+        llv.load_loglik(tmp_path / "ragged.json")
+
+
+def test_model_map_units_nearest_coords_and_plot(tmp_path):
+    rng = np.random.default_rng(3)
+    base = rng.normal(-500, 50, size=400)
+    shift_cd, shift_e = rng.normal(0, 3.0, size=400), rng.normal(0, 10.0, size=400)
+    tweak = [rng.normal(0, 0.1, size=400) for _ in range(5)]
+    L = np.stack([base + tweak[0], base + tweak[1], base + shift_cd + tweak[2], base + shift_cd + tweak[3], base + shift_e + tweak[4]])
+    names = ["a", "b", "c", "d", "e"]
+    nbytes = rng.integers(300, 1000, size=400)
+    m = qd.ModelMap(L, names=names, text_bytes=nbytes)
+    nats = m.kl_matrix()
+    np.testing.assert_allclose(nats, numpy_kl(L), rtol=1e-10)
+    np.testing.assert_allclose(m.kl_matrix("bpb"), numpy_kl(L) / (nbytes.mean() * math.log(2)), rtol=1e-10)
+    near = m.nearest("a", 4)
+    assert near[0][0] == "b" and {near[1][0], near[2][0]} == {"c", "d"} and near[3][0] == "e"
+    assert near[0][1] == nats[0, 1]
+    assert m.nearest("c", 1)[0][0] == "d"
+    with pytest.raises(InputError, match="unknown model"):
+        m.nearest("zz")
+    # PCA coordinates in full dimension reproduce the KL matrix as squared distances.
+    X = m.coords("pca", dims=5)
+    D = ((X[:, None] - X[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(D, nats, rtol=1e-8, atol=1e-10)
+    Y = m.coords("mds", dims=5)
+    np.testing.assert_allclose(((Y[:, None] - Y[None]) ** 2).sum(-1), nats, rtol=1e-6, atol=1e-8)
+    assert m.coords("pca").shape == (5, 2)
+    # Clipping at a global quantile.
+    c = qd.ModelMap(L, clip=0.02)
+    np.testing.assert_array_equal(c.L, np.maximum(L, np.quantile(L, 0.02)))
+    d = m.to_dict()
+    json.dumps(d)
+    assert d["names"] == names and len(d["kl_bpb"]) == 5
+    pytest.importorskip("matplotlib", reason="plots need matplotlib")
+    m.plot(tmp_path / "map.png", groups=["x", "x", "y", "y", "z"])
+    assert (tmp_path / "map.png").stat().st_size > 0
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_tsne_is_optional():
+    m = qd.ModelMap(np.random.default_rng(4).normal(size=(6, 50)))
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        with pytest.raises(qd.QuantdriftError, match="quantdrift\\[tsne\\]"):
+            m.coords("tsne")
+    else:
+        assert m.coords("tsne").shape == (6, 2)
+
+
+# ---------------------------------------------------------------------------
+# Markov-chain language models with exactly computable KL
+# ---------------------------------------------------------------------------
+#
+# A model is (π, P): the first token from π, each next one from P[previous].
+# Texts are sampled from a reference chain p0; models p_i perturb p0's logits.
+# log p_i(x) = log π_i(x_1) + Σ_t log P_i[x_{t−1}, x_t], and by the chain rule
+#   KL(p_i‖p_j) = KL(π_i‖π_j) + Σ_{t=2..T} Σ_a μ_{i,t−1}(a) KL(P_i[a]‖P_j[a])
+# with μ_{i,t} the state marginals under p_i. The ModelMap estimate
+# Var_s(ℓ_is − ℓ_js)/2 converges (N → ∞) to Var_{p0}(log p_i − log p_j)/2,
+# which is also computed exactly (by a forward recursion over states) and
+# equals the KL up to third order in the perturbation.
+
+V, T = 5, 16
+
+
+def _softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def make_models(k, eps, seed=0):
+    rng = np.random.default_rng(seed)
+    z0, Z0 = rng.normal(size=V), rng.normal(size=(V, V))
+    ref = (_softmax(z0), _softmax(Z0))
+    models = [(_softmax(z0 + eps * rng.normal(size=V)), _softmax(Z0 + eps * rng.normal(size=(V, V)))) for _ in range(k)]
+    return ref, models
+
+
+def sample(chain, n, rng):
+    pi, P = chain
+    x = np.empty((n, T), dtype=np.int64)
+    x[:, 0] = rng.choice(V, size=n, p=pi)
+    cum = np.cumsum(P, axis=1)
+    for t in range(1, T):
+        u = rng.random(n)[:, None]
+        x[:, t] = np.minimum((u > cum[x[:, t - 1]]).sum(1), V - 1)
+    return x
+
+
+def loglik(chain, x):
+    pi, P = chain
+    return np.log(pi)[x[:, 0]] + np.log(P)[x[:, :-1], x[:, 1:]].sum(1)
+
+
+def _kl(p, q):
+    return float(np.sum(p * (np.log(p) - np.log(q))))
+
+
+def exact_kl(a, b, marginal_chain=None):
+    """KL(a‖b) per text of length T; the state marginals are a's own unless
+    ``marginal_chain`` is given (then it is the expected per-token KL summed
+    over positions on texts from that chain)."""
+    m_pi, m_P = marginal_chain or a
+    total = _kl(a[0], b[0])
+    mu = m_pi.copy()
+    row_kl = np.array([_kl(a[1][r], b[1][r]) for r in range(V)])
+    for _ in range(1, T):
+        total += float(mu @ row_kl)
+        mu = mu @ m_P
+    return total
+
+
+def exact_half_var(a, b, ref):
+    """Var_{x~ref}(log a(x) − log b(x)) / 2, exactly, by a forward recursion
+    on (P(x_t=s), E[S·1{x_t=s}], E[S²·1{x_t=s}])."""
+    f = np.log(a[0]) - np.log(b[0])
+    g = np.log(a[1]) - np.log(b[1])
+    p = ref[0].copy()
+    m1, m2 = p * f, p * f * f
+    P = ref[1]
+    for _ in range(1, T):
+        p, m1, m2 = (
+            p @ P,
+            ((m1[:, None] + p[:, None] * g) * P).sum(0),
+            ((m2[:, None] + 2 * g * m1[:, None] + g * g * p[:, None]) * P).sum(0),
+        )
+    mean, second = m1.sum(), m2.sum()
+    return (second - mean * mean) / 2.0
+
+
+def logits_of(chain, x):
+    """Rows of logits for compare: row 0 of each text predicts x_1 from π,
+    row t predicts x_{t+1} from P[x_t]; T rows per text."""
+    pi, P = chain
+    n = x.shape[0]
+    rows = np.empty((n, T, V))
+    rows[:, 0] = np.log(pi)
+    rows[:, 1:] = np.log(P)[x[:, :-1]]
+    return rows.reshape(n * T, V)
+
+
+def test_markov_exact_formulas_agree_with_monte_carlo():
+    ref, (a, b) = make_models(2, 0.3, seed=5)
+    x = sample(a, 100_000, np.random.default_rng(0))
+    mc = np.mean(loglik(a, x) - loglik(b, x))
+    se = np.std(loglik(a, x) - loglik(b, x)) / math.sqrt(x.shape[0])
+    assert abs(mc - exact_kl(a, b)) < 4 * se
+    y = sample(ref, 100_000, np.random.default_rng(1))
+    d = loglik(a, y) - loglik(b, y)
+    se = np.std((d - d.mean()) ** 2) / 2 / math.sqrt(y.shape[0])
+    assert abs(np.var(d) / 2 - exact_half_var(a, b, ref)) < 4 * se
+
+
+def test_model_map_estimate_converges_to_exact_kl():
+    K, eps = 5, 0.15
+    ref, models = make_models(K, eps, seed=11)
+    pairs = [(i, j) for i in range(K) for j in range(i + 1, K)]
+    kl_exact = np.array([exact_kl(models[i], models[j]) for i, j in pairs])
+    target = np.array([exact_half_var(models[i], models[j], ref) for i, j in pairs])
+    # The limit of the estimator is the KL to within third order in eps.
+    assert np.max(np.abs(target - kl_exact) / kl_exact) < 0.1
+    errors = {}
+    for n in (250, 4000):
+        errs = []
+        for rep in range(8):
+            x = sample(ref, n, np.random.default_rng(1000 * n + rep))
+            L = np.stack([loglik(m, x) for m in models])
+            D = qd.ModelMap(L).kl_matrix()
+            est = np.array([D[i, j] for i, j in pairs])
+            errs.append(np.abs(est - kl_exact) / kl_exact)
+            if rep == 0:
+                # Within a few standard errors of the estimator's limit.
+                for (i, j), e, t in zip(pairs, est, target):
+                    d = L[i] - L[j]
+                    se = np.std((d - d.mean()) ** 2) / 2 / math.sqrt(n)
+                    assert abs(e - t) < 5 * se, (n, i, j, e, t, se)
+        errors[n] = float(np.mean(errs))
+    # 16× the texts: the error shrinks (like 1/sqrt(N): about 4×; allow slack).
+    assert errors[4000] < errors[250] / 2, errors
+    assert errors[4000] < 0.15, errors
+
+
+def test_estimate_agrees_with_streamed_per_token_kl():
+    K, eps, n = 3, 0.15, 3000
+    ref, models = make_models(K, eps, seed=21)
+    x = sample(ref, n, np.random.default_rng(7))
+    tokens = x.reshape(-1)
+    logits = [logits_of(m, x).astype(np.float32) for m in models]
+    # Log-likelihood vectors from logit dumps equal the chains' exact values.
+    L = np.stack([llv.loglik_from_logits(lg, tokens, T) for lg in logits])
+    np.testing.assert_allclose(L, np.stack([loglik(m, x) for m in models]), rtol=1e-5, atol=1e-4)
+    D = qd.ModelMap(L).kl_matrix()
+    for i in range(K):
+        for j in range(i + 1, K):
+            per_seq = qd.compare(logits[i], logits[j], tokens=tokens, sequences=T, progress=False).per_sequence()
+            assert per_seq.shape == (n,)
+            # compare's per-text sum of per-token KL estimates the KL with the
+            # texts' own (reference) state marginals, exactly computable:
+            want = exact_kl(models[i], models[j], marginal_chain=ref)
+            se = per_seq.std() / math.sqrt(n)
+            assert abs(per_seq.mean() - want) < 4 * se + 1e-5 * want
+            # and the Var/2 estimate agrees with it up to the estimator's noise
+            # plus the third-order gap between the two quantities.
+            d = L[i] - L[j]
+            se_var = np.std((d - d.mean()) ** 2) / 2 / math.sqrt(n)
+            assert abs(D[i, j] - per_seq.mean()) < 4 * se_var + 4 * se + 0.1 * want
+
+
+# ---------------------------------------------------------------------------
+# Trajectories
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("c,n,noise", [(0.2, 12, 0.05), (1.0, 30, 0.1), (-0.5, 8, 0.02), (2.3, 200, 0.3)])
+def test_power_law_exponent_is_recovered_within_its_ci(c, n, noise):
+    hits = 0
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        t = np.geomspace(1000, 10000, n)
+        y = 3e-2 * t**c * np.exp(noise * rng.normal(size=n))
+        f = llv.fit_power_law(t, y)
+        assert f.ci[0] < f.exponent < f.ci[1]
+        hits += f.ci[0] <= c <= f.ci[1]
+    # A 95% interval covers the truth in about 38 of 40 draws.
+    assert hits >= 34, hits
+    # Noise-free: exact.
+    f = llv.fit_power_law(t, 5.0 * t**c)
+    assert f.exponent == pytest.approx(c, abs=1e-12) and f.prefactor == pytest.approx(5.0, rel=1e-9)
+    assert f.r2 == pytest.approx(1.0)
+
+
+def test_power_law_errors():
+    with pytest.raises(InputError):
+        llv.fit_power_law([1, 2], [1, 2])
+    with pytest.raises(InputError):
+        llv.fit_power_law([1, 2, 3], [1, 0, 2])
+    with pytest.raises(ShapeError):
+        llv.fit_power_law([1, 2, 3], [1, 2])
+
+
+def write_safetensors(path, tensors):
+    """A minimal independent safetensors writer: {name: (dtype, ndarray)}."""
+    header, blobs, off = {}, [], 0
+    for name, (dtype, arr) in tensors.items():
+        raw = np.ascontiguousarray(arr).tobytes()
+        header[name] = {"dtype": dtype, "shape": list(arr.shape), "data_offsets": [off, off + len(raw)]}
+        blobs.append(raw)
+        off += len(raw)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as fh:
+        fh.write(len(h).to_bytes(8, "little") + h + b"".join(blobs))
+
+
+def test_weight_distance_equals_numpy(tmp_path):
+    ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 arrays")
+    rng = np.random.default_rng(9)
+    kinds = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16}
+    shapes = {"embed": (37, 16), "layer.w": (16, 16), "layer.b": (16,), "scalar": ()}
+    a, b = {}, {}
+    want = 0.0
+    for i, (name, shape) in enumerate(shapes.items()):
+        da, db = list(kinds)[i % 3], list(kinds)[(i + 1) % 3]
+        xa = rng.normal(size=shape).astype(kinds[da])
+        xb = (xa.astype(np.float64) + 0.01 * rng.normal(size=shape)).astype(kinds[db])
+        a[name], b[name] = (da, xa), (db, xb)
+        want += float(np.sum((xa.astype(np.float64) - xb.astype(np.float64)) ** 2))
+    a["ids"] = b["ids"] = ("I64", np.arange(4, dtype=np.int64))  # not a float tensor: skipped
+    write_safetensors(tmp_path / "a.safetensors", a)
+    write_safetensors(tmp_path / "b.safetensors", b)
+    got = llv.weight_distance(tmp_path / "a.safetensors", tmp_path / "b.safetensors", chunk=7)
+    assert got == pytest.approx(want, rel=1e-12)
+    assert llv.weight_distance(tmp_path / "a.safetensors", tmp_path / "a.safetensors") == 0.0
+    del b["scalar"]
+    write_safetensors(tmp_path / "c.safetensors", b)
+    with pytest.raises(ShapeError, match="scalar"):
+        llv.weight_distance(tmp_path / "a.safetensors", tmp_path / "c.safetensors")
+
+
+def test_trajectory_recovers_exponents_and_alpha(tmp_path):
+    # Weights diffuse as W_t = W_0 + sqrt(t)·u (‖ΔW‖² ∝ t, c_w = 1); log-likelihood
+    # vectors drift as ℓ_t = ℓ_0 + t^0.1·v (KL ∝ t^0.2, c_q = 0.2): α = 0.2.
+    rng = np.random.default_rng(12)
+    steps = np.array([0, 1000, 2000, 4000, 8000, 16000, 32000], dtype=float)
+    u, v = rng.normal(size=(64, 8)), rng.normal(size=500)
+    base = rng.normal(-400, 30, size=500)
+    L = np.stack([base + (s**0.1) * v for s in steps])
+    paths = []
+    for s in steps:
+        p = tmp_path / f"step{int(s)}.safetensors"
+        write_safetensors(p, {"w": ("F32", (np.sqrt(s) * 1e-3 * u).astype(np.float32))})
+        paths.append(p)
+    tr = llv.Trajectory(steps, L, weights=paths)
+    lag = steps[1:]
+    np.testing.assert_allclose(tr.kl_from_start()[1:], np.var(np.outer(lag**0.1, v), axis=1) / 2, rtol=1e-9)
+    fits = tr.fit()
+    assert fits["c_q"].exponent == pytest.approx(0.2, abs=1e-9)
+    assert fits["c_w"].exponent == pytest.approx(1.0, abs=1e-5)
+    assert fits["alpha"] == pytest.approx(0.2, abs=1e-5)
+    pytest.importorskip("matplotlib", reason="plots need matplotlib")
+    tr.plot(tmp_path / "traj.png")
+    assert (tmp_path / "traj.png").stat().st_size > 0
+
+
+def test_cli_map(tmp_path, capsys):
+    from quantdrift.cli import main
+
+    rng = np.random.default_rng(13)
+    L = rng.normal(-300, 20, size=(4, 200))
+    np.save(tmp_path / "L.npy", L)
+    (tmp_path / "names.txt").write_text("a\nb\nc\nd\n")
+    rc = main(["map", str(tmp_path / "L.npy"), "--names", str(tmp_path / "names.txt"),
+               "--json", str(tmp_path / "m.json"), "--nearest", "2"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "4 models x 200 texts" in out and out.count("\n") == 5
+    d = json.loads((tmp_path / "m.json").read_text())
+    np.testing.assert_allclose(d["kl_nats"], numpy_kl(L), rtol=1e-10)
+    assert main(["map", str(tmp_path / "missing.npy")]) == 2
