@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -377,13 +379,49 @@ def test_weight_distance_equals_numpy(tmp_path):
     a["ids"] = b["ids"] = ("I64", np.arange(4, dtype=np.int64))  # not a float tensor: skipped
     write_safetensors(tmp_path / "a.safetensors", a)
     write_safetensors(tmp_path / "b.safetensors", b)
-    got = llv.weight_distance(tmp_path / "a.safetensors", tmp_path / "b.safetensors", chunk=7)
+    got = llv.weight_distance(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
     assert got == pytest.approx(want, rel=1e-12)
     assert llv.weight_distance(tmp_path / "a.safetensors", tmp_path / "a.safetensors") == 0.0
     del b["scalar"]
     write_safetensors(tmp_path / "c.safetensors", b)
     with pytest.raises(ShapeError, match="scalar"):
         llv.weight_distance(tmp_path / "a.safetensors", tmp_path / "c.safetensors")
+
+
+PEAK_CHILD = """
+import sys
+from quantdrift import llv
+d = llv.weight_distance(sys.argv[1], sys.argv[2])
+hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]
+print(int(hwm) * 1024, d)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads VmHWM from /proc")
+def test_weight_distance_memory_does_not_grow_with_the_checkpoint(tmp_path):
+    # Checkpoints of 4 and 32 tensors of 8 MB each (bf16 and f32): the peak
+    # resident memory of the streamed distance stays near one tensor pair.
+    ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 arrays")
+    rng = np.random.default_rng(3)
+    peaks, want = {}, {}
+    for count in (4, 32):
+        a, b = {}, {}
+        total = 0.0
+        for i in range(count):
+            x = rng.standard_normal(1 << 21).astype(np.float32)  # 8 MB
+            y = (x + 0.01).astype(ml_dtypes.bfloat16)
+            a[f"w{i}"], b[f"w{i}"] = ("F32", x), ("BF16", y)
+            total += float(np.sum((x.astype(np.float64) - y.astype(np.float64)) ** 2))
+        write_safetensors(tmp_path / f"a{count}.safetensors", a)
+        write_safetensors(tmp_path / f"b{count}.safetensors", b)
+        del a, b
+        out = subprocess.run([sys.executable, "-c", PEAK_CHILD, str(tmp_path / f"a{count}.safetensors"),
+                              str(tmp_path / f"b{count}.safetensors")], capture_output=True, text=True, check=True)
+        hwm, got = out.stdout.split()
+        peaks[count] = int(hwm)
+        assert float(got) == pytest.approx(total, rel=1e-12)
+    # 8× the checkpoint (96 MB → 384 MB more input) moves the peak by well under one extra tensor
+    assert peaks[32] - peaks[4] < 24 * 2**20, peaks
 
 
 def test_trajectory_recovers_exponents_and_alpha(tmp_path):

@@ -120,6 +120,15 @@ def llv_kl_matrix(q: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """K×K matrix ‖q_i − q_j‖² / (2N) between the rows of a K×N float64
     C-contiguous matrix, in nats per text; exactly symmetric, zero diagonal."""
     ...
+def llv_squared_distance(
+    a: npt.NDArray[np.float32] | npt.NDArray[np.float64] | npt.NDArray[np.uint16],
+    b: npt.NDArray[np.float32] | npt.NDArray[np.float64] | npt.NDArray[np.uint16],
+    *,
+    a16: str = "bfloat16",
+    b16: str = "bfloat16",
+) -> float:
+    """‖a − b‖² of two flat float tensors in float64 (uint16 holds a16/b16)."""
+    ...
 
 # --- quant (rust/py/src/quant.rs) ---
 # partition: (shape, tile, labels or None, parts)

@@ -25,7 +25,7 @@ mod _core {
     #[pymodule_export]
     use super::io::{llamacpp_decode, llamacpp_encode};
     #[pymodule_export]
-    use super::llv::{llv_double_centre, llv_kl_matrix};
+    use super::llv::{llv_double_centre, llv_kl_matrix, llv_squared_distance};
     #[pymodule_export]
     use super::lowp::{
         error_stats, lowp_decode, lowp_encode, lowp_format_info, lowp_formats, lowp_pack,

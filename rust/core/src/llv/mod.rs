@@ -244,6 +244,15 @@ pub fn kl_matrix(q: &[f64], k: usize, n: usize) -> Result<Vec<f64>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn squared_distance_widens_exactly() {
+        let a = [1.0f32, -2.5, 3.0];
+        let b = [0x3c00u16, 0x0000, 0xc000]; // f16: 1, 0, -2
+        let d = super::squared_distance(super::Flat::F32(&a), super::Flat::F16(&b)).unwrap();
+        assert_eq!(d, 0.0 + 6.25 + 25.0);
+        assert!(super::squared_distance(super::Flat::F32(&a), super::Flat::F32(&a[..2])).is_err());
+    }
+
     use super::*;
     use rand::{Rng, SeedableRng};
 
@@ -324,4 +333,88 @@ mod tests {
         l[4] = f64::NEG_INFINITY;
         assert!(matches!(kl_matrix(&l, 2, 3), Err(CoreError::Value(_))));
     }
+}
+
+/// A flat tensor as a checkpoint stores it.
+#[derive(Debug, Clone, Copy)]
+pub enum Flat<'a> {
+    /// float32 values.
+    F32(&'a [f32]),
+    /// float64 values.
+    F64(&'a [f64]),
+    /// float16 bit patterns.
+    F16(&'a [u16]),
+    /// bfloat16 bit patterns.
+    Bf16(&'a [u16]),
+}
+
+impl Flat<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Flat::F32(x) => x.len(),
+            Flat::F64(x) => x.len(),
+            Flat::F16(x) | Flat::Bf16(x) => x.len(),
+        }
+    }
+
+    /// Elements `start..start + out.len()` widened to float64 (exact).
+    fn widen(&self, start: usize, out: &mut [f64]) {
+        let end = start + out.len();
+        match self {
+            Flat::F32(x) => out
+                .iter_mut()
+                .zip(&x[start..end])
+                .for_each(|(o, &v)| *o = v as f64),
+            Flat::F64(x) => out.copy_from_slice(&x[start..end]),
+            Flat::F16(x) => out
+                .iter_mut()
+                .zip(&x[start..end])
+                .for_each(|(o, &v)| *o = crate::rows::f16_to_f32(v) as f64),
+            Flat::Bf16(x) => out
+                .iter_mut()
+                .zip(&x[start..end])
+                .for_each(|(o, &v)| *o = crate::rows::bf16_to_f32(v) as f64),
+        }
+    }
+}
+
+/// Elements per parallel task of [`squared_distance`].
+const DISTANCE_CHUNK: usize = 1 << 16;
+
+/// ‖a − b‖² of two equally long tensors of any float dtype, in float64:
+/// every element is widened exactly, differenced and squared in float64.
+/// Chunks run in parallel and their sums are added in chunk order, so the
+/// result does not depend on the thread count.
+pub fn squared_distance(a: Flat<'_>, b: Flat<'_>) -> Result<f64> {
+    if a.len() != b.len() {
+        return Err(CoreError::Shape(format!(
+            "tensors of {} and {} elements cannot be compared",
+            a.len(),
+            b.len()
+        )));
+    }
+    threads::init_pool();
+    let n = a.len();
+    let sums: Vec<f64> = (0..n.div_ceil(DISTANCE_CHUNK))
+        .into_par_iter()
+        .map(|c| {
+            let (start, end) = (c * DISTANCE_CHUNK, ((c + 1) * DISTANCE_CHUNK).min(n));
+            let mut xa = [0.0f64; 256];
+            let mut xb = [0.0f64; 256];
+            let mut lanes = [0.0f64; 8];
+            let mut at = start;
+            while at < end {
+                let m = (end - at).min(256);
+                a.widen(at, &mut xa[..m]);
+                b.widen(at, &mut xb[..m]);
+                for i in 0..m {
+                    let d = xa[i] - xb[i];
+                    lanes[i % 8] += d * d;
+                }
+                at += m;
+            }
+            lanes.iter().sum::<f64>()
+        })
+        .collect();
+    Ok(sums.iter().sum())
 }
