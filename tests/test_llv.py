@@ -464,3 +464,26 @@ def test_cli_map(tmp_path, capsys):
     d = json.loads((tmp_path / "m.json").read_text())
     np.testing.assert_allclose(d["kl_nats"], numpy_kl(L), rtol=1e-10)
     assert main(["map", str(tmp_path / "missing.npy")]) == 2
+
+
+def test_cli_trajectory(tmp_path):
+    # ℓ_t = ℓ_0 + t^0.25·v: KL ∝ t^0.5; weights W_t = W_0 + t·u: ‖ΔW‖² ∝ t^2; α = 0.25
+    rng = np.random.default_rng(21)
+    steps = np.array([0, 10, 20, 40, 80, 160, 320], dtype=float)
+    v, base = rng.normal(size=400), rng.normal(-300, 20, size=400)
+    L = np.array([base + (s ** 0.25) * v for s in steps])
+    np.save(tmp_path / "L.npy", L)
+    w0, u = rng.normal(size=64).astype(np.float32), rng.normal(size=64)
+    paths = []
+    for i, s in enumerate(steps):
+        write_safetensors(tmp_path / f"w{i}.safetensors", {"w": ("F64", w0 + s * u)})
+        paths.append(str(tmp_path / f"w{i}.safetensors"))
+    out = subprocess.run([sys.executable, "-m", "quantdrift", "trajectory", str(tmp_path / "L.npy"),
+                          "--steps", ",".join(f"{s:g}" for s in steps), "--weights", *paths,
+                          "--json", str(tmp_path / "t.json")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    got = json.loads((tmp_path / "t.json").read_text())
+    assert got["c_q"]["exponent"] == pytest.approx(0.5, abs=1e-6)
+    assert got["c_w"]["exponent"] == pytest.approx(2.0, abs=1e-6)
+    assert got["alpha"] == pytest.approx(0.25, abs=1e-6)
+    assert "Hölder" in out.stdout

@@ -62,6 +62,43 @@ def _map(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trajectory(args: argparse.Namespace) -> int:
+    """Exponents of a training trajectory: KL from the first checkpoint, and
+    weight distance when checkpoints are given, against steps on log-log axes."""
+    import json
+
+    import numpy as np
+
+    from ._files import atomic_path
+    from .llv import Trajectory, load_loglik
+
+    L, _ = load_loglik(args.matrix)
+    steps = np.load(args.steps) if args.steps.endswith(".npy") else np.array(
+        [float(x) for x in args.steps.split(",")])
+    text_bytes = np.loadtxt(args.text_bytes, ndmin=1) if args.text_bytes else None
+    traj = Trajectory(steps, L, weights=args.weights or None, text_bytes=text_bytes, clip=args.clip)
+    unit = "bpb" if text_bytes is not None else "nats"
+    fit = traj.fit(unit)
+    out = {"steps": traj.steps.tolist(), "kl_from_start": traj.kl_from_start(unit).tolist(), "unit": unit}
+    cq = fit["c_q"]
+    print(f"{len(traj.steps)} checkpoints x {L.shape[1]} texts; KL from step {traj.steps[0]:g} in {unit}")
+    print(f"c_q (KL ~ t^c_q)      = {cq.exponent:.4f}  95% CI [{cq.ci[0]:.4f}, {cq.ci[1]:.4f}]  r2 {cq.r2:.3f}")
+    out["c_q"] = {"exponent": cq.exponent, "ci": list(cq.ci), "r2": cq.r2}
+    if fit["c_w"] is not None:
+        cw = fit["c_w"]
+        print(f"c_w (|dW|^2 ~ t^c_w)  = {cw.exponent:.4f}  95% CI [{cw.ci[0]:.4f}, {cw.ci[1]:.4f}]  r2 {cw.r2:.3f}")
+        print(f"Hölder exponent alpha = c_q / c_w = {fit['alpha']:.4f}")
+        out["c_w"] = {"exponent": cw.exponent, "ci": list(cw.ci), "r2": cw.r2}
+        out["alpha"] = fit["alpha"]
+        out["weight_from_start"] = traj.weight_from_start().tolist()
+    if args.json:
+        with atomic_path(args.json) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(out, fh)
+    if args.plot:
+        traj.plot(args.plot, unit)
+    return 0
+
+
 def _convert(args: argparse.Namespace) -> int:
     """Converts logits between formats (e.g. .npy + token ids -> llama.cpp base file)."""
     import numpy as np
@@ -249,6 +286,16 @@ def _parser() -> argparse.ArgumentParser:
     mp.add_argument("--plot", help="write the map here (PNG/PDF/SVG; needs matplotlib)")
     mp.add_argument("--json", help="write names and KL matrices as JSON here")
     mp.set_defaults(run=_map)
+
+    tr = commands.add_parser("trajectory", help="exponents of a training trajectory (KL and weight distance vs steps)")
+    tr.add_argument("matrix", help="checkpoints x texts log-likelihood matrix (.npy, .csv, .json, .pkl), in step order")
+    tr.add_argument("--steps", required=True, help="the checkpoints' steps: a .npy or a comma-separated list")
+    tr.add_argument("--weights", nargs="+", help="the checkpoints' safetensors files, in step order (for c_w and alpha)")
+    tr.add_argument("--text-bytes", help="a text file with each text's byte length (KL in bits/byte)")
+    tr.add_argument("--clip", type=float, help="clip L at this global quantile first")
+    tr.add_argument("--plot", help="write the log-log plot here (needs matplotlib)")
+    tr.add_argument("--json", help="write the exponents and curves as JSON here")
+    tr.set_defaults(run=_trajectory)
 
     _add_checkpoint_commands(commands)
     return parser

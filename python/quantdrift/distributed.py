@@ -307,20 +307,11 @@ def _totals(rows: List[dict]) -> dict:
 
 
 def _loglik_vector(logits: Any, tokens: Any, sequences: Any, opts: dict) -> Any:
-    """Runs on a worker: one model's log-likelihood of every text, the sum of
-    ln p(next token) over the text's scored rows (float64, one per text)."""
-    import numpy as np
-
-    from .compare import compare
+    """Runs on a worker: one model's log-likelihood of every text (float64)."""
+    from .llv import loglik_from_logits
 
     with _Local() as local:
-        src, toks = local(logits), local(tokens)
-        report = compare(src, src, tokens=toks, sequences=sequences, topk=(1,), progress=False, **opts)
-    if report.n_sequences == 0:
-        raise InputError(f"{_label(logits)}: give text boundaries (sequences=) to sum log-likelihoods per text")
-    scored = report.sequence >= 0
-    return -np.bincount(report.sequence[scored], weights=report.nll_base[scored].astype(np.float64),
-                        minlength=report.n_sequences)
+        return loglik_from_logits(local(logits), local(tokens), sequences, topk=(1,), **opts)
 
 
 def loglik_matrix(
