@@ -31,6 +31,7 @@ use super::fast::{
 use super::kinds::{js_core, SERIES_LIMIT};
 use super::{reference, Inputs, Kind, Options, RowIssue, Side};
 use crate::error::{CoreError, Result};
+use crate::io::llamacpp;
 use crate::rows::{Dtype, Rows};
 use crate::simd::{self, Kernel, LANES};
 
@@ -72,11 +73,6 @@ pub enum Block<'a> {
     },
 }
 
-/// uint16 values per llama.cpp base-file row of a vocabulary.
-pub fn llamacpp_row_len(vocab: usize) -> usize {
-    2 * vocab.div_ceil(2) + 4
-}
-
 impl Block<'_> {
     /// Vocabulary size.
     pub fn vocab(&self) -> usize {
@@ -90,7 +86,7 @@ impl Block<'_> {
     pub fn rows(&self) -> usize {
         match *self {
             Block::Dense(rows) => rows.rows(),
-            Block::Llamacpp { data, vocab } => data.len() / llamacpp_row_len(vocab),
+            Block::Llamacpp { data, vocab } => data.len() / llamacpp::row_len(vocab),
             Block::TopK { indices, k, .. } => indices.len().checked_div(k).unwrap_or(0),
         }
     }
@@ -99,11 +95,11 @@ impl Block<'_> {
         match *self {
             Block::Dense(_) => Ok(()),
             Block::Llamacpp { data, vocab } => {
-                if vocab == 0 || data.len() % llamacpp_row_len(vocab) != 0 {
+                if vocab == 0 || data.len() % llamacpp::row_len(vocab) != 0 {
                     return Err(CoreError::Shape(format!(
                         "{name}: llama.cpp rows of vocabulary {vocab} hold {} uint16 values each, \
                          got {} values",
-                        llamacpp_row_len(vocab),
+                        llamacpp::row_len(vocab),
                         data.len()
                     )));
                 }
@@ -541,18 +537,12 @@ fn widen(block: &Block<'_>, r: usize, out: &mut Vec<f32>) {
             }
         }
         Block::Llamacpp { data, vocab } => {
-            let len = llamacpp_row_len(vocab);
-            decode_llamacpp_row(&data[r * len..(r + 1) * len], vocab, out);
+            let len = llamacpp::row_len(vocab);
+            out.resize(vocab, 0.0);
+            llamacpp::decode_row(&data[r * len..(r + 1) * len], out);
         }
         Block::TopK { .. } => unreachable!("top-k rows are not widened"),
     }
-}
-
-/// Decodes one llama.cpp row: ln p_i = scale·q_i + min_log_prob (float32).
-pub fn decode_llamacpp_row(row: &[u16], vocab: usize, out: &mut Vec<f32>) {
-    let word = |i: usize| f32::from_bits(row[i] as u32 | (row[i + 1] as u32) << 16);
-    let (scale, min) = (word(0), word(2));
-    out.extend(row[4..4 + vocab].iter().map(|&c| scale * c as f32 + min));
 }
 
 /// The fused kernel over one row pair of scores `p` (base) and `q` (other).
