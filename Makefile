@@ -7,9 +7,17 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: test test-rust test-python test-slow develop bench lint clean
+.PHONY: test test-rust test-python test-gpu-fallback test-slow develop bench lint clean vulkan
 
-test: test-rust test-python
+# The GPU tests run on whatever Vulkan driver exists (Mesa's lavapipe, which
+# `vulkan` installs when there is none); a missing adapter fails them.
+export QUANTDRIFT_REQUIRE_GPU := 1
+export XDG_RUNTIME_DIR ?= /tmp
+
+test: vulkan test-rust test-python test-gpu-fallback
+
+vulkan:
+	scripts/ensure_vulkan.sh
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +34,12 @@ test-rust:
 test-python: develop
 	$(PY) -m pytest -q
 
+# The GPU kernels again without the optional features (shader-f16, subgroups),
+# which every adapter may lack.
+test-gpu-fallback: develop
+	QUANTDRIFT_GPU_FEATURES=none cargo test --release -p quantdrift-gpu
+	QUANTDRIFT_GPU_FEATURES=none $(PY) -m pytest -q tests/test_gpu*.py
+
 test-slow: develop
 	$(PY) -m pytest -q -m slow
 
@@ -35,6 +49,7 @@ bench: develop
 	$(PY) benches/bench_formats.py
 	$(PY) benches/bench_stream.py
 	$(PY) benches/bench_quantize.py
+	$(PY) benches/bench_gpu.py
 
 lint:
 	cargo fmt --all --check

@@ -9,3 +9,5 @@ try:
     settings.load_profile("ci" if os.environ.get("CI") else "dev")
 except ImportError:  # pragma: no cover
     pass
+
+from gpu_support import gpu  # noqa: E402,F401  (the `gpu` fixture for every test module)

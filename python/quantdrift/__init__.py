@@ -15,9 +15,11 @@ Divergences between next-token distributions::
 from __future__ import annotations
 
 from . import _core
-from ._errors import DtypeError, FormatError, InputError, QuantdriftError, ShapeError
+from ._errors import (
+    DtypeError, FormatError, GpuError, GpuUnavailableError, InputError, QuantdriftError, ShapeError,
+)
 from .divergence import KINDS, distill_loss, divergence, js, kl
-from . import formats
+from . import formats, gpu
 from .formats import FloatFormat
 from .lowp import decode, encode, mx_decode, mx_encode, nvfp4_decode, nvfp4_encode, round_mixed, round_to
 from .sources import LogitSource, check_pair, open_source, write_llamacpp_base, write_topk
@@ -82,6 +84,9 @@ __all__ = [
     "ShapeError",
     "DtypeError",
     "FormatError",
+    "GpuError",
+    "GpuUnavailableError",
+    "gpu",
     "open_source",
     "LogitSource",
     "check_pair",

@@ -7,7 +7,10 @@ Errors caused by the caller's input also subclass :class:`ValueError` (and
 
 from __future__ import annotations
 
-__all__ = ["QuantdriftError", "InputError", "ShapeError", "DtypeError", "FormatError"]
+__all__ = [
+    "QuantdriftError", "InputError", "ShapeError", "DtypeError", "FormatError", "GpuError",
+    "GpuUnavailableError",
+]
 
 
 class QuantdriftError(Exception):
@@ -29,3 +32,13 @@ class DtypeError(InputError, TypeError):
 class FormatError(InputError):
     """A file is not what its format says: bad magic, a corrupt header, or a
     size that disagrees with its header (a truncated file)."""
+
+
+class GpuError(QuantdriftError, RuntimeError):
+    """The GPU failed: a shader did not compile, the device was lost, a
+    buffer could not be read back."""
+
+
+class GpuUnavailableError(GpuError):
+    """``device="gpu"`` was asked for and no GPU adapter exists. The message
+    says how to get one; ``device="auto"`` falls back to the CPU instead."""

@@ -34,7 +34,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import _core
+from . import _core, gpu
 from ._arrays import as_scores, rows_along
 from ._errors import DtypeError, InputError, ShapeError
 from .formats import FloatFormat, get
@@ -166,6 +166,7 @@ def decode(
     *,
     packed: bool = False,
     shape: Optional[Sequence[int]] = None,
+    device: str = "cpu",
 ) -> np.ndarray:
     """Values of codes of ``fmt`` as float32.
 
@@ -178,6 +179,8 @@ def decode(
         shape: with ``packed=True``, the unpacked shape (needed when the
             last axis was odd); its last axis n must match ``ceil(n/2)``
             packed bytes. Default: twice the packed last axis.
+        device: ``"cpu"``, ``"gpu"`` or ``"auto"`` (see :mod:`quantdrift.gpu`);
+            the values are the same, bit for bit.
 
     Returns:
         float32 array (the unpacked shape when packed).
@@ -215,7 +218,8 @@ def decode(
                 )
         flat = np.ascontiguousarray(arr).reshape(-1)
         unpacked = _core.lowp_unpack(flat, out_shape[-1])
-        return _core.lowp_decode(unpacked, f._spec()).reshape(out_shape)
+        where = gpu.resolve(device, unpacked.size)
+        return _core.lowp_decode(unpacked, f._spec(), device=where).reshape(out_shape)
     if shape is not None:
         raise InputError("shape= is only used with packed=True")
     want = np.uint8 if f.bits <= 8 else np.uint16
@@ -228,7 +232,8 @@ def decode(
             )
         arr = arr.astype(want)
     flat = np.ascontiguousarray(arr).reshape(-1)
-    return _core.lowp_decode(flat, f._spec()).reshape(arr.shape)
+    where = gpu.resolve(device, flat.size)
+    return _core.lowp_decode(flat, f._spec(), device=where).reshape(arr.shape)
 
 
 def round_mixed(

@@ -27,21 +27,24 @@ fn class_name(e: &CoreError) -> &'static str {
 
 impl From<Error> for PyErr {
     fn from(Error(e): Error) -> PyErr {
-        Python::attach(|py| {
-            let class = py
-                .import("quantdrift._errors")
-                .and_then(|m| m.getattr(class_name(&e)));
-            match class {
-                Ok(class) => match class.call1((e.to_string(),)) {
-                    Ok(instance) => PyErr::from_value(instance),
-                    Err(err) => err,
-                },
-                // The package is always importable when _core is; this only
-                // guards against a broken install.
-                Err(_) => PyValueError::new_err(e.to_string()),
-            }
-        })
+        python_error(class_name(&e), e.to_string())
     }
+}
+
+/// An instance of the exception class `name` of `quantdrift._errors`.
+pub fn python_error(name: &str, message: String) -> PyErr {
+    Python::attach(|py| {
+        let class = py.import("quantdrift._errors").and_then(|m| m.getattr(name));
+        match class {
+            Ok(class) => match class.call1((message.clone(),)) {
+                Ok(instance) => PyErr::from_value(instance),
+                Err(err) => err,
+            },
+            // The package is always importable when _core is; this only
+            // guards against a broken install.
+            Err(_) => PyValueError::new_err(message),
+        }
+    })
 }
 
 /// `Result` for binding functions.

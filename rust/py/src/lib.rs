@@ -8,6 +8,7 @@ mod array;
 mod compare;
 mod diverge;
 mod errors;
+mod gpu;
 mod io;
 mod llv;
 mod lowp;
@@ -22,6 +23,8 @@ mod _core {
     use super::compare::compare_block;
     #[pymodule_export]
     use super::diverge::{distill_loss, divergence};
+    #[pymodule_export]
+    use super::gpu::{gpu_available, gpu_info};
     #[pymodule_export]
     use super::io::{llamacpp_decode, llamacpp_encode};
     #[pymodule_export]

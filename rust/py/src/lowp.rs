@@ -12,6 +12,7 @@ use quantdrift_core::lowp::{
 };
 use quantdrift_core::CoreError;
 
+use crate::gpu::{on_gpu, to_py as gpu_error};
 use crate::errors::Error;
 
 /// A 1-D input array: float32, float64, or uint16 holding float16/bfloat16.
@@ -180,12 +181,22 @@ fn rounded_to_py(py: Python<'_>, r: Rounded) -> Bound<'_, PyAny> {
 
 /// float32 values of codes.
 #[pyfunction]
+#[pyo3(signature = (codes, format, *, device="cpu"))]
 pub fn lowp_decode<'py>(
     py: Python<'py>,
     codes: CodeArray<'py>,
     format: FormatSpec,
+    device: &str,
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let f = format_of(&format)?;
+    if on_gpu(device)? {
+        let (bytes, width): (&[u8], usize) = match &codes {
+            CodeArray::U8(a) => (slice(a, "codes")?, 1),
+            CodeArray::U16(a) => (bytemuck_bytes(slice(a, "codes")?), 2),
+        };
+        let out = py.detach(|| quantdrift_gpu::lowp::decode(bytes, width, &f)).map_err(gpu_error)?;
+        return Ok(out.into_pyarray(py));
+    }
     let out = match &codes {
         CodeArray::U8(a) => {
             let s = slice(a, "codes")?;
@@ -374,4 +385,10 @@ pub fn error_stats<'py>(
     d.set_item("n_nan", s.n_nan)?;
     d.set_item("n_inf", s.n_inf)?;
     Ok(d)
+}
+
+/// The bytes of a u16 slice, little-endian on every supported target.
+fn bytemuck_bytes(codes: &[u16]) -> &[u8] {
+    // SAFETY: u16 has no padding and u8 has alignment 1.
+    unsafe { std::slice::from_raw_parts(codes.as_ptr().cast::<u8>(), std::mem::size_of_val(codes)) }
 }

@@ -263,7 +263,8 @@ fn decode_f64(format: &Format, code: u32) -> f64 {
     f32::from_bits(bits) as f64
 }
 
-fn check_codes<C: Copy + Into<u32> + Sync>(codes: &[C], format: &Format, arg: &str) -> Result<()> {
+/// Errors naming the first code that is out of range for `format`.
+pub fn check_codes<C: Copy + Into<u32> + Sync>(codes: &[C], format: &Format, arg: &str) -> Result<()> {
     let bits = format.bits();
     let limit = 1u32 << bits;
     let container = 8 * std::mem::size_of::<C>() as u32;
