@@ -6,7 +6,9 @@
 //! compilation once.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use bytemuck::Pod;
 use wgpu::util::DeviceExt;
@@ -38,6 +40,9 @@ pub struct Gpu {
     limits: wgpu::Limits,
     caps: Capabilities,
     pipelines: Mutex<HashMap<(&'static str, &'static str), Arc<wgpu::ComputePipeline>>>,
+    /// Profiling: each dispatch runs alone and its time is added up.
+    profiling: AtomicBool,
+    kernel_nanos: AtomicU64,
 }
 
 static CONTEXT: OnceLock<std::result::Result<Gpu, String>> = OnceLock::new();
@@ -125,6 +130,8 @@ impl Gpu {
             limits,
             caps,
             pipelines: Mutex::new(HashMap::new()),
+            profiling: AtomicBool::new(false),
+            kernel_nanos: AtomicU64::new(0),
         };
         if gpu.caps.subgroups && !gpu.subgroups_are_contiguous() {
             gpu.caps.subgroups = false;
@@ -275,11 +282,40 @@ impl Gpu {
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-        pass.set_pipeline(pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
-        let (x, y) = grid(groups);
-        pass.dispatch_workgroups(x, y, 1);
+        let profiling = self.profiling.load(Ordering::Relaxed);
+        if profiling {
+            // Everything recorded before this dispatch (uploads, earlier
+            // kernels) finishes first, so the clock sees the kernel alone,
+            // reading inputs already resident on the device.
+            let earlier = std::mem::replace(encoder, self.encoder());
+            self.submit(earlier);
+            let _ = self.wait();
+        }
+        let start = Instant::now();
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            let (x, y) = grid(groups);
+            pass.dispatch_workgroups(x, y, 1);
+        }
+        if profiling {
+            let this = std::mem::replace(encoder, self.encoder());
+            self.submit(this);
+            let _ = self.wait();
+            let nanos = start.elapsed().as_nanos() as u64;
+            self.kernel_nanos.fetch_add(nanos, Ordering::Relaxed);
+        }
+    }
+
+    /// Turns profiling on or off and returns the kernel seconds counted
+    /// since the last call. While profiling, every dispatch runs alone and
+    /// is timed from submission to completion: device-resident kernel time,
+    /// without host↔device transfers (and without the overlap that
+    /// batching gives, so only benchmarks turn it on).
+    pub fn profile(&self, on: bool) -> f64 {
+        self.profiling.store(on, Ordering::Relaxed);
+        self.kernel_nanos.swap(0, Ordering::Relaxed) as f64 * 1e-9
     }
 
     /// A command encoder for a batch of dispatches and copies.

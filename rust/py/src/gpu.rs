@@ -53,3 +53,20 @@ pub fn on_gpu(device: &str) -> PyResult<bool> {
         )),
     }
 }
+
+/// Turns GPU profiling on or off; returns the device-resident kernel
+/// seconds counted since the last call (each dispatch runs alone while on).
+#[pyfunction]
+pub fn gpu_profile(py: Python<'_>, on: bool) -> PyResult<f64> {
+    let gpu = py.detach(quantdrift_gpu::context).map_err(to_py)?;
+    Ok(gpu.profile(on))
+}
+
+/// Bytes per second at which a GPU kernel reads a resident buffer (the
+/// device's memory-read roofline), best of `repeats`.
+#[pyfunction]
+#[pyo3(signature = (nbytes, repeats=5))]
+pub fn gpu_read_bandwidth(py: Python<'_>, nbytes: u64, repeats: usize) -> PyResult<f64> {
+    py.detach(|| quantdrift_gpu::bench::read_bandwidth(nbytes, repeats))
+        .map_err(to_py)
+}

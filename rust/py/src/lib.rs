@@ -24,7 +24,7 @@ mod _core {
     #[pymodule_export]
     use super::diverge::{distill_loss, divergence};
     #[pymodule_export]
-    use super::gpu::{gpu_available, gpu_info};
+    use super::gpu::{gpu_available, gpu_info, gpu_profile, gpu_read_bandwidth};
     #[pymodule_export]
     use super::io::{llamacpp_decode, llamacpp_encode};
     #[pymodule_export]
