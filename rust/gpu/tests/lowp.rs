@@ -6,7 +6,13 @@ use quantdrift_core::lowp::{self, Format};
 
 #[test]
 fn decode_matches_the_cpu_for_every_code() {
-    for name in ["float8_e4m3fn", "float8_e5m2", "float4_e2m1fn", "float6_e3m2fn", "float8_e8m0fnu"] {
+    for name in [
+        "float8_e4m3fn",
+        "float8_e5m2",
+        "float4_e2m1fn",
+        "float6_e3m2fn",
+        "float8_e8m0fnu",
+    ] {
         let format = Format::by_name(name).unwrap();
         // Every code, twice, and an odd count so the last word is partial.
         let codes: Vec<u8> = (0..=255u8).chain(0..=255u8).chain([7u8]).collect();

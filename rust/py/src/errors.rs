@@ -34,7 +34,9 @@ impl From<Error> for PyErr {
 /// An instance of the exception class `name` of `quantdrift._errors`.
 pub fn python_error(name: &str, message: String) -> PyErr {
     Python::attach(|py| {
-        let class = py.import("quantdrift._errors").and_then(|m| m.getattr(name));
+        let class = py
+            .import("quantdrift._errors")
+            .and_then(|m| m.getattr(name));
         match class {
             Ok(class) => match class.call1((message.clone(),)) {
                 Ok(instance) => PyErr::from_value(instance),

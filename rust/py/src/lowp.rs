@@ -12,8 +12,8 @@ use quantdrift_core::lowp::{
 };
 use quantdrift_core::CoreError;
 
-use crate::gpu::{on_gpu, to_py as gpu_error};
 use crate::errors::Error;
+use crate::gpu::{on_gpu, to_py as gpu_error};
 
 /// A 1-D input array: float32, float64, or uint16 holding float16/bfloat16.
 #[derive(FromPyObject)]
@@ -194,7 +194,9 @@ pub fn lowp_decode<'py>(
             CodeArray::U8(a) => (slice(a, "codes")?, 1),
             CodeArray::U16(a) => (bytemuck_bytes(slice(a, "codes")?), 2),
         };
-        let out = py.detach(|| quantdrift_gpu::lowp::decode(bytes, width, &f)).map_err(gpu_error)?;
+        let out = py
+            .detach(|| quantdrift_gpu::lowp::decode(bytes, width, &f))
+            .map_err(gpu_error)?;
         return Ok(out.into_pyarray(py));
     }
     let out = match &codes {

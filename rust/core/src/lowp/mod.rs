@@ -264,7 +264,11 @@ fn decode_f64(format: &Format, code: u32) -> f64 {
 }
 
 /// Errors naming the first code that is out of range for `format`.
-pub fn check_codes<C: Copy + Into<u32> + Sync>(codes: &[C], format: &Format, arg: &str) -> Result<()> {
+pub fn check_codes<C: Copy + Into<u32> + Sync>(
+    codes: &[C],
+    format: &Format,
+    arg: &str,
+) -> Result<()> {
     let bits = format.bits();
     let limit = 1u32 << bits;
     let container = 8 * std::mem::size_of::<C>() as u32;
