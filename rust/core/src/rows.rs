@@ -117,7 +117,7 @@ fn check_len(len: usize, vocab: usize) -> Result<()> {
             "vocab size is 0 but data has {len} elements"
         )));
     }
-    if len % vocab != 0 {
+    if !len.is_multiple_of(vocab) {
         return Err(CoreError::Shape(format!(
             "data of {len} elements is not a whole number of rows of {vocab}"
         )));
@@ -159,7 +159,7 @@ pub fn f16_to_f32(bits: u16) -> f32 {
 pub fn f16_array_to_f32<const N: usize>(src: &[u16; N], out: &mut [f32; N]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if N % 8 == 0 && std::is_x86_feature_detected!("f16c") {
+        if N.is_multiple_of(8) && std::is_x86_feature_detected!("f16c") {
             use std::arch::x86_64::{__m128i, _mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
             for c in 0..N / 8 {
                 // SAFETY: the CPU has F16C (checked above); c·8 + 8 ≤ N, so

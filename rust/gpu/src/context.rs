@@ -174,7 +174,7 @@ impl Gpu {
     /// `QUANTDRIFT_GPU_MAX_BINDING=<bytes>` lowers it, so tests can make
     /// small inputs take the chunked paths that large ones take.
     pub fn max_binding_bytes(&self) -> u64 {
-        let binding = u64::from(self.limits.max_storage_buffer_binding_size);
+        let binding = self.limits.max_storage_buffer_binding_size;
         let cap = std::env::var("QUANTDRIFT_GPU_MAX_BINDING")
             .ok()
             .and_then(|v| v.parse::<u64>().ok())
@@ -230,7 +230,7 @@ impl Gpu {
     pub fn upload<T: Pod>(&self, data: &[T]) -> wgpu::Buffer {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let padded;
-        let contents = if bytes.len() % 4 == 0 && !bytes.is_empty() {
+        let contents = if bytes.len().is_multiple_of(4) && !bytes.is_empty() {
             bytes
         } else {
             padded = pad4(bytes);
@@ -249,7 +249,7 @@ impl Gpu {
     /// Writes `data` into `buffer` from byte `offset` (queued before the next submit).
     pub fn write<T: Pod>(&self, buffer: &wgpu::Buffer, offset: u64, data: &[T]) {
         let bytes: &[u8] = bytemuck::cast_slice(data);
-        if bytes.len() % 4 == 0 {
+        if bytes.len().is_multiple_of(4) {
             self.queue.write_buffer(buffer, offset, bytes);
         } else {
             self.queue.write_buffer(buffer, offset, &pad4(bytes));

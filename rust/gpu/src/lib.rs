@@ -64,7 +64,7 @@ pub fn info() -> Result<Info> {
             ("max_buffer_size".into(), l.max_buffer_size),
             (
                 "max_storage_buffer_binding_size".into(),
-                u64::from(l.max_storage_buffer_binding_size),
+                l.max_storage_buffer_binding_size,
             ),
             (
                 "max_compute_workgroups_per_dimension".into(),

@@ -267,7 +267,7 @@ pub fn decode_rows_into(packed: &[u16], vocab: usize, out: &mut [f32]) -> Result
 
 fn check_packed(packed: &[u16], vocab: usize) -> Result<usize> {
     let width = row_len(vocab);
-    if packed.len() % width != 0 {
+    if !packed.len().is_multiple_of(width) {
         return Err(CoreError::Shape(format!(
             "packed rows: {} uint16 values are not a whole number of rows of {width} \
              (vocab {vocab}: 4 + {} codes)",

@@ -332,7 +332,7 @@ pub fn pack_nibbles(codes: &[u8], row_len: usize) -> Result<Vec<u8>> {
     if row_len == 0 {
         return Ok(Vec::new());
     }
-    if codes.len() % row_len != 0 {
+    if !codes.len().is_multiple_of(row_len) {
         return Err(CoreError::Shape(format!(
             "codes: {} elements are not whole rows of {row_len}",
             codes.len()
@@ -366,7 +366,7 @@ pub fn unpack_nibbles(packed: &[u8], row_len: usize) -> Result<Vec<u8>> {
             packed.len()
         )));
     }
-    if packed.len() % packed_len != 0 {
+    if !packed.len().is_multiple_of(packed_len) {
         return Err(CoreError::Shape(format!(
             "codes: {} packed bytes are not whole rows of {packed_len} bytes (ceil({row_len}/2) for rows of {row_len} codes)",
             packed.len()
@@ -511,7 +511,7 @@ pub(crate) fn rows_of(len: usize, row_len: usize, arg: &str) -> Result<usize> {
             )))
         };
     }
-    if len % row_len != 0 {
+    if !len.is_multiple_of(row_len) {
         return Err(CoreError::Shape(format!(
             "{arg}: {len} elements are not whole rows of {row_len}"
         )));
