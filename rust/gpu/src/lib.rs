@@ -9,6 +9,7 @@
 //! processed in chunks.
 
 pub mod context;
+pub mod diverge;
 pub mod error;
 pub mod lowp;
 pub mod shaders;
