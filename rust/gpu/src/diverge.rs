@@ -361,7 +361,7 @@ impl<'a> Job<'a> {
             };
             let suspicious = |bad: bool, max: f32, sum: f64, rows: &Rows<'_>| {
                 let tol = probs_tolerance(rows.dtype());
-                bad || max == f32::NEG_INFINITY || !((sum - 1.0).abs() <= 0.5 * tol)
+                bad || max == f32::NEG_INFINITY || sum.is_nan() || (sum - 1.0).abs() > 0.5 * tol
             };
             if suspicious(p_bad, max_p, sum_p, &self.p) {
                 Self::check_probs(&self.p, r).map_err(|e| (Side::P, e))?;
