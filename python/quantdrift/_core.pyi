@@ -18,6 +18,7 @@ def divergence(
     alpha: Optional[float] = None,
     p16: str = "bfloat16",
     q16: str = "bfloat16",
+    device: str = "cpu",
 ) -> npt.NDArray[np.float64]: ...
 _Block = Union[
     npt.NDArray[np.float32],

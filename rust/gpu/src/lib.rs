@@ -10,6 +10,7 @@
 
 pub mod bench;
 pub mod context;
+pub mod diverge;
 pub mod error;
 pub mod lowp;
 pub mod shaders;

@@ -6,12 +6,14 @@ use quantdrift_core::diverge::{self, Inputs, Kind, Options};
 use quantdrift_core::Dtype;
 
 use crate::array::Matrix;
-use crate::errors::Result;
+use crate::errors::{Error, Result};
+use crate::gpu::{on_gpu, to_py as gpu_error};
 
 /// One divergence value per row of ``p`` and ``q`` (2-D, C-contiguous,
-/// float32/float64, or uint16 holding ``p16``/``q16``), in nats.
+/// float32/float64, or uint16 holding ``p16``/``q16``), in nats, on the CPU
+/// or (``device="gpu"``) the GPU.
 #[pyfunction]
-#[pyo3(signature = (p, q, kind, *, inputs, temperature, alpha=None, p16="bfloat16", q16="bfloat16"))]
+#[pyo3(signature = (p, q, kind, *, inputs, temperature, alpha=None, p16="bfloat16", q16="bfloat16", device="cpu"))]
 #[allow(clippy::too_many_arguments)]
 pub fn divergence<'py>(
     py: Python<'py>,
@@ -23,18 +25,26 @@ pub fn divergence<'py>(
     alpha: Option<f64>,
     p16: &str,
     q16: &str,
-) -> Result<Bound<'py, PyArray1<f64>>> {
+    device: &str,
+) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    let gpu = on_gpu(device)?;
     let opts = Options {
-        kind: Kind::parse(kind, alpha)?,
-        inputs: Inputs::parse(inputs)?,
+        kind: Kind::parse(kind, alpha).map_err(Error)?,
+        inputs: Inputs::parse(inputs).map_err(Error)?,
         temperature,
     };
-    let p_rows = p.rows("p", p16)?;
+    let p_rows = p.rows("p", p16).map_err(Error)?;
     let q_rows = match &q {
-        Some(q) => Some(q.rows("q", q16)?),
+        Some(q) => Some(q.rows("q", q16).map_err(Error)?),
         None => None,
     };
-    let values = py.detach(|| diverge::divergence_rows(p_rows, q_rows, &opts))?;
+    let values = if gpu {
+        py.detach(|| quantdrift_gpu::diverge::divergence_rows(p_rows, q_rows, &opts))
+            .map_err(gpu_error)?
+    } else {
+        py.detach(|| diverge::divergence_rows(p_rows, q_rows, &opts))
+            .map_err(Error)?
+    };
     Ok(values.into_pyarray(py))
 }
 

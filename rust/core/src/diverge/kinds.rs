@@ -7,6 +7,7 @@
 use super::fast::{
     first_index_of, store_exps, stored_block, Blocks, Load, Scan, Totals, BLK, BLOCK,
 };
+use super::finish;
 use crate::simd::{self, LANES};
 
 /// Where [`exp_neg_remainder`] is used instead of e^(−u) − 1 + u computed
@@ -158,17 +159,7 @@ impl Evaluate for Kl {
             totals.add(3, &rems);
         }
         let [sp, sq, su, sr] = totals.finish();
-        let mean_u = su / sp;
-        let excess = (sr - su) / sp; // E_P[e^(−u)] − 1
-        let log_mean_exp = if robust && excess.is_finite() && excess > -0.5 {
-            excess.ln_1p()
-        } else if sq_complete {
-            sq.ln() - sp.ln() - shift as f64
-        } else {
-            return None; // rare: the float64 reference redoes the row
-        };
-        let value = mean_u + log_mean_exp;
-        value.is_finite().then_some(value.max(0.0))
+        finish::kl(sp, sq, su, sr, shift, robust, sq_complete)
     }
 }
 
@@ -226,7 +217,7 @@ impl Evaluate for Entropy {
             totals.add(1, &was);
         }
         let [sp, swa] = totals.finish();
-        Some((sp.ln() - swa / sp).max(0.0))
+        Some(finish::entropy(sp, swa))
     }
 }
 
@@ -263,7 +254,7 @@ impl Evaluate for CrossEntropy {
             totals.add(2, &wbs);
         }
         let [sp, sq, swb] = totals.finish();
-        Some((sq.ln() - swb / sp).max(0.0))
+        Some(finish::cross_entropy(sp, sq, swb))
     }
 }
 
@@ -392,7 +383,7 @@ impl Term for Js {
         }
     }
     fn finish(self, total: f64) -> Option<f64> {
-        Some((total / 4.0).clamp(0.0, std::f64::consts::LN_2))
+        Some(finish::js(total))
     }
 }
 
@@ -406,7 +397,7 @@ impl Term for Tv {
         (w * n.inv_sp - v * n.inv_sq).abs()
     }
     fn finish(self, total: f64) -> Option<f64> {
-        Some((total / 2.0).min(1.0))
+        Some(finish::tv(total))
     }
 }
 
@@ -423,7 +414,7 @@ impl Term for Hellinger {
         simd::select(root > 0.0, diff * diff / (root * root), 0.0)
     }
     fn finish(self, total: f64) -> Option<f64> {
-        Some(total.min(2.0))
+        Some(finish::hellinger(total))
     }
 }
 
@@ -443,7 +434,7 @@ impl Term for Chi2 {
         simd::select(b == f32::NEG_INFINITY, 0.0, term)
     }
     fn finish(self, total: f64) -> Option<f64> {
-        Some(total.max(0.0))
+        Some(finish::chi2(total))
     }
     fn infinite_outside_q(self) -> bool {
         true
@@ -471,11 +462,7 @@ impl Term for Renyi {
         simd::select(w > 0.0, pp * bracket, tiny)
     }
     fn finish(self, total: f64) -> Option<f64> {
-        // NaN fails `total > -0.5` and goes to the reference too.
-        if total.partial_cmp(&-0.5) != Some(std::cmp::Ordering::Greater) || !total.is_finite() {
-            return None;
-        }
-        Some((total.ln_1p() / (self.alpha as f64 - 1.0)).max(0.0))
+        finish::renyi(total, self.alpha)
     }
     fn infinite_outside_q(self) -> bool {
         self.alpha > 1.0

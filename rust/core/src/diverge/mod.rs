@@ -30,6 +30,7 @@
 pub mod compare;
 pub mod distill;
 pub mod fast;
+pub mod finish;
 mod kinds;
 pub mod reference;
 
@@ -222,13 +223,9 @@ impl Side {
 /// The outcome of one row.
 pub type RowResult = std::result::Result<f64, (Side, RowIssue)>;
 
-pub(crate) fn issue_error(
-    row: usize,
-    side: Side,
-    issue: RowIssue,
-    inputs: Inputs,
-    tol: f64,
-) -> CoreError {
+/// The error for `issue` of row `row` on `side`, worded as every kernel
+/// words it (`tol` is the probability-sum tolerance of that side).
+pub fn issue_error(row: usize, side: Side, issue: RowIssue, inputs: Inputs, tol: f64) -> CoreError {
     let arg = side.name();
     match issue {
         RowIssue::NotFinite => CoreError::Value(format!(

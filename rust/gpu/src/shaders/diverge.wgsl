@@ -1,0 +1,690 @@
+// Divergence row kernels: one workgroup per row pair.
+//
+// Each entry point takes a scan pass (maxima, NaN/+inf and support flags,
+// and for probabilities their sums), then the passes of exponentials the
+// CPU kernels take (rust/core/src/diverge/{fast,kinds}.rs), evaluating the
+// same cancellation-free forms with the same float32 elementwise functions
+// (ports of rust/core/src/simd.rs, so that every adapter computes alike).
+// Each invocation keeps compensated (Kahan) float32 sums; the workgroup
+// merges them as double-float pairs, and the host finishes each row in
+// float64 from those sums (quantdrift_core::diverge::finish).
+//
+// Output: SLOTS floats per row:
+//   0 flags (bits, see FLAG_*)   1 max_p   2 max_q   3 shift (KL)
+//   4, 5 Σ p as probabilities (hi, lo)    6, 7 Σ q (hi, lo)
+//   8..11 the kind's sums (hi)            12..15 the same sums (lo)
+
+struct Params {
+    rows: u32,     // rows in this chunk
+    vocab: u32,
+    p_dtype: u32,  // 0 float32, 1 float16, 2 bfloat16
+    q_dtype: u32,
+    p_offset: u32, // element index of the chunk's first p element in `pdata`
+    q_offset: u32,
+    probs: u32,    // 1: rows are probabilities, scored as ln(x)
+    _pad0: u32,
+    inv_t: f32,    // 1 / temperature
+    alpha: f32,    // Rényi order (float32, as the CPU kernels use it)
+    beta: f32,     // 1 − alpha
+    // 1, 1.5·2^23 and 1.5·2^23 again, read at run time: shader compilers
+    // treat float arithmetic as associative unless told otherwise, which
+    // WGSL cannot say, and would fold (x + c) − c to x, undoing the
+    // rounding and error-compensation steps below. Values they cannot see
+    // keep those steps as written.
+    one: f32,
+    magic_a: f32,
+    magic_b: f32,
+    _pad1: f32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> pdata: array<u32>;
+@group(0) @binding(2) var<storage, read> qdata: array<u32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+const SLOTS: u32 = 16u;
+const FLAG_P_BAD: u32 = 1u;
+const FLAG_Q_BAD: u32 = 2u;
+const FLAG_P_OUTSIDE_Q: u32 = 4u;
+const FLAG_Q_OUTSIDE_P: u32 = 8u;
+
+// ---------------------------------------------------------------------------
+// Special values by bit pattern (never by float comparison with NaN).
+// ---------------------------------------------------------------------------
+
+const NEG_INF_BITS: u32 = 0xff800000u;
+const POS_INF_BITS: u32 = 0x7f800000u;
+
+fn neg_inf() -> f32 {
+    return bitcast<f32>(NEG_INF_BITS + 0u * params.rows);
+}
+fn pos_inf() -> f32 {
+    return bitcast<f32>(POS_INF_BITS + 0u * params.rows);
+}
+fn is_nan(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7fffffffu) > POS_INF_BITS;
+}
+fn is_neg_inf(x: f32) -> bool {
+    return bitcast<u32>(x) == NEG_INF_BITS;
+}
+fn is_pos_inf(x: f32) -> bool {
+    return bitcast<u32>(x) == POS_INF_BITS;
+}
+
+// ---------------------------------------------------------------------------
+// Elementwise functions: ports of rust/core/src/simd.rs.
+// ---------------------------------------------------------------------------
+
+const LOG2E: f32 = 1.4426950408889634;
+const LN2_HI: f32 = 0.6933594;
+const LN2_LO: f32 = -2.1219444e-4;
+const EXP_LO: f32 = -87.33655;
+const EXP_HI: f32 = 88.37626;
+
+// e^x for clamped x, from the Cephes polynomial and 2^k built from k's
+// bits; k = round(x·log2 e) by adding and subtracting 1.5·2^23.
+fn exp_core(clamped: f32) -> f32 {
+    let t = fma(clamped, LOG2E, params.magic_a);
+    let k = t - params.magic_b;
+    let k_bits = bitcast<u32>(t) - bitcast<u32>(params.magic_b);
+    let r = fma(k, -LN2_LO, fma(k, -LN2_HI, clamped));
+    var p = 1.9875691e-4;
+    p = fma(p, r, 1.3981999e-3);
+    p = fma(p, r, 8.333452e-3);
+    p = fma(p, r, 4.1665796e-2);
+    p = fma(p, r, 1.6666665e-1);
+    p = fma(p, r, 0.5);
+    let er = fma(p, r * r, r) + 1.0;
+    return er * bitcast<f32>((k_bits + 127u) << 23u);
+}
+
+// e^x; 0 below −87.34, +inf above 88.38, NaN kept.
+fn qd_exp(x: f32) -> f32 {
+    let clamped = min(max(x, EXP_LO), EXP_HI);
+    var y = exp_core(clamped);
+    y = select(y, pos_inf(), x > EXP_HI);
+    y = select(y, 0.0, x < EXP_LO);
+    return select(y, x, is_nan(x));
+}
+
+// e^x for x ≤ 0 or −inf.
+fn exp_nonpositive(x: f32) -> f32 {
+    let y = exp_core(max(x, EXP_LO));
+    return select(y, 0.0, x < EXP_LO);
+}
+
+// e^x − 1, accurate near 0.
+fn qd_expm1(x: f32) -> f32 {
+    var p = 1.0 / 362880.0;
+    p = fma(p, x, 1.0 / 40320.0);
+    p = fma(p, x, 1.0 / 5040.0);
+    p = fma(p, x, 1.0 / 720.0);
+    p = fma(p, x, 1.0 / 120.0);
+    p = fma(p, x, 1.0 / 24.0);
+    p = fma(p, x, 1.0 / 6.0);
+    p = fma(p, x, 0.5);
+    let small = fma(p * x, x, x);
+    return select(qd_exp(x) - 1.0, small, abs(x) < 0.5);
+}
+
+// ln x: ln 0 = −inf, ln +inf = +inf, NaN for x < 0 or NaN; subnormals handled.
+fn qd_ln(x: f32) -> f32 {
+    let tiny = x < 1.17549435e-38;
+    let xs = select(x, x * 8388608.0, tiny);
+    let bits = bitcast<u32>(xs);
+    var e = i32((bits >> 23u) & 0xffu) - 127;
+    var m = bitcast<f32>((bits & 0x007fffffu) | 0x3f800000u);
+    let big = m > 1.4142135;
+    m = select(m, m * 0.5, big);
+    e += select(0, 1, big);
+    let ef = f32(e) - select(0.0, 23.0, tiny);
+    let f = m - 1.0;
+    let z = f * f;
+    var p = 7.0376836e-2;
+    p = fma(p, f, -1.151461e-1);
+    p = fma(p, f, 1.1676999e-1);
+    p = fma(p, f, -1.2420141e-1);
+    p = fma(p, f, 1.4249323e-1);
+    p = fma(p, f, -1.6668058e-1);
+    p = fma(p, f, 2.0000714e-1);
+    p = fma(p, f, -2.4999994e-1);
+    p = fma(p, f, 3.333333e-1);
+    var y = p * f * z;
+    y = fma(ef, -2.1219444e-4, y);
+    y = fma(-0.5, z, y);
+    var r = fma(ef, 0.6933594, f + y);
+    r = select(r, neg_inf(), x == 0.0);
+    r = select(r, pos_inf(), is_pos_inf(x));
+    return select(r, bitcast<f32>(0x7fc00000u + 0u * params.rows), x < 0.0 || is_nan(x));
+}
+
+// ln(1 + x), accurate near 0.
+fn qd_ln_1p(x: f32) -> f32 {
+    let u = (1.0 + x) * params.one;
+    let d = u - 1.0;
+    let r = qd_ln(u) * (x / d);
+    return select(select(r, u, is_pos_inf(u)), x, d == 0.0);
+}
+
+// e^(−u) − 1 + u for |u| ≤ 1 from its Taylor series (kinds.rs).
+fn exp_neg_remainder(u: f32) -> f32 {
+    var p = 1.0 / 39916800.0;
+    p = fma(p, -u, 1.0 / 3628800.0);
+    p = fma(p, -u, 1.0 / 362880.0);
+    p = fma(p, -u, 1.0 / 40320.0);
+    p = fma(p, -u, 1.0 / 5040.0);
+    p = fma(p, -u, 1.0 / 720.0);
+    p = fma(p, -u, 1.0 / 120.0);
+    p = fma(p, -u, 1.0 / 24.0);
+    p = fma(p, -u, 1.0 / 6.0);
+    p = fma(p, -u, 0.5);
+    return p * u * u;
+}
+
+// g(δ) = (1+δ)ln(1+δ) + (1−δ)ln(1−δ), a series for |δ| < 1/4 (kinds.rs).
+fn js_core(delta: f32) -> f32 {
+    let d2 = delta * delta;
+    var p = 1.0 / 91.0;
+    p = fma(p, d2, 1.0 / 66.0);
+    p = fma(p, d2, 1.0 / 45.0);
+    p = fma(p, d2, 1.0 / 28.0);
+    p = fma(p, d2, 1.0 / 15.0);
+    p = fma(p, d2, 1.0 / 6.0);
+    p = fma(p, d2, 1.0);
+    let series = p * d2;
+    let plus = 1.0 + delta;
+    let minus = 1.0 - delta;
+    let t_plus = select(plus * qd_ln_1p(delta), 0.0, plus == 0.0);
+    let t_minus = select(minus * qd_ln_1p(-delta), 0.0, minus == 0.0);
+    return select(t_plus + t_minus, series, abs(delta) < 0.25);
+}
+
+// ---------------------------------------------------------------------------
+// Loads: element `i` of the chunk (row · vocab + column), widened.
+// ---------------------------------------------------------------------------
+
+fn raw_p(i: u32) -> f32 {
+    let j = i + params.p_offset;
+    if params.p_dtype == 0u {
+        return bitcast<f32>(pdata[j]);
+    }
+    let pair = pdata[j >> 1u];
+    let hi = (j & 1u) == 1u;
+    if params.p_dtype == 1u {
+        return f16_to_f32(pair, hi);
+    }
+    return bf16_to_f32(pair, hi);
+}
+
+fn raw_q(i: u32) -> f32 {
+    let j = i + params.q_offset;
+    if params.q_dtype == 0u {
+        return bitcast<f32>(qdata[j]);
+    }
+    let pair = qdata[j >> 1u];
+    let hi = (j & 1u) == 1u;
+    if params.q_dtype == 1u {
+        return f16_to_f32(pair, hi);
+    }
+    return bf16_to_f32(pair, hi);
+}
+
+// The score of an element: the value itself, or ln of a probability.
+fn score(raw: f32) -> f32 {
+    if params.probs == 1u {
+        return qd_ln(raw);
+    }
+    return raw;
+}
+
+// ---------------------------------------------------------------------------
+// Compensated sums: Kahan per invocation, double-float across the workgroup.
+// ---------------------------------------------------------------------------
+
+struct Acc {
+    sum: vec4<f32>,
+    comp: vec4<f32>, // what the running sum has lost, negated
+}
+
+fn acc_new() -> Acc {
+    return Acc(vec4<f32>(0.0), vec4<f32>(0.0));
+}
+
+fn acc_add(acc: ptr<function, Acc>, x: vec4<f32>) {
+    let y = x - (*acc).comp;
+    let t = ((*acc).sum + y) * params.one;
+    // An infinite sum stays infinite (inf − inf would turn it into NaN).
+    let comp = (t - (*acc).sum) - y;
+    (*acc).comp = select(vec4<f32>(0.0), comp, abs(t) < vec4<f32>(3.4e38));
+    (*acc).sum = t;
+}
+
+var<workgroup> red_hi: array<vec4<f32>, 256>;
+var<workgroup> red_lo: array<vec4<f32>, 256>;
+var<workgroup> red_out: array<vec4<f32>, 2>;
+
+// (a_hi + a_lo) + (b_hi + b_lo) as a double-float pair (Knuth's two-sum).
+fn pair_add(a_hi: vec4<f32>, a_lo: vec4<f32>, b_hi: vec4<f32>, b_lo: vec4<f32>) -> array<vec4<f32>, 2> {
+    let one = params.one;
+    let s = (a_hi + b_hi) * one;
+    let bb = (s - a_hi) * one;
+    var e = (a_hi - (s - bb)) + (b_hi - bb);
+    e += a_lo + b_lo;
+    let hi = (s + e) * one;
+    let lo = e - (hi - s);
+    return array<vec4<f32>, 2>(hi, lo);
+}
+
+// The workgroup's total of every invocation's sums, as (hi, lo); uniform.
+fn wg_total(acc: Acc, lid: u32) -> array<vec4<f32>, 2> {
+    // Guard against non-finite sums: the compensation would turn inf into NaN.
+    red_hi[lid] = acc.sum;
+    red_lo[lid] = select(vec4<f32>(0.0), -acc.comp, abs(acc.sum) < vec4<f32>(3.4e38));
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
+        if lid < stride {
+            let a_hi = red_hi[lid];
+            let b_hi = red_hi[lid + stride];
+            let sum = pair_add(a_hi, red_lo[lid], b_hi, red_lo[lid + stride]);
+            let ok = abs(sum[0]) < vec4<f32>(3.4e38);
+            red_hi[lid] = select(a_hi + b_hi, sum[0], ok);
+            red_lo[lid] = select(vec4<f32>(0.0), sum[1], ok);
+        }
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        red_out[0] = red_hi[0];
+        red_out[1] = red_lo[0];
+    }
+    return workgroupUniformLoad(&red_out);
+}
+
+// Double-float pair as one float32.
+fn collapse(hi: f32, lo: f32) -> f32 {
+    return hi + lo;
+}
+
+// ---------------------------------------------------------------------------
+// The scan pass.
+// ---------------------------------------------------------------------------
+
+var<workgroup> flags_shared: atomic<u32>;
+var<workgroup> index_shared: atomic<u32>;
+var<workgroup> flags_plain: u32;
+var<workgroup> index_plain: u32;
+
+struct Scan {
+    max_p: f32,
+    max_q: f32,
+    flags: u32,
+    sums: array<vec4<f32>, 2>, // (Σp, Σq) as probabilities, hi and lo
+}
+
+fn scan_row(base: u32, lid: u32) -> Scan {
+    if lid == 0u {
+        atomicStore(&flags_shared, 0u);
+    }
+    var max_p = neg_inf();
+    var max_q = neg_inf();
+    var flags = 0u;
+    var sums = acc_new();
+    for (var i = lid; i < params.vocab; i += WG) {
+        let rp = raw_p(base + i);
+        let rq = raw_q(base + i);
+        let x = score(rp);
+        let y = score(rq);
+        let x_bad = is_nan(x) || is_pos_inf(x);
+        let y_bad = is_nan(y) || is_pos_inf(y);
+        if x_bad {
+            flags |= FLAG_P_BAD;
+        } else {
+            max_p = max(max_p, x);
+        }
+        if y_bad {
+            flags |= FLAG_Q_BAD;
+        } else {
+            max_q = max(max_q, y);
+        }
+        if !is_neg_inf(x) && is_neg_inf(y) {
+            flags |= FLAG_P_OUTSIDE_Q;
+        }
+        if !is_neg_inf(y) && is_neg_inf(x) {
+            flags |= FLAG_Q_OUTSIDE_P;
+        }
+        if params.probs == 1u {
+            acc_add(&sums, vec4<f32>(rp, rq, 0.0, 0.0));
+        }
+    }
+    workgroupBarrier();
+    if flags != 0u {
+        atomicOr(&flags_shared, flags);
+    }
+    var s: Scan;
+    s.max_p = wg_max(max_p, lid);
+    s.max_q = wg_max(max_q, lid);
+    s.sums = wg_total(sums, lid);
+    if lid == 0u {
+        flags_plain = atomicLoad(&flags_shared);
+    }
+    s.flags = workgroupUniformLoad(&flags_plain);
+    return s;
+}
+
+// Writes the scan's results; the kind's sums follow in slots 8..15.
+fn write_scan(row: u32, s: Scan, shift: f32, lid: u32) {
+    if lid == 0u {
+        let o = row * SLOTS;
+        out[o] = bitcast<f32>(s.flags);
+        out[o + 1u] = s.max_p;
+        out[o + 2u] = s.max_q;
+        out[o + 3u] = shift;
+        out[o + 4u] = s.sums[0].x;
+        out[o + 5u] = s.sums[1].x;
+        out[o + 6u] = s.sums[0].y;
+        out[o + 7u] = s.sums[1].y;
+    }
+}
+
+fn write_sums(row: u32, total: array<vec4<f32>, 2>, lid: u32) {
+    if lid == 0u {
+        let o = row * SLOTS + 8u;
+        for (var k = 0u; k < 4u; k++) {
+            out[o + k] = total[0][k];
+            out[o + 4u + k] = total[1][k];
+        }
+    }
+}
+
+// Whether the scan ends the row: NaN/+inf, an empty side, or (when
+// `inf_outside`) Q = 0 where P > 0, which the host turns into +inf.
+fn scan_ends_row(s: Scan, needs_q: bool, inf_outside: bool) -> bool {
+    let q_mask = select(0u, FLAG_Q_BAD, needs_q);
+    let bad = (s.flags & (FLAG_P_BAD | q_mask)) != 0u;
+    let empty = is_neg_inf(s.max_p) || (needs_q && is_neg_inf(s.max_q));
+    let outside = inf_outside && (s.flags & FLAG_P_OUTSIDE_Q) != 0u;
+    return bad || empty || outside;
+}
+
+fn row_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return flat_group(wid, nwg);
+}
+
+// ---------------------------------------------------------------------------
+// KL(P‖Q) (reverse KL is this with p and q swapped by the host).
+// ---------------------------------------------------------------------------
+
+@compute @workgroup_size(256)
+fn kl(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = row_index(wid, nwg);
+    if row >= params.rows {
+        return;
+    }
+    let base = row * params.vocab;
+    let s = scan_row(base, lid);
+    if scan_ends_row(s, true, true) {
+        write_scan(row, s, 0.0, lid);
+        return;
+    }
+    // The first index of max_p.
+    if lid == 0u {
+        atomicStore(&index_shared, 0xffffffffu);
+    }
+    workgroupBarrier();
+    var hit = 0xffffffffu;
+    for (var i = lid; i < params.vocab; i += WG) {
+        if score(raw_p(base + i)) == s.max_p {
+            hit = i;
+            break;
+        }
+    }
+    if hit != 0xffffffffu {
+        atomicMin(&index_shared, hit);
+    }
+    workgroupBarrier();
+    if lid == 0u {
+        index_plain = atomicLoad(&index_shared);
+    }
+    var argmax = workgroupUniformLoad(&index_plain);
+    if argmax == 0xffffffffu {
+        argmax = 0u;
+    }
+    let inv_t = params.inv_t;
+    let shift = (score(raw_q(base + argmax)) - s.max_q) * inv_t;
+    var k = qd_exp(-shift);
+    let robust = !is_pos_inf(k) && !is_nan(k);
+    k = select(0.0, k, robust);
+    var acc = acc_new();
+    for (var i = lid; i < params.vocab; i += WG) {
+        let a = (score(raw_p(base + i)) - s.max_p) * inv_t;
+        let b = (score(raw_q(base + i)) - s.max_q) * inv_t;
+        let w = exp_nonpositive(a);
+        let v = exp_nonpositive(b);
+        let u = a - b + shift;
+        let positive = w > 0.0;
+        let w_u = w * u;
+        let ve = v * k;
+        let series = abs(u) <= 1.0;
+        var rem = ve;
+        if positive {
+            rem = select(ve - w + w_u, w * exp_neg_remainder(u), series);
+        }
+        acc_add(&acc, vec4<f32>(w, v, select(0.0, w_u, positive), rem));
+    }
+    let total = wg_total(acc, lid);
+    write_scan(row, s, shift, lid);
+    write_sums(row, total, lid);
+}
+
+// ---------------------------------------------------------------------------
+// Entropy and cross-entropy.
+// ---------------------------------------------------------------------------
+
+@compute @workgroup_size(256)
+fn entropy(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = row_index(wid, nwg);
+    if row >= params.rows {
+        return;
+    }
+    let base = row * params.vocab;
+    let s = scan_row(base, lid);
+    if scan_ends_row(s, false, false) {
+        write_scan(row, s, 0.0, lid);
+        return;
+    }
+    var acc = acc_new();
+    for (var i = lid; i < params.vocab; i += WG) {
+        let a = (score(raw_p(base + i)) - s.max_p) * params.inv_t;
+        let w = exp_nonpositive(a);
+        acc_add(&acc, vec4<f32>(w, select(0.0, w * a, w > 0.0), 0.0, 0.0));
+    }
+    let total = wg_total(acc, lid);
+    write_scan(row, s, 0.0, lid);
+    write_sums(row, total, lid);
+}
+
+@compute @workgroup_size(256)
+fn cross_entropy(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = row_index(wid, nwg);
+    if row >= params.rows {
+        return;
+    }
+    let base = row * params.vocab;
+    let s = scan_row(base, lid);
+    if scan_ends_row(s, true, true) {
+        write_scan(row, s, 0.0, lid);
+        return;
+    }
+    var acc = acc_new();
+    for (var i = lid; i < params.vocab; i += WG) {
+        let a = (score(raw_p(base + i)) - s.max_p) * params.inv_t;
+        let b = (score(raw_q(base + i)) - s.max_q) * params.inv_t;
+        let w = exp_nonpositive(a);
+        let v = exp_nonpositive(b);
+        acc_add(&acc, vec4<f32>(w, v, select(0.0, w * b, w > 0.0), 0.0));
+    }
+    let total = wg_total(acc, lid);
+    write_scan(row, s, 0.0, lid);
+    write_sums(row, total, lid);
+}
+
+// ---------------------------------------------------------------------------
+// Kinds of normalised P and Q: a sum pass, then a term pass.
+// ---------------------------------------------------------------------------
+
+struct Norm {
+    inv_sp: f32,
+    inv_sq: f32,
+    log_ratio_shift: f32, // ln Sp − ln Sq
+    log_sp: f32,
+}
+
+const KIND_JS: u32 = 0u;
+const KIND_TV: u32 = 1u;
+const KIND_HELLINGER: u32 = 2u;
+const KIND_CHI2: u32 = 3u;
+const KIND_RENYI: u32 = 4u;
+
+fn term(kind: u32, a: f32, b: f32, w: f32, v: f32, n: Norm) -> f32 {
+    let pp = w * n.inv_sp;
+    let qq = v * n.inv_sq;
+    switch kind {
+        case KIND_JS: {
+            let sum = pp + qq;
+            return select(0.0, sum * js_core((pp - qq) / sum), sum > 0.0);
+        }
+        case KIND_TV: {
+            return abs(pp - qq);
+        }
+        case KIND_HELLINGER: {
+            let diff = pp - qq;
+            let root = sqrt(pp) + sqrt(qq);
+            return select(0.0, diff * diff / (root * root), root > 0.0);
+        }
+        case KIND_CHI2: {
+            let y = a - b - n.log_ratio_shift; // ln(P/Q)
+            let log_p = a - n.log_sp;
+            let m_below = qd_expm1(-y);
+            let m_above = qd_expm1(y);
+            let above = qd_exp(log_p + y) * (m_below * m_below);
+            let below = qq * (m_above * m_above);
+            let t = select(below, above, y >= 0.0);
+            return select(t, 0.0, is_neg_inf(b));
+        }
+        default: {
+            let beta = params.beta;
+            let y = b - a + n.log_ratio_shift; // ln(Q/P)
+            let bracket = qd_expm1(beta * y) - beta * qd_expm1(y);
+            let log_q = b - (n.log_sp - n.log_ratio_shift);
+            var tiny = qd_exp(params.alpha * (a - n.log_sp) + beta * log_q) - beta * qq;
+            tiny = select(tiny, -beta * qq, is_neg_inf(a));
+            return select(tiny, pp * bracket, w > 0.0);
+        }
+    }
+}
+
+fn normalised(kind: u32, inf_outside: bool, wid: vec3<u32>, nwg: vec3<u32>, lid: u32) {
+    let row = row_index(wid, nwg);
+    if row >= params.rows {
+        return;
+    }
+    let base = row * params.vocab;
+    let s = scan_row(base, lid);
+    if scan_ends_row(s, true, inf_outside) {
+        write_scan(row, s, 0.0, lid);
+        return;
+    }
+    let inv_t = params.inv_t;
+    var sums = acc_new();
+    for (var i = lid; i < params.vocab; i += WG) {
+        let a = (score(raw_p(base + i)) - s.max_p) * inv_t;
+        let b = (score(raw_q(base + i)) - s.max_q) * inv_t;
+        acc_add(&sums, vec4<f32>(exp_nonpositive(a), exp_nonpositive(b), 0.0, 0.0));
+    }
+    let total = wg_total(sums, lid);
+    // The row constants, from the double-float sums: ln Sp − ln Sq as
+    // ln(1 + (Sp − Sq)/Sq) keeps its digits when Sp ≈ Sq.
+    let sp_hi = total[0].x;
+    let sp_lo = total[1].x;
+    let sq_hi = total[0].y;
+    let sq_lo = total[1].y;
+    let sp = collapse(sp_hi, sp_lo);
+    let sq = collapse(sq_hi, sq_lo);
+    var n: Norm;
+    n.inv_sp = 1.0 / sp;
+    n.inv_sq = 1.0 / sq;
+    n.log_sp = qd_ln(sp_hi) + sp_lo / sp_hi;
+    let diff = (sp_hi - sq_hi) + (sp_lo - sq_lo);
+    n.log_ratio_shift = qd_ln_1p(diff / sq);
+    var terms = acc_new();
+    for (var i = lid; i < params.vocab; i += WG) {
+        let a = (score(raw_p(base + i)) - s.max_p) * inv_t;
+        let b = (score(raw_q(base + i)) - s.max_q) * inv_t;
+        let w = exp_nonpositive(a);
+        let v = exp_nonpositive(b);
+        acc_add(&terms, vec4<f32>(term(kind, a, b, w, v, n), 0.0, 0.0, 0.0));
+    }
+    var result = wg_total(terms, lid);
+    result[0].y = sp_hi;
+    result[1].y = sp_lo;
+    result[0].z = sq_hi;
+    result[1].z = sq_lo;
+    write_scan(row, s, 0.0, lid);
+    write_sums(row, result, lid);
+}
+
+@compute @workgroup_size(256)
+fn js(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    normalised(KIND_JS, false, wid, nwg, lid);
+}
+
+@compute @workgroup_size(256)
+fn tv(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    normalised(KIND_TV, false, wid, nwg, lid);
+}
+
+@compute @workgroup_size(256)
+fn hellinger(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    normalised(KIND_HELLINGER, false, wid, nwg, lid);
+}
+
+@compute @workgroup_size(256)
+fn chi2(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    normalised(KIND_CHI2, true, wid, nwg, lid);
+}
+
+@compute @workgroup_size(256)
+fn renyi(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    normalised(KIND_RENYI, params.alpha > 1.0, wid, nwg, lid);
+}
