@@ -157,6 +157,7 @@ def quant_calibrate(
     arith: str,
     x16: str,
     w16: str,
+    device: str = ...,
 ) -> Tuple[npt.NDArray[np.float64], npt.NDArray[np.int32]]: ...
 def quant_quantize(
     x: _In,
@@ -171,6 +172,7 @@ def quant_quantize(
     seed: int,
     arith: str,
     x16: str,
+    device: str = ...,
 ) -> Tuple[_Codes, int]: ...
 def quant_fake(
     x: _In,
@@ -184,6 +186,7 @@ def quant_fake(
     seed: int,
     arith: str,
     x16: str,
+    device: str = ...,
 ) -> Tuple[npt.NDArray[np.float32] | npt.NDArray[np.float64], int]: ...
 def quant_dequantize(
     codes: _Codes,
@@ -196,6 +199,7 @@ def quant_dequantize(
     length: int,
     arith: str,
     f64_out: bool,
+    device: str = ...,
 ) -> npt.NDArray[np.float32] | npt.NDArray[np.float64]: ...
 def quant_pack(codes: npt.NDArray[np.int32], bits: int, signed: bool) -> npt.NDArray[np.uint8]: ...
 def quant_unpack(packed: npt.NDArray[np.uint8], bits: int, signed: bool, length: int) -> npt.NDArray[np.int32]: ...

@@ -208,7 +208,7 @@ fn dequantize_matches_the_cpu() {
         shape: vec![rows, cols],
         tile: vec![4, 16],
     };
-    let k = 5 * 3;
+    let k: usize = 5 * 3;
     let scales: Vec<f64> = (0..k)
         .map(|j| (0.37f32 * 1.7f32.powi(j as i32 - 7)) as f64)
         .collect();
