@@ -158,6 +158,7 @@ def quant_calibrate(
     arith: str,
     x16: str,
     w16: str,
+    device: str = ...,
 ) -> Tuple[npt.NDArray[np.float64], npt.NDArray[np.int32]]: ...
 def quant_quantize(
     x: _In,
@@ -172,6 +173,7 @@ def quant_quantize(
     seed: int,
     arith: str,
     x16: str,
+    device: str = ...,
 ) -> Tuple[_Codes, int]: ...
 def quant_fake(
     x: _In,
@@ -185,6 +187,7 @@ def quant_fake(
     seed: int,
     arith: str,
     x16: str,
+    device: str = ...,
 ) -> Tuple[npt.NDArray[np.float32] | npt.NDArray[np.float64], int]: ...
 def quant_dequantize(
     codes: _Codes,
@@ -197,6 +200,7 @@ def quant_dequantize(
     length: int,
     arith: str,
     f64_out: bool,
+    device: str = ...,
 ) -> npt.NDArray[np.float32] | npt.NDArray[np.float64]: ...
 def quant_pack(codes: npt.NDArray[np.int32], bits: int, signed: bool) -> npt.NDArray[np.uint8]: ...
 def quant_unpack(packed: npt.NDArray[np.uint8], bits: int, signed: bool, length: int) -> npt.NDArray[np.int32]: ...

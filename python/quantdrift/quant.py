@@ -25,7 +25,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import _core
+from . import _core, gpu
 from ._arrays import BFLOAT16, as_scores
 from ._errors import DtypeError, InputError, ShapeError
 from .lowp import _seed
@@ -303,6 +303,7 @@ class _Prepared:
     rounding: str
     seed: int
     symmetric: bool
+    device: str
 
 
 def _prepare(
@@ -322,8 +323,10 @@ def _prepare(
     percentile: float,
     restricted: bool,
     compat: Optional[str],
+    device: str,
 ) -> _Prepared:
     arr, x16 = as_scores(x, "x")
+    where = gpu.resolve(device, int(arr.size))
     dtype = arr.dtype if x16 == "float32" else (np.dtype(np.float16) if x16 == "float16" else BFLOAT16)
     shape = tuple(arr.shape)
     flat = np.ascontiguousarray(arr).reshape(-1)
@@ -386,6 +389,7 @@ def _prepare(
             arith=arith,
             x16=x16,
             w16=w16,
+            device=where,
         )
     else:
         sc = _per_part(scale, plan, "scale", np.float64).astype(scale_dtype).astype(np.float64)
@@ -400,6 +404,7 @@ def _prepare(
     return _Prepared(
         flat, x16, shape, np.dtype(dtype), plan, np.ascontiguousarray(sc, dtype=np.float64),
         np.ascontiguousarray(zp, dtype=np.int32), qmin, qmax, scale_dtype, arith, rounding, s, bool(symmetric),
+        where,
     )
 
 
@@ -474,17 +479,20 @@ class QuantizedTensor:
             np.ascontiguousarray(self.zero_point, dtype=np.int32).reshape(-1),
         )
 
-    def dequantize(self, dtype: Any = None) -> np.ndarray:
+    def dequantize(self, dtype: Any = None, *, device: str = "cpu") -> np.ndarray:
         """Q̃(codes) = s·(n − b).
 
         Args:
             dtype: output dtype; None restores the original dtype. The value
                 is computed in float64 and rounded to float32 (kept float64
                 for float64), then to ``dtype``.
+            device: ``"cpu"``, ``"gpu"`` or ``"auto"`` (see
+                :mod:`quantdrift.gpu`); the values are the same, bit for bit.
 
         Returns:
             array of ``shape``.
         """
+        where = gpu.resolve(device, self.size)
         sc, zp = self._flat_params()
         f64 = self.dtype == np.float64
         if self.packed_bits is None:
@@ -493,7 +501,7 @@ class QuantizedTensor:
             codes = self.codes
         y = _core.quant_dequantize(
             codes, self._spec, sc, zp, packed_bits=self.packed_bits, signed=self.signed,
-            length=self.size, arith=self.arith, f64_out=f64,
+            length=self.size, arith=self.arith, f64_out=f64, device=where,
         ).reshape(self.shape)
         want = self.dtype if dtype is None else np.dtype(dtype)
         return y if y.dtype == want else y.astype(want)
@@ -543,6 +551,7 @@ def quantize(
     restricted: bool = False,
     compat: Optional[str] = None,
     pack: bool = True,
+    device: str = "cpu",
 ) -> QuantizedTensor:
     """Q(x) over a partition (Def 3.2, eq. 9).
 
@@ -579,6 +588,11 @@ def quantize(
             arithmetic plus ``choose_qparams_affine``'s float32 scale and
             zero-point formulas).
         pack: bit-pack codes whose range fits in 2, 3 or 4 bits.
+        device: ``"cpu"``, ``"gpu"`` or ``"auto"`` (see :mod:`quantdrift.gpu`):
+            where the codes (and absmax/minmax calibration) are computed;
+            codes, scales, zero-points and packed bytes are the same, bit
+            for bit. Float64 input, percentile/MSE calibration and
+            parameters outside float32's range run on the CPU either way.
 
     Returns:
         A :class:`QuantizedTensor`.
@@ -592,13 +606,14 @@ def quantize(
         x, bits=bits, max_int=max_int, qrange=qrange, partition=partition, symmetric=symmetric,
         scale=scale, zero_point=zero_point, calibration=calibration, importance=importance,
         rounding=rounding, seed=seed, percentile=percentile, restricted=restricted, compat=compat,
+        device=device,
     )
     lo = int(min(p.qmin.min(initial=0), p.zero_point.min(initial=0)))
     hi = int(max(p.qmax.max(initial=0), p.zero_point.max(initial=0)))
     code_type, width, signed = _code_type(lo, hi, pack)
     codes, clipped = _core.quant_quantize(
         p.flat, p.plan.spec, p.scale, p.zero_point, p.qmin, p.qmax, code_type=code_type,
-        rounding=p.rounding, seed=p.seed, arith=p.arith, x16=p.x16,
+        rounding=p.rounding, seed=p.seed, arith=p.arith, x16=p.x16, device=p.device,
     )
     if width is None:
         codes = codes.reshape(p.shape)
@@ -622,12 +637,12 @@ def quantize(
     )
 
 
-def dequantize(qt: QuantizedTensor, dtype: Any = None) -> np.ndarray:
+def dequantize(qt: QuantizedTensor, dtype: Any = None, *, device: str = "cpu") -> np.ndarray:
     """Q̃ of a :class:`QuantizedTensor` (eq. 10); see
-    :meth:`QuantizedTensor.dequantize`."""
+    :meth:`QuantizedTensor.dequantize` (``device`` as there)."""
     if not isinstance(qt, QuantizedTensor):
         raise InputError(f"dequantize expects a QuantizedTensor, got {type(qt).__name__}")
-    return qt.dequantize(dtype)
+    return qt.dequantize(dtype, device=device)
 
 
 def fake_quantize(
@@ -647,12 +662,14 @@ def fake_quantize(
     percentile: float = 99.9,
     restricted: bool = False,
     compat: Optional[str] = None,
+    device: str = "cpu",
 ) -> np.ndarray:
     """Q̃(Q(x)) in one pass, without materialising codes; equals
     ``quantize(x, ...).dequantize()``.
 
     Args:
-        x, and every option: as :func:`quantize`.
+        x, and every option: as :func:`quantize` (``device`` included: the
+            values are the same on the GPU, bit for bit).
 
     Returns:
         array of x's shape and dtype (float64 lists give float64).
@@ -661,10 +678,11 @@ def fake_quantize(
         x, bits=bits, max_int=max_int, qrange=qrange, partition=partition, symmetric=symmetric,
         scale=scale, zero_point=zero_point, calibration=calibration, importance=importance,
         rounding=rounding, seed=seed, percentile=percentile, restricted=restricted, compat=compat,
+        device=device,
     )
     y, _ = _core.quant_fake(
         p.flat, p.plan.spec, p.scale, p.zero_point, p.qmin, p.qmax, rounding=p.rounding, seed=p.seed,
-        arith=p.arith, x16=p.x16,
+        arith=p.arith, x16=p.x16, device=p.device,
     )
     y = y.reshape(p.shape)
     return y if y.dtype == p.dtype else y.astype(p.dtype)

@@ -13,6 +13,7 @@ pub mod context;
 pub mod diverge;
 pub mod error;
 pub mod lowp;
+pub mod quant;
 pub mod shaders;
 
 pub use context::{available, context, Capabilities, Gpu};

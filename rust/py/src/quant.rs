@@ -16,6 +16,7 @@ use quantdrift_core::quant::{
 use quantdrift_core::CoreError;
 
 use crate::errors::Error;
+use crate::gpu::{on_gpu, to_py as gpu_error};
 use crate::lowp::Input;
 
 /// A partition as Python passes it: (shape, tile, labels, parts). With
@@ -108,7 +109,7 @@ fn rounded_to_py(py: Python<'_>, r: Rounded) -> Bound<'_, PyAny> {
 
 /// Scale (float64) and zero-point (int32) of every part.
 #[pyfunction]
-#[pyo3(signature = (x, partition, qmin, qmax, *, symmetric, method, percentile, style, eps, scale_f32, importance, rounding, seed, arith, x16, w16))]
+#[pyo3(signature = (x, partition, qmin, qmax, *, symmetric, method, percentile, style, eps, scale_f32, importance, rounding, seed, arith, x16, w16, device="cpu"))]
 #[allow(clippy::too_many_arguments)]
 pub fn quant_calibrate<'py>(
     py: Python<'py>,
@@ -128,6 +129,7 @@ pub fn quant_calibrate<'py>(
     arith: &str,
     x16: &str,
     w16: &str,
+    device: &str,
 ) -> PyResult<ScalesAndZeros<'py>> {
     let part = self::partition(&partition)?;
     let values = x.values(x16, "x")?;
@@ -168,15 +170,19 @@ pub fn quant_calibrate<'py>(
         qmin: slice(&qmin, "qmin")?,
         qmax: slice(&qmax, "qmax")?,
     };
-    let (s, b) = py
-        .detach(|| quant::calibrate(values, &part, &ranges, &cal))
-        .map_err(Error)?;
+    let (s, b) = if on_gpu(device)? {
+        py.detach(|| quantdrift_gpu::quant::calibrate(values, &part, &ranges, &cal))
+            .map_err(gpu_error)?
+    } else {
+        py.detach(|| quant::calibrate(values, &part, &ranges, &cal))
+            .map_err(Error)?
+    };
     Ok((s.into_pyarray(py), b.into_pyarray(py)))
 }
 
 /// Codes of x (in `code_type`) and the number of clipped elements.
 #[pyfunction]
-#[pyo3(signature = (x, partition, scale, zero_point, qmin, qmax, *, code_type, rounding, seed, arith, x16))]
+#[pyo3(signature = (x, partition, scale, zero_point, qmin, qmax, *, code_type, rounding, seed, arith, x16, device="cpu"))]
 #[allow(clippy::too_many_arguments)]
 pub fn quant_quantize<'py>(
     py: Python<'py>,
@@ -191,6 +197,7 @@ pub fn quant_quantize<'py>(
     seed: u64,
     arith: &str,
     x16: &str,
+    device: &str,
 ) -> PyResult<(Bound<'py, PyAny>, u64)> {
     let part = self::partition(&partition)?;
     let values = x.values(x16, "x")?;
@@ -202,9 +209,13 @@ pub fn quant_quantize<'py>(
     };
     let ct = self::code_type(code_type)?;
     let opts = options(rounding, seed, arith)?;
-    let (codes, clipped) = py
-        .detach(|| quant::quantize(values, &part, &params, ct, &opts))
-        .map_err(Error)?;
+    let (codes, clipped) = if on_gpu(device)? {
+        py.detach(|| quantdrift_gpu::quant::quantize(values, &part, &params, ct, &opts))
+            .map_err(gpu_error)?
+    } else {
+        py.detach(|| quant::quantize(values, &part, &params, ct, &opts))
+            .map_err(Error)?
+    };
     let arr = match codes {
         Codes::I8(v) => v.into_pyarray(py).into_any(),
         Codes::U8(v) => v.into_pyarray(py).into_any(),
@@ -218,7 +229,7 @@ pub fn quant_quantize<'py>(
 
 /// Q̃(Q(x)) (float32, float64 for float64 x) and the number of clipped elements.
 #[pyfunction]
-#[pyo3(signature = (x, partition, scale, zero_point, qmin, qmax, *, rounding, seed, arith, x16))]
+#[pyo3(signature = (x, partition, scale, zero_point, qmin, qmax, *, rounding, seed, arith, x16, device="cpu"))]
 #[allow(clippy::too_many_arguments)]
 pub fn quant_fake<'py>(
     py: Python<'py>,
@@ -232,6 +243,7 @@ pub fn quant_fake<'py>(
     seed: u64,
     arith: &str,
     x16: &str,
+    device: &str,
 ) -> PyResult<(Bound<'py, PyAny>, u64)> {
     let part = self::partition(&partition)?;
     let values = x.values(x16, "x")?;
@@ -242,9 +254,13 @@ pub fn quant_fake<'py>(
         qmax: slice(&qmax, "qmax")?,
     };
     let opts = options(rounding, seed, arith)?;
-    let (y, clipped) = py
-        .detach(|| quant::fake_quantize(values, &part, &params, &opts))
-        .map_err(Error)?;
+    let (y, clipped) = if on_gpu(device)? {
+        py.detach(|| quantdrift_gpu::quant::fake_quantize(values, &part, &params, &opts))
+            .map_err(gpu_error)?
+    } else {
+        py.detach(|| quant::fake_quantize(values, &part, &params, &opts))
+            .map_err(Error)?
+    };
     Ok((rounded_to_py(py, y), clipped))
 }
 
@@ -260,7 +276,7 @@ pub enum CodeArray<'py> {
 
 /// s·(n − b) of codes (float32, or float64 with f64_out).
 #[pyfunction]
-#[pyo3(signature = (codes, partition, scale, zero_point, *, packed_bits, signed, length, arith, f64_out))]
+#[pyo3(signature = (codes, partition, scale, zero_point, *, packed_bits, signed, length, arith, f64_out, device="cpu"))]
 #[allow(clippy::too_many_arguments)]
 pub fn quant_dequantize<'py>(
     py: Python<'py>,
@@ -273,6 +289,7 @@ pub fn quant_dequantize<'py>(
     length: usize,
     arith: &str,
     f64_out: bool,
+    device: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
     let part = self::partition(&partition)?;
     let c = match (&codes, packed_bits) {
@@ -293,9 +310,13 @@ pub fn quant_dequantize<'py>(
     };
     let (s, b) = (slice(&scale, "scale")?, slice(&zero_point, "zero_point")?);
     let ar = self::arith(arith)?;
-    let y = py
-        .detach(|| quant::dequantize(c, &part, s, b, ar, f64_out))
-        .map_err(Error)?;
+    let y = if on_gpu(device)? {
+        py.detach(|| quantdrift_gpu::quant::dequantize(c, &part, s, b, ar, f64_out))
+            .map_err(gpu_error)?
+    } else {
+        py.detach(|| quant::dequantize(c, &part, s, b, ar, f64_out))
+            .map_err(Error)?
+    };
     Ok(rounded_to_py(py, y))
 }
 

@@ -93,6 +93,34 @@ pub fn calibrate(
     ranges: &Ranges<'_>,
     c: &Calibration<'_>,
 ) -> Result<(Vec<f64>, Vec<i32>)> {
+    check(x.len(), plan, ranges, c)?;
+    let k = plan.parts;
+    crate::threads::init_pool();
+    let members = plan.members();
+    let results: Vec<Result<(f64, i32)>> = (0..k)
+        .into_par_iter()
+        .with_min_len(64.min(k.max(1)))
+        .map_init(
+            || (Vec::new(), Vec::new()),
+            |(vals, wts): &mut (Vec<f64>, Vec<f64>), j| {
+                part_params(x, plan, members.as_ref(), j, ranges, c, vals, wts)
+            },
+        )
+        .collect();
+    let mut scale = Vec::with_capacity(k);
+    let mut zero = Vec::with_capacity(k);
+    for r in results {
+        let (s, b) = r?;
+        scale.push(s);
+        zero.push(b);
+    }
+    Ok((scale, zero))
+}
+
+/// The checks [`calibrate`] makes before touching the data: per-part
+/// ranges that match the partition and allow the method, importance of x's
+/// length `len`, a valid percentile and style.
+pub fn check(len: usize, plan: &Plan<'_>, ranges: &Ranges<'_>, c: &Calibration<'_>) -> Result<()> {
     let k = plan.parts;
     if ranges.qmin.len() != k || ranges.qmax.len() != k {
         return Err(CoreError::Shape(format!(
@@ -102,11 +130,11 @@ pub fn calibrate(
         )));
     }
     if let Some(w) = &c.weights {
-        if w.len() != x.len() {
+        if w.len() != len {
             return Err(CoreError::Shape(format!(
                 "importance has {} elements but x has {}; they must match",
                 w.len(),
-                x.len()
+                len
             )));
         }
     }
@@ -138,26 +166,7 @@ pub fn calibrate(
             }
         }
     }
-    crate::threads::init_pool();
-    let members = plan.members();
-    let results: Vec<Result<(f64, i32)>> = (0..k)
-        .into_par_iter()
-        .with_min_len(64.min(k.max(1)))
-        .map_init(
-            || (Vec::new(), Vec::new()),
-            |(vals, wts): &mut (Vec<f64>, Vec<f64>), j| {
-                part_params(x, plan, members.as_ref(), j, ranges, c, vals, wts)
-            },
-        )
-        .collect();
-    let mut scale = Vec::with_capacity(k);
-    let mut zero = Vec::with_capacity(k);
-    for r in results {
-        let (s, b) = r?;
-        scale.push(s);
-        zero.push(b);
-    }
-    Ok((scale, zero))
+    Ok(())
 }
 
 /// ⌊(lo + hi + 1)/2⌋.

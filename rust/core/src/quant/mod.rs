@@ -279,6 +279,13 @@ pub fn quantize(
 ) -> Result<(Codes, u64)> {
     let plan = Plan::new(partition, x.len())?;
     let r = Resolved::new(&plan, params, opts.arith)?;
+    check_code_type(params, code_type)?;
+    Ok(kernel::quantize(x, &plan, &r, code_type, opts))
+}
+
+/// Checks that `code_type` holds every part's integer range and
+/// zero-point (the check [`quantize`] makes).
+pub fn check_code_type(params: &QParams<'_>, code_type: CodeType) -> Result<()> {
     let (lo, hi) = container_range(code_type)?;
     let lo_min = params.qmin.iter().copied().min().unwrap_or(0) as i64;
     let hi_max = params.qmax.iter().copied().max().unwrap_or(0) as i64;
@@ -291,7 +298,7 @@ pub fn quantize(
             "the integer range [{lo_min}, {hi_max}] (and zero-points) do not fit the code type {code_type:?}, which holds [{lo}, {hi}]"
         )));
     }
-    Ok(kernel::quantize(x, &plan, &r, code_type, opts))
+    Ok(())
 }
 
 /// Q̃(Q(x)) without materialising codes: float32 (float64 for float64
@@ -335,6 +342,17 @@ pub fn dequantize(
         qmax: &hi,
     };
     let r = Resolved::new(&plan, &params, arith)?;
+    check_codes(codes)?;
+    Ok(if f64_out {
+        Rounded::F64(kernel::dequantize::<f64>(codes, &plan, &r))
+    } else {
+        Rounded::F32(kernel::dequantize::<f32>(codes, &plan, &r))
+    })
+}
+
+/// Checks packed codes' width and byte count (the check [`dequantize`]
+/// makes).
+pub fn check_codes(codes: CodesRef<'_>) -> Result<()> {
     if let CodesRef::Packed {
         data,
         bits,
@@ -351,11 +369,7 @@ pub fn dequantize(
             )));
         }
     }
-    Ok(if f64_out {
-        Rounded::F64(kernel::dequantize::<f64>(codes, &plan, &r))
-    } else {
-        Rounded::F32(kernel::dequantize::<f32>(codes, &plan, &r))
-    })
+    Ok(())
 }
 
 /// Scale and zero-point per part chosen from the data (see [`calibrate`]).

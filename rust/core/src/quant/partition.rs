@@ -159,6 +159,23 @@ impl<'a> Plan<'a> {
         }
     }
 
+    /// For tiles: the (normalised) shape, tile extents (clipped to the
+    /// shape) and the stride of each axis in the part index.
+    pub fn tiles(&self) -> Option<(&[usize], &[usize], &[usize])> {
+        match &self.kind {
+            Kind::Tiles(t) => Some((&t.shape, &t.tile, &t.grid_stride)),
+            Kind::Labels(_) => None,
+        }
+    }
+
+    /// For labels: the part id of every element.
+    pub fn labels(&self) -> Option<&'a [i64]> {
+        match &self.kind {
+            Kind::Labels(ids) => Some(ids),
+            Kind::Tiles(_) => None,
+        }
+    }
+
     /// The tile grid (`ceil(shape / tile)`), or `[parts]` for labels.
     pub fn grid(&self) -> Vec<usize> {
         match &self.kind {
