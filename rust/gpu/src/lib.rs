@@ -8,6 +8,7 @@
 //! and a pipeline cache. Inputs larger than the device's binding limits are
 //! processed in chunks.
 
+pub mod compare;
 pub mod context;
 pub mod error;
 pub mod lowp;
