@@ -195,7 +195,10 @@ fn side_bytes<'a>(side: Rows<'a>, rows: &[u32], contiguous: bool) -> (Cow<'a, [u
     match side {
         Rows::F32(d, _) => {
             if contiguous {
-                (Cow::Borrowed(bytemuck::cast_slice(&d[first * v..last * v])), 0)
+                (
+                    Cow::Borrowed(bytemuck::cast_slice(&d[first * v..last * v])),
+                    0,
+                )
             } else {
                 let mut out = Vec::with_capacity(rows.len() * v);
                 for &r in rows {
@@ -210,7 +213,10 @@ fn side_bytes<'a>(side: Rows<'a>, rows: &[u32], contiguous: bool) -> (Cow<'a, [u
                 let start = first * v;
                 let even = start & !1;
                 let bytes: &[u16] = &d[even..last * v];
-                (Cow::Borrowed(bytemuck::cast_slice(bytes)), (start - even) as u32)
+                (
+                    Cow::Borrowed(bytemuck::cast_slice(bytes)),
+                    (start - even) as u32,
+                )
             } else {
                 let mut out: Vec<u16> = Vec::with_capacity(rows.len() * v);
                 for &r in rows {
@@ -349,7 +355,13 @@ impl Job<'_> {
                 done,
             );
             if !cpu_rows.is_empty() {
-                self.on_cpu(chunk, &cpu_rows, &mut out[done..done + m], &mut overlap, done)?;
+                self.on_cpu(
+                    chunk,
+                    &cpu_rows,
+                    &mut out[done..done + m],
+                    &mut overlap,
+                    done,
+                )?;
             }
             done += m;
         }
@@ -359,9 +371,7 @@ impl Job<'_> {
     /// Writes chunk `rows` of both sides into `slot`'s input buffers and its
     /// parameters into a fresh uniform buffer.
     fn upload(&self, slot: &mut Slot, rows: &[u32]) {
-        let contiguous = rows
-            .windows(2)
-            .all(|w| w[1] == w[0] + 1);
+        let contiguous = rows.windows(2).all(|w| w[1] == w[0] + 1);
         let (bytes_p, off_p) = side_bytes(self.p, rows, contiguous);
         let (bytes_q, off_q) = side_bytes(self.q, rows, contiguous);
         self.gpu.write(&slot.data_p, 0, &bytes_p);
@@ -395,11 +405,19 @@ impl Job<'_> {
     ) {
         let params = slot.params.as_ref().expect("params of an uploaded chunk");
         let inputs = [params, &slot.data_p, &slot.data_q];
-        self.gpu
-            .dispatch(enc, scan, &[inputs[0], inputs[1], inputs[2], &slot.scan], m as u32);
+        self.gpu.dispatch(
+            enc,
+            scan,
+            &[inputs[0], inputs[1], inputs[2], &slot.scan],
+            m as u32,
+        );
         if self.sizes.iter().any(|&k| k > 1 && k < self.vocab) {
-            self.gpu
-                .dispatch(enc, topk, &[inputs[0], inputs[1], inputs[2], &slot.topk], m as u32);
+            self.gpu.dispatch(
+                enc,
+                topk,
+                &[inputs[0], inputs[1], inputs[2], &slot.topk],
+                m as u32,
+            );
         }
     }
 
@@ -444,7 +462,10 @@ impl Job<'_> {
     fn exp_totals(&self, head: &[u32]) -> (f64, f64) {
         let nb = self.nb;
         let sum = |s: &[u32]| s.iter().map(|&b| f32::from_bits(b) as f64).sum::<f64>();
-        (sum(&head[HEAD..HEAD + nb]), sum(&head[HEAD + nb..HEAD + 2 * nb]))
+        (
+            sum(&head[HEAD..HEAD + nb]),
+            sum(&head[HEAD + nb..HEAD + 2 * nb]),
+        )
     }
 
     /// Finishes the GPU rows of a chunk in float64.
@@ -473,7 +494,12 @@ impl Job<'_> {
             let h = &words[j * stride..(j + 1) * stride];
             let (sp, sq) = self.exp_totals(h);
             let t = &totals[j * 5 * nb..(j + 1) * 5 * nb];
-            let sum = |s: usize| t[s * nb..(s + 1) * nb].iter().map(|&x| x as f64).sum::<f64>();
+            let sum = |s: usize| {
+                t[s * nb..(s + 1) * nb]
+                    .iter()
+                    .map(|&x| x as f64)
+                    .sum::<f64>()
+            };
             let kl = log_ratio_mean(sum(0), sum(1), sp);
             let reverse_kl = log_ratio_mean(sum(2), sum(3), sq);
             let (Some(kl), Some(reverse_kl)) = (kl, reverse_kl) else {

@@ -24,7 +24,10 @@ fn normals(n: usize, seed: u64) -> Vec<f32> {
 }
 
 fn pair(rows: usize, vocab: usize, noise: f32, seed: u64) -> (Vec<f32>, Vec<f32>) {
-    let base: Vec<f32> = normals(rows * vocab, seed).iter().map(|x| x * 3.0).collect();
+    let base: Vec<f32> = normals(rows * vocab, seed)
+        .iter()
+        .map(|x| x * 3.0)
+        .collect();
     let other = base
         .iter()
         .zip(normals(rows * vocab, seed + 1))
@@ -60,7 +63,13 @@ fn check(got: &TokenStats, want: &TokenStats) {
     assert_eq!(got.overlap, want.overlap);
 }
 
-fn both(base: Block<'_>, other: Block<'_>, select: Option<&[u32]>, tokens: Option<&[i32]>, o: &CompareOptions) {
+fn both(
+    base: Block<'_>,
+    other: Block<'_>,
+    select: Option<&[u32]>,
+    tokens: Option<&[i32]>,
+    o: &CompareOptions,
+) {
     let want = cpu::compare_rows(base, other, select, tokens, o).unwrap();
     let got = compare::compare_rows(base, other, select, tokens, o).unwrap();
     check(&got, &want);
@@ -106,31 +115,69 @@ fn float32_rows_with_tokens_and_topk() {
     let (b, o) = pair(rows, vocab, 0.3, 1);
     let tokens: Vec<i32> = (0..rows as i32).map(|i| (i * 37) % vocab as i32).collect();
     let (pb, po) = (Rows::F32(&b, vocab), Rows::F32(&o, vocab));
-    both(Block::Dense(pb), Block::Dense(po), None, Some(&tokens), &opts(&[1, 5, 10]));
+    both(
+        Block::Dense(pb),
+        Block::Dense(po),
+        None,
+        Some(&tokens),
+        &opts(&[1, 5, 10]),
+    );
     // A selection of rows, and no tokens.
     let select: Vec<u32> = (0..rows as u32).step_by(3).collect();
-    both(Block::Dense(pb), Block::Dense(po), Some(&select), None, &opts(&[5, 1]));
+    both(
+        Block::Dense(pb),
+        Block::Dense(po),
+        Some(&select),
+        None,
+        &opts(&[5, 1]),
+    );
     // Tiny divergences and a temperature.
     let (b, o) = pair(rows, vocab, 1e-3, 2);
     let mut t = opts(&[1, 3]);
     t.temperature = 1.7;
-    both(Block::Dense(Rows::F32(&b, vocab)), Block::Dense(Rows::F32(&o, vocab)), None, None, &t);
+    both(
+        Block::Dense(Rows::F32(&b, vocab)),
+        Block::Dense(Rows::F32(&o, vocab)),
+        None,
+        None,
+        &t,
+    );
 }
 
 #[test]
 fn sixteen_bit_rows_odd_vocab_and_mixed_sides() {
     let (rows, vocab) = (33, 101);
     let (b, o) = pair(rows, vocab, 0.2, 3);
-    let tokens: Vec<i32> = (0..rows as i32).map(|i| if i % 4 == 0 { -1 } else { i }).collect();
+    let tokens: Vec<i32> = (0..rows as i32)
+        .map(|i| if i % 4 == 0 { -1 } else { i })
+        .collect();
     for dtype in [Dtype::F16, Dtype::Bf16] {
         let (b16, o16) = (to16(&b, dtype), to16(&o, dtype));
         let pb = Rows::new_u16(&b16, vocab, dtype).unwrap();
         let po = Rows::new_u16(&o16, vocab, dtype).unwrap();
-        both(Block::Dense(pb), Block::Dense(po), None, Some(&tokens), &opts(&[1, 5]));
+        both(
+            Block::Dense(pb),
+            Block::Dense(po),
+            None,
+            Some(&tokens),
+            &opts(&[1, 5]),
+        );
         // Rows starting in the middle of a packed word.
         let select: Vec<u32> = (1..rows as u32).step_by(2).collect();
-        both(Block::Dense(pb), Block::Dense(po), Some(&select), Some(&tokens), &opts(&[2, 7]));
-        both(Block::Dense(pb), Block::Dense(Rows::F32(&o, vocab)), None, None, &opts(&[1, 5]));
+        both(
+            Block::Dense(pb),
+            Block::Dense(po),
+            Some(&select),
+            Some(&tokens),
+            &opts(&[2, 7]),
+        );
+        both(
+            Block::Dense(pb),
+            Block::Dense(Rows::F32(&o, vocab)),
+            None,
+            None,
+            &opts(&[1, 5]),
+        );
     }
 }
 
@@ -142,7 +189,13 @@ fn ties_infinities_and_tiny_vocabularies() {
     let b: Vec<f32> = b.iter().map(|x| x.round()).collect();
     let mut o: Vec<f32> = o.iter().map(|x| x.round()).collect();
     o[5 * vocab] = -0.0;
-    both(Block::Dense(Rows::F32(&b, vocab)), Block::Dense(Rows::F32(&o, vocab)), None, None, &opts(&[1, 2, 5, 10, 63, 64, 100]));
+    both(
+        Block::Dense(Rows::F32(&b, vocab)),
+        Block::Dense(Rows::F32(&o, vocab)),
+        None,
+        None,
+        &opts(&[1, 2, 5, 10, 63, 64, 100]),
+    );
     // −inf on both sides at the same places, and on one side only.
     let (mut b, mut o) = pair(8, 300, 0.3, 5);
     for i in 0..150 {
@@ -151,14 +204,38 @@ fn ties_infinities_and_tiny_vocabularies() {
     }
     o[2 * 300 + 7] = f32::NEG_INFINITY;
     b[3 * 300 + 9] = f32::NEG_INFINITY;
-    both(Block::Dense(Rows::F32(&b, 300)), Block::Dense(Rows::F32(&o, 300)), None, None, &opts(&[1, 5]));
+    both(
+        Block::Dense(Rows::F32(&b, 300)),
+        Block::Dense(Rows::F32(&o, 300)),
+        None,
+        None,
+        &opts(&[1, 5]),
+    );
     // Vocabularies of 1 and 2; identical rows.
     let (b, o) = (vec![0.0f32; 5], vec![1.0f32; 5]);
-    both(Block::Dense(Rows::F32(&b, 1)), Block::Dense(Rows::F32(&o, 1)), None, Some(&[0; 5]), &opts(&[1, 5]));
+    both(
+        Block::Dense(Rows::F32(&b, 1)),
+        Block::Dense(Rows::F32(&o, 1)),
+        None,
+        Some(&[0; 5]),
+        &opts(&[1, 5]),
+    );
     let (b, _) = pair(6, 2, 0.1, 6);
-    both(Block::Dense(Rows::F32(&b, 2)), Block::Dense(Rows::F32(&b, 2)), None, None, &opts(&[1, 2]));
+    both(
+        Block::Dense(Rows::F32(&b, 2)),
+        Block::Dense(Rows::F32(&b, 2)),
+        None,
+        None,
+        &opts(&[1, 2]),
+    );
     // No rows.
-    both(Block::Dense(Rows::F32(&[], 7)), Block::Dense(Rows::F32(&[], 7)), None, None, &opts(&[1]));
+    both(
+        Block::Dense(Rows::F32(&[], 7)),
+        Block::Dense(Rows::F32(&[], 7)),
+        None,
+        None,
+        &opts(&[1]),
+    );
 }
 
 #[test]
@@ -166,7 +243,13 @@ fn large_vocabulary_uses_many_blocks() {
     let (rows, vocab) = (3, 70_001);
     let (b, o) = pair(rows, vocab, 0.05, 7);
     let tokens = [5, 70_000, 123];
-    both(Block::Dense(Rows::F32(&b, vocab)), Block::Dense(Rows::F32(&o, vocab)), None, Some(&tokens), &opts(&[1, 5, 100]));
+    both(
+        Block::Dense(Rows::F32(&b, vocab)),
+        Block::Dense(Rows::F32(&o, vocab)),
+        None,
+        Some(&tokens),
+        &opts(&[1, 5, 100]),
+    );
 }
 
 #[test]
@@ -175,18 +258,36 @@ fn errors_are_the_cpus() {
     let (b, mut o) = pair(rows, vocab, 0.3, 8);
     o[4 * vocab + 3] = f32::NAN;
     o[9 * vocab + 1] = f32::INFINITY;
-    let (pb, po) = (Block::Dense(Rows::F32(&b, vocab)), Block::Dense(Rows::F32(&o, vocab)));
-    let want = cpu::compare_rows(pb, po, None, None, &opts(&[1])).unwrap_err().to_string();
-    let got = compare::compare_rows(pb, po, None, None, &opts(&[1])).unwrap_err().to_string();
+    let (pb, po) = (
+        Block::Dense(Rows::F32(&b, vocab)),
+        Block::Dense(Rows::F32(&o, vocab)),
+    );
+    let want = cpu::compare_rows(pb, po, None, None, &opts(&[1]))
+        .unwrap_err()
+        .to_string();
+    let got = compare::compare_rows(pb, po, None, None, &opts(&[1]))
+        .unwrap_err()
+        .to_string();
     assert_eq!(got, want);
     assert!(got.contains("row 4"), "{got}");
     let short = Block::Dense(Rows::F32(&o[..rows * 19], 19));
-    let want = cpu::compare_rows(pb, short, None, None, &opts(&[1])).unwrap_err().to_string();
-    let got = compare::compare_rows(pb, short, None, None, &opts(&[1])).unwrap_err().to_string();
+    let want = cpu::compare_rows(pb, short, None, None, &opts(&[1]))
+        .unwrap_err()
+        .to_string();
+    let got = compare::compare_rows(pb, short, None, None, &opts(&[1]))
+        .unwrap_err()
+        .to_string();
     assert_eq!(got, want);
     let empty = vec![f32::NEG_INFINITY; vocab];
-    let (pb, pe) = (Block::Dense(Rows::F32(&b[..vocab], vocab)), Block::Dense(Rows::F32(&empty, vocab)));
-    let want = cpu::compare_rows(pb, pe, None, None, &opts(&[1])).unwrap_err().to_string();
-    let got = compare::compare_rows(pb, pe, None, None, &opts(&[1])).unwrap_err().to_string();
+    let (pb, pe) = (
+        Block::Dense(Rows::F32(&b[..vocab], vocab)),
+        Block::Dense(Rows::F32(&empty, vocab)),
+    );
+    let want = cpu::compare_rows(pb, pe, None, None, &opts(&[1]))
+        .unwrap_err()
+        .to_string();
+    let got = compare::compare_rows(pb, pe, None, None, &opts(&[1]))
+        .unwrap_err()
+        .to_string();
     assert_eq!(got, want);
 }
