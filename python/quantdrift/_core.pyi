@@ -42,6 +42,7 @@ def compare_block(
     topk: List[int] = ...,
     names: Tuple[str, str] = ("base", "other"),
     row_offset: int = 0,
+    device: str = "cpu",
 ) -> Dict[str, np.ndarray]: ...
 def distill_loss(
     teacher: npt.NDArray[np.float32] | npt.NDArray[np.float64] | npt.NDArray[np.uint16],

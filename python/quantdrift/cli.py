@@ -149,7 +149,8 @@ def _compare(args: argparse.Namespace) -> int:
         base = open_source(args.base, tensor=args.base_tensor, dtype=args.base_dtype)
         other = open_source(args.other, tensor=args.other_tensor, dtype=args.other_dtype)
         mask = np.load(args.mask) if args.mask else None
-        report = compare(base, other, tokens=args.tokens, mask=mask, progress=not args.no_progress, **opts)
+        report = compare(base, other, tokens=args.tokens, mask=mask, progress=not args.no_progress,
+                         device=args.device, **opts)
     print(report)
     if args.json:
         report.to_json(args.json)
@@ -272,6 +273,8 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--plot", help="write a figure here (PNG/PDF/SVG; needs matplotlib)")
     cmp.add_argument("--columns", help="write the per-token columns as .npz here")
     cmp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cmp.add_argument("--device", choices=("cpu", "gpu", "auto"), default="cpu",
+                     help="where the row kernel runs (default cpu; gpu needs an adapter, auto picks)")
     cmp.add_argument("--scheduler", metavar="ADDRESS",
                      help="run on a Dask cluster: BASE and OTHER are folders/globs of shards, paired by name order")
     cmp.set_defaults(run=_compare)

@@ -9,7 +9,7 @@ from typing import Any, Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import _core
+from . import _core, gpu
 from ._arrays import as_scores
 from ._errors import InputError, ShapeError
 from .report import Report
@@ -37,6 +37,7 @@ def compare(
     worst: int = 10,
     base_dtype: Optional[str] = None,
     other_dtype: Optional[str] = None,
+    device: str = "cpu",
 ) -> Report:
     """Compares ``other`` with ``base`` token by token and returns a
     :class:`~quantdrift.report.Report`.
@@ -65,6 +66,15 @@ def compare(
     * ``topk``: sizes of the top-k overlap statistic (1 = same top token).
     * ``temperature``: softmax temperature applied to both sides.
     * ``progress``: a progress bar (tqdm) on a terminal.
+    * ``device``: ``"cpu"`` (default), ``"gpu"`` or ``"auto"``
+      (see :mod:`quantdrift.gpu`). On the GPU, dense float32/float16/bfloat16
+      rows are compared by the GPU kernel (within 1e-5 relative of the CPU for
+      divergences and NLLs; top-1 tokens and top-k overlaps equal); float64
+      rows, llama.cpp and top-k bases, and rows the CPU kernel takes to its
+      float64 reference are computed on the CPU.
+
+    Raises:
+        GpuUnavailableError: ``device="gpu"`` without a GPU adapter.
     """
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
@@ -79,6 +89,7 @@ def compare(
     o = open_source(other, dtype=other_dtype, name=_name(other, "other"))
     check_pair(b, o)
     n = b.n_rows
+    where = gpu.resolve(device, n * b.vocab)
     token_ids = _tokens(tokens, b, o, n)
     starts = _sequence_starts(sequences, b, o, n)
     seq_of_row, pos_of_row = _sequence_index(starts, b, o, n)
@@ -116,6 +127,7 @@ def compare(
                 topk=sizes,
                 names=names,
                 row_offset=start,
+                device=where,
             )
             local = np.arange(start, stop, dtype=np.int64) if select is None else select.astype(np.int64) + start
             part["rows"] = local

@@ -9,6 +9,7 @@
 //! processed in chunks.
 
 pub mod bench;
+pub mod compare;
 pub mod context;
 pub mod diverge;
 pub mod error;

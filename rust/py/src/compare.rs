@@ -11,6 +11,7 @@ use quantdrift_core::CoreError;
 
 use crate::array::Matrix;
 use crate::errors::{Error, Result};
+use crate::gpu::{on_gpu, to_py};
 
 /// One side of a block as Python hands it over: a dense or llama.cpp
 /// matrix, or a top-k triple (indices, log-probs, rest or None).
@@ -64,11 +65,13 @@ impl BlockArg<'_> {
 /// Per-token statistics of rows ``select`` (all when None) of two blocks.
 /// Returns a dict of numpy arrays: kl, reverse_kl, js (float32), top1_base,
 /// top1_other (int32), overlap (float32, rows × len(topk)), nll_base,
-/// nll_other (float32, NaN without tokens).
+/// nll_other (float32, NaN without tokens). ``device="gpu"`` runs dense
+/// float32/float16/bfloat16 blocks on the GPU (other blocks on the CPU).
 #[pyfunction]
 #[pyo3(signature = (base, other, *, vocab, base_layout="dense", other_layout="dense",
     base16="bfloat16", other16="bfloat16", select=None, tokens=None, temperature=1.0,
-    topk=vec![1, 5], names=("base".to_string(), "other".to_string()), row_offset=0))]
+    topk=vec![1, 5], names=("base".to_string(), "other".to_string()), row_offset=0,
+    device="cpu"))]
 #[allow(clippy::too_many_arguments)]
 pub fn compare_block<'py>(
     py: Python<'py>,
@@ -85,7 +88,9 @@ pub fn compare_block<'py>(
     topk: Vec<usize>,
     names: (String, String),
     row_offset: usize,
+    device: &str,
 ) -> PyResult<Bound<'py, PyDict>> {
+    let gpu = on_gpu(device)?;
     let base_block = base.block(&names.0, base_layout, base16, vocab)?;
     let other_block = other.block(&names.1, other_layout, other16, vocab)?;
     let core = |e: CoreError| PyErr::from(Error(e));
@@ -110,9 +115,15 @@ pub fn compare_block<'py>(
         names: [names.0, names.1],
         row_offset,
     };
-    let stats = py
-        .detach(|| compare::compare_rows(base_block, other_block, select, tokens, &opts))
-        .map_err(core)?;
+    let stats = if gpu {
+        py.detach(|| {
+            quantdrift_gpu::compare::compare_rows(base_block, other_block, select, tokens, &opts)
+        })
+        .map_err(to_py)?
+    } else {
+        py.detach(|| compare::compare_rows(base_block, other_block, select, tokens, &opts))
+            .map_err(core)?
+    };
     let n = stats.kl.len();
     let mut overlap = vec![0.0f32; n * n_sizes];
     for (j, column) in stats.overlap.iter().enumerate() {
