@@ -11,6 +11,7 @@
 pub mod context;
 pub mod error;
 pub mod lowp;
+pub mod mx;
 pub mod shaders;
 
 pub use context::{available, context, Capabilities, Gpu};
