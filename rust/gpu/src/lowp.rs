@@ -299,7 +299,7 @@ fn rows_of(len: usize, row_len: usize) -> Result<usize> {
         ))
         .into());
     }
-    if len % row_len != 0 {
+    if !len.is_multiple_of(row_len) {
         return Err(CoreError::Shape(format!(
             "codes: {len} elements are not whole rows of {row_len}"
         ))

@@ -88,13 +88,13 @@ impl Layout {
             ))
             .into());
         }
-        if row_len != 0 && len % row_len != 0 {
+        if row_len != 0 && !len.is_multiple_of(row_len) {
             return Err(CoreError::Shape(format!(
                 "{arg}: {len} elements are not whole rows of {row_len}"
             ))
             .into());
         }
-        let rows = if row_len == 0 { 0 } else { len / row_len };
+        let rows = len.checked_div(row_len).unwrap_or(0);
         let blocks_per_row = row_len.div_ceil(block);
         Ok(Layout {
             len,
@@ -295,11 +295,7 @@ pub fn mx_decode(
         return Err(CoreError::Value("block must be at least 1".into()).into());
     }
     let layout = Layout::new(codes.len(), row_len, block, "x")?;
-    let rows = if row_len == 0 {
-        0
-    } else {
-        codes.len() / row_len
-    };
+    let rows = codes.len().checked_div(row_len).unwrap_or(0);
     let bpr = layout.blocks_per_row;
     if scales.len() != rows * bpr {
         return Err(CoreError::Shape(format!(
@@ -409,11 +405,7 @@ pub fn nvfp4_decode(
 ) -> Result<Vec<f32>> {
     check_scale(per_tensor_scale)?;
     let layout = Layout::new(codes.len(), row_len, nvfp4::BLOCK, "codes")?;
-    let rows = if row_len == 0 {
-        0
-    } else {
-        codes.len() / row_len
-    };
+    let rows = codes.len().checked_div(row_len).unwrap_or(0);
     let bpr = layout.blocks_per_row;
     if scales.len() != rows * bpr {
         return Err(CoreError::Shape(format!(
