@@ -74,8 +74,7 @@ impl Gpu {
         if std::env::var("QUANTDRIFT_GPU").is_ok_and(|v| v == "off" || v == "0") {
             return Err("QUANTDRIFT_GPU=off disables the GPU backend".into());
         }
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
         if let Ok(want) = std::env::var("QUANTDRIFT_GPU_ADAPTER") {
             let want = want.to_lowercase();
@@ -177,38 +176,27 @@ impl Gpu {
     }
 
     /// The compute pipeline for `entry` in `shader`, compiled once per process.
-    pub fn pipeline(
-        &self,
-        shader: &Shader,
-        entry: &'static str,
-    ) -> Result<Arc<wgpu::ComputePipeline>> {
+    pub fn pipeline(&self, shader: &Shader, entry: &'static str) -> Result<Arc<wgpu::ComputePipeline>> {
         let key = (shader.name, entry);
         if let Some(p) = self.pipelines.lock().expect("pipeline cache").get(&key) {
             return Ok(p.clone());
         }
         let source = shader.source(self.caps);
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(shader.name),
-                source: wgpu::ShaderSource::Wgsl(source.into()),
-            });
-        let pipeline = self
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(entry),
-                layout: None,
-                module: &module,
-                entry_point: Some(entry),
-                compilation_options: Default::default(),
-                cache: None,
-            });
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(shader.name),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
         if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(GpuError::Device(format!(
-                "shader {}::{entry}: {e}",
-                shader.name
-            )));
+            return Err(GpuError::Device(format!("shader {}::{entry}: {e}", shader.name)));
         }
         let pipeline = Arc::new(pipeline);
         self.pipelines
@@ -229,14 +217,11 @@ impl Gpu {
             padded = pad4(bytes);
             &padded
         };
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: None,
-                contents,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_SRC
-                    | wgpu::BufferUsages::COPY_DST,
-            })
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        })
     }
 
     /// Writes `data` into `buffer` from byte `offset` (queued before the next submit).
@@ -254,21 +239,18 @@ impl Gpu {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
             size: bytes.max(4).next_multiple_of(4),
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         })
     }
 
     /// A uniform buffer holding one parameter struct.
     pub fn uniform<T: Pod>(&self, value: &T) -> wgpu::Buffer {
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: None,
-                contents: bytemuck::bytes_of(value),
-                usage: wgpu::BufferUsages::UNIFORM,
-            })
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytemuck::bytes_of(value),
+            usage: wgpu::BufferUsages::UNIFORM,
+        })
     }
 
     /// Records one dispatch of `pipeline` over `groups` workgroups, with
