@@ -65,10 +65,18 @@ _In = npt.NDArray[np.float32] | npt.NDArray[np.float64] | npt.NDArray[np.uint16]
 def lowp_formats() -> list[Tuple[str, int, int, int, str]]: ...
 def lowp_format_info(exponent_bits: int, mantissa_bits: int, bias: Optional[int], special: str) -> dict: ...
 def lowp_encode(
-    x: _In, format: _FormatSpec, *, rounding: str, overflow: Optional[str], seed: int, x16: str
+    x: _In,
+    format: _FormatSpec,
+    *,
+    rounding: str,
+    overflow: Optional[str],
+    seed: int,
+    x16: str,
+    device: str = ...,
+    packed_row: Optional[int] = ...,
 ) -> npt.NDArray[np.uint8] | npt.NDArray[np.uint16]: ...
 def lowp_round(
-    x: _In, format: _FormatSpec, *, rounding: str, overflow: Optional[str], seed: int, x16: str
+    x: _In, format: _FormatSpec, *, rounding: str, overflow: Optional[str], seed: int, x16: str, device: str = ...
 ) -> npt.NDArray[np.float32] | npt.NDArray[np.float64]: ...
 def lowp_decode(
     codes: npt.NDArray[np.uint8] | npt.NDArray[np.uint16], format: _FormatSpec, *, device: str = ...
@@ -84,19 +92,31 @@ def lowp_round_mixed(
     overflow: Optional[str],
     seed: int,
     x16: str,
+    device: str = ...,
 ) -> npt.NDArray[np.float32] | npt.NDArray[np.float64]: ...
 def mx_encode(
-    x: _In, row_len: int, *, block: int, elem: str, scale_mode: str, x16: str
+    x: _In, row_len: int, *, block: int, elem: str, scale_mode: str, x16: str, device: str = ...
 ) -> Tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]: ...
 def mx_decode(
-    codes: npt.NDArray[np.uint8], scales: npt.NDArray[np.uint8], row_len: int, *, block: int, elem: str
+    codes: npt.NDArray[np.uint8],
+    scales: npt.NDArray[np.uint8],
+    row_len: int,
+    *,
+    block: int,
+    elem: str,
+    device: str = ...,
 ) -> npt.NDArray[np.float32]: ...
 def nvfp4_scale(x: _In, x16: str) -> float: ...
 def nvfp4_encode(
-    x: _In, row_len: int, *, per_tensor_scale: Optional[float], x16: str
+    x: _In, row_len: int, *, per_tensor_scale: Optional[float], x16: str, device: str = ...
 ) -> Tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]: ...
 def nvfp4_decode(
-    codes: npt.NDArray[np.uint8], scales: npt.NDArray[np.uint8], row_len: int, *, per_tensor_scale: Optional[float]
+    codes: npt.NDArray[np.uint8],
+    scales: npt.NDArray[np.uint8],
+    row_len: int,
+    *,
+    per_tensor_scale: Optional[float],
+    device: str = ...,
 ) -> npt.NDArray[np.float32]: ...
 def error_stats(x: _In, y: _In, *, clip: Optional[float], x16: str, y16: str) -> dict: ...
 

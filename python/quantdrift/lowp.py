@@ -89,6 +89,7 @@ def round_to(
     rounding: str = "nearest_even",
     overflow: Optional[str] = None,
     seed: Optional[int] = None,
+    device: str = "cpu",
 ) -> np.ndarray:
     """R(x): every element rounded to the nearest value of ``fmt`` (per ``rounding``).
 
@@ -99,6 +100,8 @@ def round_to(
         overflow: ``"saturate"``, ``"inf"``, ``"nan"``, or None for the
             ml_dtypes default of the format.
         seed: seed of stochastic rounding (None draws a fresh one).
+        device: ``"cpu"``, ``"gpu"`` or ``"auto"`` (see :mod:`quantdrift.gpu`);
+            the values (stochastic rounding included, for a given seed) are the same, bit for bit.
 
     Returns:
         float32 array of x's shape (float64 for float64 input) holding
@@ -113,7 +116,8 @@ def round_to(
     _check_overflow(overflow)
     s = _seed(seed, rounding)
     flat, dtype16, shape = _flat(x)
-    out = _core.lowp_round(flat, f._spec(), rounding=rounding, overflow=overflow, seed=s, x16=dtype16)
+    where = gpu.resolve(device, flat.size)
+    out = _core.lowp_round(flat, f._spec(), rounding=rounding, overflow=overflow, seed=s, x16=dtype16, device=where)
     return out.reshape(shape)
 
 
@@ -125,6 +129,7 @@ def encode(
     overflow: Optional[str] = None,
     seed: Optional[int] = None,
     packed: bool = False,
+    device: str = "cpu",
 ) -> np.ndarray:
     """Bit patterns of R(x) in ``fmt``.
 
@@ -134,6 +139,8 @@ def encode(
         rounding, overflow, seed: as in :func:`round_to`.
         packed: put two 4-bit codes in each byte along the last axis (low
             nibble first); only for formats of ≤ 4 bits.
+        device: ``"cpu"``, ``"gpu"`` or ``"auto"`` (see :mod:`quantdrift.gpu`);
+            the codes are the same, bit for bit.
 
     Returns:
         uint8 codes for formats of ≤ 8 bits (one per byte unless packed),
@@ -151,13 +158,19 @@ def encode(
     if packed and f.bits > 4:
         raise InputError(f"packed=True needs a format of at most 4 bits; {f.name} has {f.bits}")
     flat, dtype16, shape = _flat(x)
-    codes = _core.lowp_encode(flat, f._spec(), rounding=rounding, overflow=overflow, seed=s, x16=dtype16)
+    where = gpu.resolve(device, flat.size)
     if not packed:
+        codes = _core.lowp_encode(
+            flat, f._spec(), rounding=rounding, overflow=overflow, seed=s, x16=dtype16, device=where
+        )
         return codes.reshape(shape)
     if len(shape) == 0:
         raise ShapeError("packed=True needs an array with at least one axis, got a scalar")
     row = shape[-1]
-    return _core.lowp_pack(codes, row).reshape(shape[:-1] + ((row + 1) // 2,))
+    codes = _core.lowp_encode(
+        flat, f._spec(), rounding=rounding, overflow=overflow, seed=s, x16=dtype16, device=where, packed_row=row
+    )
+    return codes.reshape(shape[:-1] + ((row + 1) // 2,))
 
 
 def decode(
@@ -244,6 +257,7 @@ def round_mixed(
     rounding: str = "nearest_even",
     overflow: Optional[str] = None,
     seed: Optional[int] = None,
+    device: str = "cpu",
 ) -> np.ndarray:
     """Mixed formats per parameter (lecture Remark 3.1): element i is
     rounded to ``formats[labels[i]]``.
@@ -254,6 +268,8 @@ def round_mixed(
         formats: the formats, by name or FloatFormat.
         rounding, overflow, seed: as in :func:`round_to` (one overflow mode
             for all formats; None is each format's own default).
+        device: ``"cpu"``, ``"gpu"`` or ``"auto"`` (see :mod:`quantdrift.gpu`);
+            the values are the same, bit for bit.
 
     Returns:
         float32 array of x's shape (float64 for float64 input).
@@ -275,8 +291,9 @@ def round_mixed(
     if lab.shape != shape:
         raise ShapeError(f"labels has shape {lab.shape} but x has shape {shape}; they must match")
     lab = np.ascontiguousarray(lab, dtype=np.int64).reshape(-1)
+    where = gpu.resolve(device, flat.size)
     out = _core.lowp_round_mixed(
-        flat, lab, [f._spec() for f in fmts], rounding=rounding, overflow=overflow, seed=s, x16=dtype16
+        flat, lab, [f._spec() for f in fmts], rounding=rounding, overflow=overflow, seed=s, x16=dtype16, device=where
     )
     return out.reshape(shape)
 
@@ -304,6 +321,7 @@ def mx_encode(
     axis: int = -1,
     scale_mode: str = "floor",
     packed: bool = False,
+    device: str = "cpu",
 ) -> Tuple[np.ndarray, np.ndarray]:
     """OCP MX v1.0 encoding: blocks of ``block`` elements along ``axis``
     share an E8M0 scale X = 2^e; each element stores R(V/X) in ``elem``
@@ -332,6 +350,9 @@ def mx_encode(
         scale_mode: one of :data:`MX_SCALE_MODES`.
         packed: for fp4_e2m1, two codes per byte along ``axis`` (low
             nibble first).
+        device: ``"cpu"``, ``"gpu"`` or ``"auto"`` (see :mod:`quantdrift.gpu`);
+            the codes and scales are the same, bit for bit.
+            (float64 input is encoded on the CPU, in float64, either way).
 
     Returns:
         ``(codes, scales)``: codes of x's shape (uint8; int8 for int8
@@ -352,7 +373,10 @@ def mx_encode(
         raise InputError(f"packed=True is only for fp4_e2m1 elements, got {elem!r}")
     ndim = np.ndim(x)
     flat, dtype16, batch, n = _blocks_along(x, axis)
-    codes, scales = _core.mx_encode(flat, n, block=block, elem=elem, scale_mode=scale_mode, x16=dtype16)
+    where = gpu.resolve(device, flat.size)
+    codes, scales = _core.mx_encode(
+        flat, n, block=block, elem=elem, scale_mode=scale_mode, x16=dtype16, device=where
+    )
     nb = -(-n // block)
     if packed:
         codes = _core.lowp_pack(codes, n)
@@ -374,6 +398,7 @@ def mx_decode(
     axis: int = -1,
     packed: bool = False,
     length: Optional[int] = None,
+    device: str = "cpu",
 ) -> np.ndarray:
     """Values of MX codes: element value · 2^(scale − 127) as float32, NaN
     where the scale is 0xFF.
@@ -387,6 +412,8 @@ def mx_decode(
         packed: codes hold two fp4 codes per byte along ``axis``.
         length: with packed, the unpacked length n along ``axis`` (default
             twice the packed length).
+        device: ``"cpu"``, ``"gpu"`` or ``"auto"`` (see :mod:`quantdrift.gpu`);
+            the values are the same, bit for bit.
 
     Returns:
         float32 array of the unpacked shape.
@@ -424,7 +451,8 @@ def mx_decode(
     flat = rows.reshape(-1)
     if packed:
         flat = _core.lowp_unpack(flat, n)
-    out = _core.mx_decode(flat, srows.reshape(-1), n, block=block, elem=elem)
+    where = gpu.resolve(device, flat.size)
+    out = _core.mx_decode(flat, srows.reshape(-1), n, block=block, elem=elem, device=where)
     return _restore(out, batch, n, axis, c.ndim)
 
 
@@ -434,6 +462,7 @@ def nvfp4_encode(
     per_tensor_scale: Union[None, str, float] = None,
     axis: int = -1,
     packed: bool = False,
+    device: str = "cpu",
 ) -> Tuple[np.ndarray, np.ndarray, Optional[float]]:
     """NVFP4 with torchao's semantics: blocks of 16 along ``axis``, E2M1
     elements, float8_e4m3fn block scales, optional float32 per-tensor scale.
@@ -453,6 +482,9 @@ def nvfp4_encode(
             float.
         axis: the axis the blocks run along.
         packed: two E2M1 codes per byte along ``axis`` (low nibble first).
+        device: ``"cpu"``, ``"gpu"`` or ``"auto"`` (see :mod:`quantdrift.gpu`);
+            the codes and scales are the same, bit for bit.
+            (``"auto"``'s per-tensor amax is taken on the CPU).
 
     Returns:
         ``(codes, scales, per_tensor_scale)``: uint8 E2M1 codes, uint8
@@ -475,7 +507,8 @@ def nvfp4_encode(
         pts = _core.nvfp4_scale(flat, dtype16)
     else:
         pts = _positive_f32(per_tensor_scale)
-    codes, scales = _core.nvfp4_encode(flat, n, per_tensor_scale=pts, x16=dtype16)
+    where = gpu.resolve(device, flat.size)
+    codes, scales = _core.nvfp4_encode(flat, n, per_tensor_scale=pts, x16=dtype16, device=where)
     if packed:
         codes = _core.lowp_pack(codes, n)
         last = (n + 1) // 2
@@ -493,6 +526,7 @@ def nvfp4_decode(
     axis: int = -1,
     packed: bool = False,
     length: Optional[int] = None,
+    device: str = "cpu",
 ) -> np.ndarray:
     """Values of NVFP4 codes: ``e2m1 · (e4m3_scale · per_tensor_scale)`` in float32.
 
@@ -503,6 +537,8 @@ def nvfp4_decode(
         axis: the axis the blocks run along.
         packed: codes hold two codes per byte along ``axis``.
         length: with packed, the unpacked length n along ``axis``.
+        device: ``"cpu"``, ``"gpu"`` or ``"auto"`` (see :mod:`quantdrift.gpu`);
+            the values are the same, bit for bit.
 
     Returns:
         float32 array of the unpacked shape.
@@ -531,7 +567,8 @@ def nvfp4_decode(
     flat = rows.reshape(-1)
     if packed:
         flat = _core.lowp_unpack(flat, n)
-    out = _core.nvfp4_decode(flat, srows.reshape(-1), n, per_tensor_scale=pts)
+    where = gpu.resolve(device, flat.size)
+    out = _core.nvfp4_decode(flat, srows.reshape(-1), n, per_tensor_scale=pts, device=where)
     return _restore(out, batch, n, axis, c.ndim)
 
 

@@ -14,6 +14,7 @@ pub mod context;
 pub mod diverge;
 pub mod error;
 pub mod lowp;
+pub mod mx;
 pub mod quant;
 pub mod shaders;
 

@@ -130,8 +130,12 @@ pub fn lowp_format_info<'py>(
 // ---------------------------------------------------------------------------
 
 /// Codes of R(x) (uint8 for ≤ 8-bit formats, uint16 above).
+///
+/// With `packed_row=n`, 4-bit codes come back packed two per byte along
+/// rows of n (as `lowp_pack` packs them; fused into the kernel on the GPU).
 #[pyfunction]
-#[pyo3(signature = (x, format, *, rounding, overflow, seed, x16))]
+#[pyo3(signature = (x, format, *, rounding, overflow, seed, x16, device="cpu", packed_row=None))]
+#[allow(clippy::too_many_arguments)]
 pub fn lowp_encode<'py>(
     py: Python<'py>,
     x: Input<'py>,
@@ -140,13 +144,37 @@ pub fn lowp_encode<'py>(
     overflow: Option<&str>,
     seed: u64,
     x16: &str,
+    device: &str,
+    packed_row: Option<usize>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let f = format_of(&format)?;
     let opts = options(rounding, overflow, seed)?;
     let values = x.values(x16, "x")?;
-    let codes = py
-        .detach(|| lowp::encode(values, &f, opts))
-        .map_err(Error)?;
+    let gpu = on_gpu(device)?;
+    if let Some(row_len) = packed_row {
+        let packed = if gpu {
+            py.detach(|| quantdrift_gpu::lowp::encode_packed(values, row_len, &f, opts))
+                .map_err(gpu_error)?
+        } else {
+            py.detach(|| match lowp::encode(values, &f, opts)? {
+                Codes::U8(c) => lowp::pack_nibbles(&c, row_len),
+                Codes::U16(_) => Err(CoreError::Value(format!(
+                    "packed codes need a format of at most 4 bits; {} has {}",
+                    lowp::codec::describe(&f),
+                    f.bits()
+                ))),
+            })
+            .map_err(Error)?
+        };
+        return Ok(packed.into_pyarray(py).into_any());
+    }
+    let codes = if gpu {
+        py.detach(|| quantdrift_gpu::lowp::encode(values, &f, opts))
+            .map_err(gpu_error)?
+    } else {
+        py.detach(|| lowp::encode(values, &f, opts))
+            .map_err(Error)?
+    };
     Ok(match codes {
         Codes::U8(c) => c.into_pyarray(py).into_any(),
         Codes::U16(c) => c.into_pyarray(py).into_any(),
@@ -155,7 +183,8 @@ pub fn lowp_encode<'py>(
 
 /// R(x) as float32 (float64 for float64 input).
 #[pyfunction]
-#[pyo3(signature = (x, format, *, rounding, overflow, seed, x16))]
+#[pyo3(signature = (x, format, *, rounding, overflow, seed, x16, device="cpu"))]
+#[allow(clippy::too_many_arguments)]
 pub fn lowp_round<'py>(
     py: Python<'py>,
     x: Input<'py>,
@@ -164,11 +193,17 @@ pub fn lowp_round<'py>(
     overflow: Option<&str>,
     seed: u64,
     x16: &str,
+    device: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
     let f = format_of(&format)?;
     let opts = options(rounding, overflow, seed)?;
     let values = x.values(x16, "x")?;
-    let rounded = py.detach(|| lowp::round(values, &f, opts)).map_err(Error)?;
+    let rounded = if on_gpu(device)? {
+        py.detach(|| quantdrift_gpu::lowp::round(values, &f, opts))
+            .map_err(gpu_error)?
+    } else {
+        py.detach(|| lowp::round(values, &f, opts)).map_err(Error)?
+    };
     Ok(rounded_to_py(py, rounded))
 }
 
@@ -243,7 +278,7 @@ pub fn lowp_unpack<'py>(
 
 /// Element i rounded to formats[labels[i]].
 #[pyfunction]
-#[pyo3(signature = (x, labels, formats, *, rounding, overflow, seed, x16))]
+#[pyo3(signature = (x, labels, formats, *, rounding, overflow, seed, x16, device="cpu"))]
 #[allow(clippy::too_many_arguments)]
 pub fn lowp_round_mixed<'py>(
     py: Python<'py>,
@@ -254,6 +289,7 @@ pub fn lowp_round_mixed<'py>(
     overflow: Option<&str>,
     seed: u64,
     x16: &str,
+    device: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
     let fmts = formats
         .iter()
@@ -262,9 +298,13 @@ pub fn lowp_round_mixed<'py>(
     let opts = options(rounding, overflow, seed)?;
     let values = x.values(x16, "x")?;
     let l = slice(&labels, "labels")?;
-    let rounded = py
-        .detach(|| lowp::round_mixed(values, l, &fmts, opts))
-        .map_err(Error)?;
+    let rounded = if on_gpu(device)? {
+        py.detach(|| quantdrift_gpu::lowp::round_mixed(values, l, &fmts, opts))
+            .map_err(gpu_error)?
+    } else {
+        py.detach(|| lowp::round_mixed(values, l, &fmts, opts))
+            .map_err(Error)?
+    };
     Ok(rounded_to_py(py, rounded))
 }
 
@@ -274,7 +314,8 @@ pub fn lowp_round_mixed<'py>(
 
 /// MX codes and E8M0 scales of rows of `row_len`.
 #[pyfunction]
-#[pyo3(signature = (x, row_len, *, block, elem, scale_mode, x16))]
+#[pyo3(signature = (x, row_len, *, block, elem, scale_mode, x16, device="cpu"))]
+#[allow(clippy::too_many_arguments)]
 pub fn mx_encode<'py>(
     py: Python<'py>,
     x: Input<'py>,
@@ -283,19 +324,24 @@ pub fn mx_encode<'py>(
     elem: &str,
     scale_mode: &str,
     x16: &str,
+    device: &str,
 ) -> PyResult<CodesAndScales<'py>> {
     let e = mx::Element::parse(elem).map_err(Error)?;
     let m = mx::ScaleMode::parse(scale_mode).map_err(Error)?;
     let values = x.values(x16, "x")?;
-    let (codes, scales) = py
-        .detach(|| mx::mx_encode(values, row_len, block, e, m))
-        .map_err(Error)?;
+    let (codes, scales) = if on_gpu(device)? {
+        py.detach(|| quantdrift_gpu::mx::mx_encode(values, row_len, block, e, m))
+            .map_err(gpu_error)?
+    } else {
+        py.detach(|| mx::mx_encode(values, row_len, block, e, m))
+            .map_err(Error)?
+    };
     Ok((codes.into_pyarray(py), scales.into_pyarray(py)))
 }
 
 /// float32 values of MX codes and scales.
 #[pyfunction]
-#[pyo3(signature = (codes, scales, row_len, *, block, elem))]
+#[pyo3(signature = (codes, scales, row_len, *, block, elem, device="cpu"))]
 pub fn mx_decode<'py>(
     py: Python<'py>,
     codes: PyReadonlyArray1<'py, u8>,
@@ -303,12 +349,17 @@ pub fn mx_decode<'py>(
     row_len: usize,
     block: usize,
     elem: &str,
+    device: &str,
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let e = mx::Element::parse(elem).map_err(Error)?;
     let (c, s) = (slice(&codes, "codes")?, slice(&scales, "scales")?);
-    let out = py
-        .detach(|| mx::mx_decode(c, s, row_len, block, e))
-        .map_err(Error)?;
+    let out = if on_gpu(device)? {
+        py.detach(|| quantdrift_gpu::mx::mx_decode(c, s, row_len, block, e))
+            .map_err(gpu_error)?
+    } else {
+        py.detach(|| mx::mx_decode(c, s, row_len, block, e))
+            .map_err(Error)?
+    };
     Ok(out.into_pyarray(py))
 }
 
@@ -323,35 +374,45 @@ pub fn nvfp4_scale(py: Python<'_>, x: Input<'_>, x16: &str) -> PyResult<f32> {
 
 /// NVFP4 codes and e4m3 scales of rows of `row_len`.
 #[pyfunction]
-#[pyo3(signature = (x, row_len, *, per_tensor_scale, x16))]
+#[pyo3(signature = (x, row_len, *, per_tensor_scale, x16, device="cpu"))]
 pub fn nvfp4_encode<'py>(
     py: Python<'py>,
     x: Input<'py>,
     row_len: usize,
     per_tensor_scale: Option<f32>,
     x16: &str,
+    device: &str,
 ) -> PyResult<CodesAndScales<'py>> {
     let values = x.values(x16, "x")?;
-    let (codes, scales) = py
-        .detach(|| nvfp4::nvfp4_encode(values, row_len, per_tensor_scale))
-        .map_err(Error)?;
+    let (codes, scales) = if on_gpu(device)? {
+        py.detach(|| quantdrift_gpu::mx::nvfp4_encode(values, row_len, per_tensor_scale))
+            .map_err(gpu_error)?
+    } else {
+        py.detach(|| nvfp4::nvfp4_encode(values, row_len, per_tensor_scale))
+            .map_err(Error)?
+    };
     Ok((codes.into_pyarray(py), scales.into_pyarray(py)))
 }
 
 /// float32 values of NVFP4 codes and scales.
 #[pyfunction]
-#[pyo3(signature = (codes, scales, row_len, *, per_tensor_scale))]
+#[pyo3(signature = (codes, scales, row_len, *, per_tensor_scale, device="cpu"))]
 pub fn nvfp4_decode<'py>(
     py: Python<'py>,
     codes: PyReadonlyArray1<'py, u8>,
     scales: PyReadonlyArray1<'py, u8>,
     row_len: usize,
     per_tensor_scale: Option<f32>,
+    device: &str,
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let (c, s) = (slice(&codes, "codes")?, slice(&scales, "scales")?);
-    let out = py
-        .detach(|| nvfp4::nvfp4_decode(c, s, row_len, per_tensor_scale))
-        .map_err(Error)?;
+    let out = if on_gpu(device)? {
+        py.detach(|| quantdrift_gpu::mx::nvfp4_decode(c, s, row_len, per_tensor_scale))
+            .map_err(gpu_error)?
+    } else {
+        py.detach(|| nvfp4::nvfp4_decode(c, s, row_len, per_tensor_scale))
+            .map_err(Error)?
+    };
     Ok(out.into_pyarray(py))
 }
 
