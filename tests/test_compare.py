@@ -259,3 +259,14 @@ def test_temperature():
     base, other = pair(rows=30, vocab=25, seed=5)
     r = qd.compare(base, other, temperature=2.0, progress=False)
     np.testing.assert_allclose(r.kl, divergence(base.astype(np.float64), other.astype(np.float64), "kl", temperature=2.0), rtol=2e-5, atol=1e-7)
+
+
+def test_percentile_on_a_sample_next_to_infinity_is_that_sample():
+    from quantdrift.report import percentiles
+
+    # p = 0.5·(3−1) = 1 exactly: the median is x[1], untouched by the +inf after it.
+    values = np.array([0.5, 1.0, math.inf])
+    got = percentiles(values, [("median", 0.5), ("max", 1.0), ("q75", 0.75)])
+    assert got["median"] == 1.0
+    assert got["max"] == math.inf
+    assert got["q75"] == math.inf  # halfway between 1.0 and +inf

@@ -95,6 +95,12 @@ def percentiles(values: np.ndarray, levels: Sequence[Tuple[str, float]]) -> Dict
         p = f * (n - 1)
         i = min(int(math.floor(p)), n - 1)
         frac = p - i
+        if frac == 0.0:
+            # Exactly on a sample: no blend, so an infinite neighbour (KL is
+            # +inf where the other model gives a token probability 0) cannot
+            # turn the answer into 0·inf = NaN.
+            out[name] = float(x[i])
+            continue
         hi = x[min(i + 1, n - 1)]
         out[name] = float((1 - frac) * x[i] + frac * hi)
     return out
