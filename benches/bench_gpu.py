@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import time
 from typing import Callable, List, Optional, Tuple
 
@@ -172,6 +173,8 @@ def main() -> None:
             f"{name:<32}{t_cpu * 1e3:>9.2f}{t_gpu * 1e3:>9.2f}{t_cpu / t_gpu:>7.2f}{t_res * 1e3:>13.2f}"
             f"{gbs:>8.1f}{gbs * 1e9 / bandwidth:>13.2f}{t_torch * 1e3:>15.2f}{t_torch / t_res:>9.2f}"
         )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(f"# peak RSS of this process: {peak:.0f} MiB")
 
 
 if __name__ == "__main__":
