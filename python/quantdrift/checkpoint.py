@@ -32,7 +32,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import ml_dtypes
 import numpy as np
 
-from . import _core
+from . import _core, gpu
 from ._errors import InputError, QuantdriftError
 from .formats import FORMATS, get as get_format
 from .lowp import decode, encode, mx_decode, mx_encode, nvfp4_decode, nvfp4_encode
@@ -666,10 +666,11 @@ def _row_chunks(rows: int, cols: int) -> Iterator[Tuple[int, int]]:
 
 
 def _encode_tensor(entry: _Entry, scheme: Scheme, outs: List[_Out], meta: Dict[str, Any], w: _Writer,
-                   sums: Optional[_Sums]) -> None:
+                   sums: Optional[_Sums], device: str) -> None:
     """Encodes one tensor chunk by chunk into the writer."""
     x = entry.array()
     shape = entry.shape
+    device = gpu.resolve(device, math.prod(shape))
     if scheme.kind == "keep":
         step = max(1, CHUNK_ELEMENTS * 4)
         flat = x.reshape(-1).view(np.uint8)
@@ -681,7 +682,7 @@ def _encode_tensor(entry: _Entry, scheme: Scheme, outs: List[_Out], meta: Dict[s
     rows, cols = _matrix_shape(shape, scheme)
     m = x.reshape(rows, cols)
     if scheme.kind == "int":
-        _encode_int(entry, m, scheme, outs, meta, w, sums)
+        _encode_int(entry, m, scheme, outs, meta, w, sums, device)
         return
     state: Dict[str, Any] = {}
     if scheme.kind == "float":
@@ -702,36 +703,37 @@ def _encode_tensor(entry: _Entry, scheme: Scheme, outs: List[_Out], meta: Dict[s
         w.write(meta["tensor_scale"], 0, np.array(pts, np.float32))
     for r0, r1 in _row_chunks(rows, cols):
         xc = m[r0:r1]
-        codes, y = _encode_chunk(xc, scheme, meta, state, w, r0)
+        codes, y = _encode_chunk(xc, scheme, meta, state, w, r0, device)
         if sums is not None:
             sums.add(xc, y)
 
 
 def _encode_chunk(xc: np.ndarray, scheme: Scheme, meta: Dict[str, Any], state: Dict[str, Any], w: _Writer,
-                  r0: int) -> Tuple[np.ndarray, np.ndarray]:
+                  r0: int, device: str) -> Tuple[np.ndarray, np.ndarray]:
     name = meta["codes"]
     cols = xc.shape[1]
     if scheme.kind == "cast":
-        codes = encode(xc, scheme.fmt) if scheme.fmt != "float32" else xc.astype(np.float32)
+        codes = encode(xc, scheme.fmt, device=device) if scheme.fmt != "float32" else xc.astype(np.float32)
         w.write(name, r0 * cols * codes.dtype.itemsize, codes)
         y = codes.view(_ST_DTYPES[_CASTS[scheme.fmt or ""]])
         return codes, y
     if scheme.kind == "float":
         s = state["scale"]
-        codes = encode(xc.astype(np.float32) / s, meta["format"])
+        codes = encode(xc.astype(np.float32) / s, meta["format"], device=device)
         w.write(name, r0 * cols * codes.dtype.itemsize, codes)
-        return codes, decode(codes, meta["format"]) * s
+        return codes, decode(codes, meta["format"], device=device) * s
     if scheme.kind == "mx":
         elem, packed = meta["element"], meta["packed"]
-        codes, scales = mx_encode(xc, elem, packed=packed)
+        codes, scales = mx_encode(xc, elem, packed=packed, device=device)
         w.write(name, r0 * codes.shape[1], codes)
         w.write(meta["scale"], r0 * scales.shape[1], scales)
-        return codes, mx_decode(codes, scales, elem, packed=packed, length=cols)
+        return codes, mx_decode(codes, scales, elem, packed=packed, length=cols, device=device)
     # nvfp4
-    codes, scales, _ = nvfp4_encode(xc, per_tensor_scale=state["pts"], packed=True)
+    codes, scales, _ = nvfp4_encode(xc, per_tensor_scale=state["pts"], packed=True, device=device)
     w.write(name, r0 * codes.shape[1], codes)
     w.write(meta["scale"], r0 * scales.shape[1], scales)
-    return codes, nvfp4_decode(codes, scales, per_tensor_scale=state["pts"], packed=True, length=cols)
+    return codes, nvfp4_decode(codes, scales, per_tensor_scale=state["pts"], packed=True, length=cols,
+                               device=device)
 
 
 def _int_spec(meta: Dict[str, Any], rows: int, cols: int, total_rows: int):
@@ -748,7 +750,7 @@ def _int_spec(meta: Dict[str, Any], rows: int, cols: int, total_rows: int):
 
 
 def _encode_int(entry: _Entry, m: np.ndarray, scheme: Scheme, outs: List[_Out], meta: Dict[str, Any],
-                w: _Writer, sums: Optional[_Sums]) -> None:
+                w: _Writer, sums: Optional[_Sums], device: str) -> None:
     rows, cols = m.shape
     qmin, qmax = meta["qmin"], meta["qmax"]
     full_spec, ppr = _int_spec(meta, rows, cols, rows)
@@ -760,7 +762,7 @@ def _encode_int(entry: _Entry, m: np.ndarray, scheme: Scheme, outs: List[_Out], 
     scale, zp = _core.quant_calibrate(
         flat, full_spec, lo, hi, symmetric=scheme.symmetric, method=method, percentile=99.9, style="lecture",
         eps=0.0, scale_f32=True, importance=None, rounding="nearest_even", seed=0, arith="divide", x16=x16,
-        w16="float32",
+        w16="float32", device=device,
     )
     w.write(meta["scale"], 0, scale.astype(np.float32))
     if "zero_point" in meta:
@@ -775,11 +777,12 @@ def _encode_int(entry: _Entry, m: np.ndarray, scheme: Scheme, outs: List[_Out], 
         xc, xc16 = _as_core(m[r0:r1])
         args = (xc, spec, scale[sl], zp[sl], lo[sl], hi[sl])
         codes, _ = _core.quant_quantize(*args, code_type=code_type, rounding="nearest_even", seed=0,
-                                        arith="divide", x16=xc16)
+                                        arith="divide", x16=xc16, device=device)
         off = r0 * cols * itemsize if width is None else r0 * cols * width // 8
         w.write(meta["codes"], off, codes)
         if sums is not None:
-            y, c = _core.quant_fake(*args, rounding="nearest_even", seed=0, arith="divide", x16=xc16)
+            y, c = _core.quant_fake(*args, rounding="nearest_even", seed=0, arith="divide", x16=xc16,
+                                    device=device)
             clipped += int(c)
             sums.add(m[r0:r1], y)
     if sums is not None:
@@ -959,6 +962,7 @@ def quantize_file(
     report: Optional[PathLike] = None,
     stats: bool = True,
     progress: Optional[bool] = None,
+    device: str = "cpu",
 ) -> QuantizeReport:
     """Quantizes a safetensors checkpoint tensor by tensor.
 
@@ -973,6 +977,9 @@ def quantize_file(
         stats: compute the error columns (one more pass per tensor).
         progress: show a progress bar (default: when stderr is a terminal
             and tqdm is installed).
+        device: ``"cpu"``, ``"gpu"`` or ``"auto"`` (chosen per tensor, see
+            :mod:`quantdrift.gpu`) for the encoding kernels; the file is the
+            same byte for byte on either device.
 
     Returns:
         The :class:`QuantizeReport`.
@@ -983,6 +990,7 @@ def quantize_file(
         OSError: file errors; nothing is left at ``dst`` on any failure.
     """
     rec = Recipe.coerce(recipe)
+    gpu.resolve(device, 0)  # a bad device fails before any file is opened
     d = _check_paths(src, dst)
     with _Checkpoint(src) as ck:
         outs: List[_Out] = []
@@ -1006,7 +1014,7 @@ def quantize_file(
             for e, sc, o in plan:
                 sums = _Sums() if stats and sc.kind != "keep" else None
                 try:
-                    _encode_tensor(e, sc, o, metas[e.name], w, sums)
+                    _encode_tensor(e, sc, o, metas[e.name], w, sums, device)
                 except (QuantdriftError, ValueError) as err:
                     raise type(err)(f"tensor {e.name!r}: {err}") from None
                 finally:
@@ -1068,14 +1076,19 @@ def _layout_of(ck: _Checkpoint, path: PathLike) -> Dict[str, Any]:
     return layout
 
 
-def dequantize_file(src: PathLike, dst: PathLike, *, progress: Optional[bool] = None) -> None:
+def dequantize_file(src: PathLike, dst: PathLike, *, progress: Optional[bool] = None,
+                    device: str = "cpu") -> None:
     """Restores the float tensors of a file written by :func:`quantize_file`
     (same names, shapes and dtypes), tensor by tensor, atomically.
+
+    ``device`` (``"cpu"``, ``"gpu"`` or ``"auto"``, chosen per tensor) runs
+    the decoding kernels; the output is the same byte for byte.
 
     Raises:
         CheckpointError: missing or inconsistent metadata (naming the tensor).
         OSError: file errors; nothing is left at ``dst`` on any failure.
     """
+    gpu.resolve(device, 0)  # a bad device fails before any file is opened
     d = _check_paths(src, dst)
     with _Checkpoint(src) as ck:
         layout = _layout_of(ck, src)
@@ -1092,7 +1105,7 @@ def dequantize_file(src: PathLike, dst: PathLike, *, progress: Optional[bool] = 
         try:
             for name, meta in tensors.items():
                 try:
-                    _decode_tensor(ck, name, meta, w)
+                    _decode_tensor(ck, name, meta, w, device)
                 except KeyError as e:
                     raise CheckpointError(f"{src}: tensor {name!r}: stored tensor {e} is missing") from None
                 except (QuantdriftError, ValueError) as err:
@@ -1106,9 +1119,10 @@ def dequantize_file(src: PathLike, dst: PathLike, *, progress: Optional[bool] = 
             bar.close()
 
 
-def _decode_tensor(ck: _Checkpoint, name: str, meta: Dict[str, Any], w: _Writer) -> None:
+def _decode_tensor(ck: _Checkpoint, name: str, meta: Dict[str, Any], w: _Writer, device: str) -> None:
     kind = meta["kind"]
     shape = tuple(meta["shape"])
+    device = gpu.resolve(device, math.prod(shape))
     out_dt = _ST_DTYPES[meta["dtype"]]
     codes_e = ck.entries[meta["codes"]]
     codes = codes_e.array()
@@ -1125,30 +1139,32 @@ def _decode_tensor(ck: _Checkpoint, name: str, meta: Dict[str, Any], w: _Writer)
             return
         scale = ck.entries[meta["scale"]].array()
         if kind == "int":
-            _decode_int(ck, name, meta, codes, scale, rows, cols, out_dt, w)
+            _decode_int(ck, name, meta, codes, scale, rows, cols, out_dt, w, device)
             return
         if kind == "float":
             m = codes.reshape(rows, cols)
             s = np.float32(scale.reshape(()))
             for r0, r1 in _row_chunks(rows, cols):
                 c = m[r0:r1].view(np.uint8) if m.dtype.itemsize == 1 else m[r0:r1].view(np.uint16)
-                w.write(name, r0 * cols * out_dt.itemsize, (decode(c, meta["format"]) * s).astype(out_dt))
+                w.write(name, r0 * cols * out_dt.itemsize, (decode(c, meta["format"], device=device) * s).astype(out_dt))
             return
         m = codes.reshape(rows, -1)
         sm = scale.reshape(rows, -1)
         for r0, r1 in _row_chunks(rows, cols):
             if kind == "mx":
-                y = mx_decode(m[r0:r1], sm[r0:r1], meta["element"], packed=meta["packed"], length=cols)
+                y = mx_decode(m[r0:r1], sm[r0:r1], meta["element"], packed=meta["packed"], length=cols,
+                              device=device)
             else:
                 pts = float(ck.entries[meta["tensor_scale"]].array().reshape(()))
-                y = nvfp4_decode(m[r0:r1], sm[r0:r1], per_tensor_scale=pts, packed=True, length=cols)
+                y = nvfp4_decode(m[r0:r1], sm[r0:r1], per_tensor_scale=pts, packed=True, length=cols,
+                                  device=device)
             w.write(name, r0 * cols * out_dt.itemsize, y.astype(out_dt))
     finally:
         codes_e.source.release(codes_e.start, codes_e.end)
 
 
 def _decode_int(ck: _Checkpoint, name: str, meta: Dict[str, Any], codes: np.ndarray, scale: np.ndarray,
-                rows: int, cols: int, out_dt: np.dtype, w: _Writer) -> None:
+                rows: int, cols: int, out_dt: np.dtype, w: _Writer, device: str) -> None:
     sc = np.ascontiguousarray(scale, dtype=np.float64).reshape(-1)
     if "zero_point" in meta:
         zp = np.ascontiguousarray(ck.entries[meta["zero_point"]].array(), dtype=np.int32).reshape(-1)
@@ -1164,5 +1180,6 @@ def _decode_int(ck: _Checkpoint, name: str, meta: Dict[str, Any], codes: np.ndar
         else:
             c = flat[r0 * cols * width // 8 : -(-r1 * cols * width // 8)]
         y = _core.quant_dequantize(c, spec, sc[sl], zp[sl], packed_bits=width, signed=bool(meta["signed"]),
-                                   length=(r1 - r0) * cols, arith=meta.get("arith", "divide"), f64_out=False)
+                                   length=(r1 - r0) * cols, arith=meta.get("arith", "divide"), f64_out=False,
+                                   device=device)
         w.write(name, r0 * cols * out_dt.itemsize, y.astype(out_dt))

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from ._errors import QuantdriftError
+from ._errors import InputError, QuantdriftError
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -172,13 +172,16 @@ def _quantize(args: argparse.Namespace) -> int:
     from .checkpoint import quantize_file
 
     if args.scheduler:
+        if args.device != "cpu":
+            raise InputError("--device applies to a local run; with --scheduler the workers use their CPUs")
         # one task per file of the set; DST is a folder that receives the set
         from .distributed import _distributed, quantize_files
 
         with _distributed().Client(args.scheduler) as client:
             rep = quantize_files(args.src, args.dst, args.recipe, client, report=args.report)
     else:
-        rep = quantize_file(args.src, args.dst, args.recipe, report=args.report, stats=not args.no_stats)
+        rep = quantize_file(args.src, args.dst, args.recipe, report=args.report, stats=not args.no_stats,
+                            device=args.device)
     print(rep.to_table())
     return 0
 
@@ -186,7 +189,7 @@ def _quantize(args: argparse.Namespace) -> int:
 def _dequantize(args: argparse.Namespace) -> int:
     from .checkpoint import dequantize_file
 
-    dequantize_file(args.src, args.dst)
+    dequantize_file(args.src, args.dst, device=args.device)
     return 0
 
 
@@ -201,10 +204,14 @@ def _add_checkpoint_commands(commands: "argparse._SubParsersAction[argparse.Argu
     q.add_argument("--no-stats", action="store_true", help="skip the error columns (faster)")
     q.add_argument("--scheduler", metavar="ADDRESS",
                    help="run on a Dask cluster, one task per file of the set; DST is then an output folder")
+    q.add_argument("--device", choices=("cpu", "gpu", "auto"), default="cpu",
+                   help="where the encoding kernels run (default cpu; the output is the same byte for byte)")
     q.set_defaults(run=_quantize)
     d = commands.add_parser("dequantize", help="restore float tensors from a file written by `quantize`")
     d.add_argument("src")
     d.add_argument("dst")
+    d.add_argument("--device", choices=("cpu", "gpu", "auto"), default="cpu",
+                   help="where the decoding kernels run (default cpu; the output is the same byte for byte)")
     d.set_defaults(run=_dequantize)
 
 
