@@ -27,6 +27,7 @@ const DECODE: Shader = Shader::new("lowp_decode", include_str!("shaders/lowp_dec
 const ENCODE: Shader = Shader::new(
     "lowp_encode",
     concat!(
+        include_str!("shaders/bits.wgsl"),
         include_str!("shaders/lowp_codec.wgsl"),
         include_str!("shaders/lowp_encode.wgsl")
     ),
@@ -394,30 +395,7 @@ pub fn round_mixed(
     formats: &[Format],
     options: Options,
 ) -> Result<Rounded> {
-    if labels.len() != x.len() {
-        return Err(CoreError::Shape(format!(
-            "labels has {} elements but x has {}; they must match",
-            labels.len(),
-            x.len()
-        ))
-        .into());
-    }
-    if formats.is_empty() {
-        return Err(CoreError::Value("formats must name at least one format".into()).into());
-    }
-    let n = formats.len() as i64;
-    if let Some(i) = labels.iter().position(|&l| l < 0 || l >= n) {
-        return Err(CoreError::Value(format!(
-            "labels[{i}] = {} is not a valid index into formats (0..{})",
-            labels[i],
-            n - 1
-        ))
-        .into());
-    }
-    let codecs = formats
-        .iter()
-        .map(|f| Codec::new(for_input(f, &x), options))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let codecs = lowp::mixed_codecs(&x, labels, formats, options)?;
     let words = if x.is_empty() {
         Vec::new()
     } else {

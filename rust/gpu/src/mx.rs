@@ -26,6 +26,7 @@ use crate::shaders::Shader;
 const BLOCK_ENCODE: Shader = Shader::new(
     "block_encode",
     concat!(
+        include_str!("shaders/bits.wgsl"),
         include_str!("shaders/lowp_codec.wgsl"),
         include_str!("shaders/block_encode.wgsl")
     ),
@@ -33,6 +34,7 @@ const BLOCK_ENCODE: Shader = Shader::new(
 const BLOCK_DECODE: Shader = Shader::new(
     "block_decode",
     concat!(
+        include_str!("shaders/bits.wgsl"),
         include_str!("shaders/lowp_codec.wgsl"),
         include_str!("shaders/block_decode.wgsl")
     ),

@@ -32,7 +32,13 @@ use crate::context::{context, Gpu, WORKGROUP};
 use crate::error::Result;
 use crate::shaders::Shader;
 
-const SHADER: Shader = Shader::new("quant", include_str!("shaders/quant.wgsl"));
+const SHADER: Shader = Shader::new(
+    "quant",
+    concat!(
+        include_str!("shaders/bits.wgsl"),
+        include_str!("shaders/quant.wgsl")
+    ),
+);
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -422,16 +428,7 @@ pub fn dequantize(
     f64_out: bool,
 ) -> Result<Rounded> {
     let gpu = context()?;
-    let plan = Plan::new(partition, codes.len())?;
-    let (lo, hi) = (vec![i32::MIN; scale.len()], vec![i32::MAX; scale.len()]);
-    let params = QParams {
-        scale,
-        zero_point,
-        qmin: &lo,
-        qmax: &hi,
-    };
-    let r = Resolved::new(&plan, &params, arith)?;
-    quant::check_codes(codes)?;
+    let (plan, r) = quant::dequantize_plan(codes, partition, scale, zero_point, arith)?;
     let cpu = || quant::dequantize(codes, partition, scale, zero_point, arith, f64_out);
     if !r.s.iter().all(|&s| normal_f32(s)) {
         return Ok(cpu()?);

@@ -385,15 +385,14 @@ pub fn unpack_nibbles(packed: &[u8], row_len: usize) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Mixed formats per parameter (lecture Remark 3.1): element `i` is rounded
-/// to `formats[labels[i]]` with the same options. Returns float32 (float64
-/// for float64 input).
-pub fn round_mixed(
-    x: Values<'_>,
+/// The checks of [`round_mixed`] (labels match x and index `formats`) and
+/// one codec per format, adapted to x's dtype; the GPU kernel shares them.
+pub fn mixed_codecs(
+    x: &Values<'_>,
     labels: &[i64],
     formats: &[Format],
     options: Options,
-) -> Result<Rounded> {
+) -> Result<Vec<Codec>> {
     if labels.len() != x.len() {
         return Err(CoreError::Shape(format!(
             "labels has {} elements but x has {}; they must match",
@@ -414,12 +413,22 @@ pub fn round_mixed(
             n - 1
         )));
     }
-    let formats: Vec<Format> = formats.iter().map(|f| for_input(f, &x)).collect();
-    let formats = &formats[..];
-    let codecs = formats
+    formats
         .iter()
-        .map(|f| Codec::new(*f, options))
-        .collect::<Result<Vec<_>>>()?;
+        .map(|f| Codec::new(for_input(f, x), options))
+        .collect()
+}
+
+/// Mixed formats per parameter (lecture Remark 3.1): element `i` is rounded
+/// to `formats[labels[i]]` with the same options. Returns float32 (float64
+/// for float64 input).
+pub fn round_mixed(
+    x: Values<'_>,
+    labels: &[i64],
+    formats: &[Format],
+    options: Options,
+) -> Result<Rounded> {
+    let codecs = mixed_codecs(&x, labels, formats, options)?;
     crate::threads::init_pool();
     if let Values::F64(v) = x {
         let mut out = vec![0f64; v.len()];
@@ -429,6 +438,8 @@ pub fn round_mixed(
         });
         return Ok(Rounded::F64(out));
     }
+    let formats: Vec<Format> = codecs.iter().map(|c| c.format).collect();
+    let formats = &formats[..];
     let all_fast = formats.iter().all(fast::supports);
     let lanes: Vec<fast::Lanes> = codecs.iter().map(fast::Lanes::new).collect();
     let decoders: Vec<MixedDecoder> = formats

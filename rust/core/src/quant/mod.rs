@@ -333,6 +333,24 @@ pub fn dequantize(
     arith: Arith,
     f64_out: bool,
 ) -> Result<Rounded> {
+    let (plan, r) = dequantize_plan(codes, partition, scale, zero_point, arith)?;
+    Ok(if f64_out {
+        Rounded::F64(kernel::dequantize::<f64>(codes, &plan, &r))
+    } else {
+        Rounded::F32(kernel::dequantize::<f32>(codes, &plan, &r))
+    })
+}
+
+/// The checks [`dequantize`] makes and the plan and per-part parameters it
+/// runs on (shared with the GPU kernel). Dequantization has no code range,
+/// so the parts' ranges are unbounded.
+pub fn dequantize_plan<'a>(
+    codes: CodesRef<'_>,
+    partition: &Partition<'a>,
+    scale: &[f64],
+    zero_point: &[i32],
+    arith: Arith,
+) -> Result<(Plan<'a>, Resolved)> {
     let plan = Plan::new(partition, codes.len())?;
     let (lo, hi) = (vec![i32::MIN; scale.len()], vec![i32::MAX; scale.len()]);
     let params = QParams {
@@ -343,11 +361,7 @@ pub fn dequantize(
     };
     let r = Resolved::new(&plan, &params, arith)?;
     check_codes(codes)?;
-    Ok(if f64_out {
-        Rounded::F64(kernel::dequantize::<f64>(codes, &plan, &r))
-    } else {
-        Rounded::F32(kernel::dequantize::<f32>(codes, &plan, &r))
-    })
+    Ok((plan, r))
 }
 
 /// Checks packed codes' width and byte count (the check [`dequantize`]

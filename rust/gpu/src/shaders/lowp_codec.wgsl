@@ -33,68 +33,6 @@ const ROUND_UP: u32 = 4u;
 const ROUND_STOCHASTIC: u32 = 5u;
 
 // ---------------------------------------------------------------------------
-// 64-bit integers as vec2<u32>(low, high)
-// ---------------------------------------------------------------------------
-
-fn clz64(v: vec2<u32>) -> u32 {
-    if v.y != 0u {
-        return countLeadingZeros(v.y);
-    }
-    return 32u + countLeadingZeros(v.x);
-}
-
-// v >> s for any s (WGSL shifts take s mod 32, so every case is spelled out).
-fn shr64(v: vec2<u32>, s: u32) -> vec2<u32> {
-    if s == 0u {
-        return v;
-    }
-    if s >= 64u {
-        return vec2<u32>(0u, 0u);
-    }
-    if s >= 32u {
-        return vec2<u32>(v.y >> (s - 32u), 0u);
-    }
-    return vec2<u32>((v.x >> s) | (v.y << (32u - s)), v.y >> s);
-}
-
-// v & (2^s - 1) for any s.
-fn low_bits64(v: vec2<u32>, s: u32) -> vec2<u32> {
-    if s >= 64u {
-        return v;
-    }
-    if s >= 32u {
-        return vec2<u32>(v.x, v.y & ((1u << (s - 32u)) - 1u));
-    }
-    return vec2<u32>(v.x & ((1u << s) - 1u), 0u);
-}
-
-// ---------------------------------------------------------------------------
-// Stochastic rounding's counter-based draws (lowp/codec.rs)
-// ---------------------------------------------------------------------------
-
-fn lowbias32(x0: u32) -> u32 {
-    var x = x0;
-    x ^= x >> 16u;
-    x *= 0x7feb352du;
-    x ^= x >> 15u;
-    x *= 0x846ca68bu;
-    x ^= x >> 16u;
-    return x;
-}
-
-// The draw of element `index` (64-bit, as (low, high)).
-fn random_u32(key: vec2<u32>, index: vec2<u32>) -> u32 {
-    let hi = index.y * 0x9e3779b9u;
-    return lowbias32(lowbias32(index.x ^ key.x) ^ key.y ^ hi);
-}
-
-// base + i as a 64-bit (low, high) pair.
-fn add64(base: vec2<u32>, i: u32) -> vec2<u32> {
-    let lo = base.x + i;
-    return vec2<u32>(lo, base.y + select(0u, 1u, lo < i));
-}
-
-// ---------------------------------------------------------------------------
 // Encoding (reference.rs: encode_f64_inner, nan_code)
 // ---------------------------------------------------------------------------
 
@@ -233,24 +171,6 @@ fn encode_f64_bits(c: Codec, lo: u32, hi: u32, rand: u32) -> u32 {
         k = -1074;
     }
     return encode_finite(c, neg, sig, k, rand);
-}
-
-// float16 bits to float32 bits, exactly (payloads kept, as rows::f16_to_f32).
-fn f16_bits_to_f32(h: u32) -> u32 {
-    let sign = (h & 0x8000u) << 16u;
-    let e = (h >> 10u) & 0x1fu;
-    let f = h & 0x3ffu;
-    if e == 31u {
-        return sign | 0x7f800000u | (f << 13u);
-    }
-    if e == 0u {
-        if f == 0u {
-            return sign;
-        }
-        let p = 31u - countLeadingZeros(f); // value = f · 2^-24, top bit p
-        return sign | ((p + 103u) << 23u) | ((f << (23u - p)) & 0x7fffffu);
-    }
-    return sign | ((e + 112u) << 23u) | (f << 13u);
 }
 
 // ---------------------------------------------------------------------------

@@ -33,7 +33,7 @@ fn code_of(i: u32) -> u32 {
     }
     var rand = 0u;
     if c.rounding == ROUND_STOCHASTIC {
-        rand = random_u32(vec2<u32>(params.key_lo, params.key_hi), add64(vec2<u32>(params.base_lo, params.base_hi), i));
+        rand = random_u32(vec2<u32>(params.key_lo, params.key_hi), add64(vec2<u32>(params.base_lo, params.base_hi), vec2<u32>(i, 0u)));
     }
     switch params.in_kind {
         case 0u: {

@@ -43,30 +43,7 @@ struct Params {
 
 const SAT: u32 = 0x4000000u; // 2^26: |round(t)| beyond it clips whatever the range
 
-// ---- 64-bit helpers: vec2(lo, hi) -----------------------------------------
-
-fn shr64(v: vec2<u32>, s: u32) -> vec2<u32> {
-    if s == 0u { return v; }
-    if s >= 64u { return vec2<u32>(0u, 0u); }
-    if s >= 32u { return vec2<u32>(v.y >> (s - 32u), 0u); }
-    return vec2<u32>((v.x >> s) | (v.y << (32u - s)), v.y >> s);
-}
-
-fn shl64(v: vec2<u32>, s: u32) -> vec2<u32> {
-    if s == 0u { return v; }
-    if s >= 64u { return vec2<u32>(0u, 0u); }
-    if s >= 32u { return vec2<u32>(0u, v.x << (s - 32u)); }
-    return vec2<u32>(v.x << s, (v.y << s) | (v.x >> (32u - s)));
-}
-
-fn add64(a: vec2<u32>, b: vec2<u32>) -> vec2<u32> {
-    let lo = a.x + b.x;
-    return vec2<u32>(lo, a.y + b.y + select(0u, 1u, lo < a.x));
-}
-
-fn is_zero64(v: vec2<u32>) -> bool {
-    return (v.x | v.y) == 0u;
-}
+// ---- 64-bit helpers beyond bits.wgsl: vec2(lo, hi) ------------------------
 
 fn bitlen64(v: vec2<u32>) -> u32 {
     if v.y != 0u { return 64u - countLeadingZeros(v.y); }
@@ -139,26 +116,6 @@ fn unpack_f32(b: u32) -> F32 {
     return F32(1u, neg, mf | 0x800000u, i32(ef) - 127);
 }
 
-// float16 bits to float32 bits (exact).
-fn f16_bits(h: u32) -> u32 {
-    let sign = (h & 0x8000u) << 16u;
-    let ef = (h >> 10u) & 0x1fu;
-    let mf = h & 0x3ffu;
-    if ef == 0x1fu {
-        return sign | 0x7f800000u | (mf << 13u);
-    }
-    if ef == 0u {
-        if mf == 0u {
-            return sign;
-        }
-        // mf · 2^-24: normalise
-        let sh = countLeadingZeros(mf) - 21u; // brings the top bit to bit 10
-        let m = (mf << sh) & 0x3ffu;
-        return sign | ((113u - sh) << 23u) | (m << 13u);
-    }
-    return sign | ((ef + 112u) << 23u) | (mf << 13u);
-}
-
 // Element i of the chunk's input as float32 bits.
 fn load_x(i: u32) -> u32 {
     if P.input == 0u {
@@ -167,7 +124,7 @@ fn load_x(i: u32) -> u32 {
     let pair = inp[i / 2u];
     let h = select(pair & 0xffffu, pair >> 16u, (i & 1u) == 1u);
     if P.input == 1u {
-        return f16_bits(h);
+        return f16_bits_to_f32(h);
     }
     return h << 16u;
 }
@@ -198,19 +155,9 @@ fn part_of(i: u32) -> u32 {
 
 // ---- rounding ------------------------------------------------------------
 
-fn lowbias32(v: u32) -> u32 {
-    var x = v;
-    x ^= x >> 16u;
-    x *= 0x7feb352du;
-    x ^= x >> 15u;
-    x *= 0x846ca68bu;
-    x ^= x >> 16u;
-    return x;
-}
-
 // The CPU's counter-based draw for flat index (lo, hi).
 fn draw(lo: u32, hi: u32) -> u32 {
-    return lowbias32(lowbias32(lo ^ P.key0) ^ P.key1 ^ (hi * 0x9e3779b9u));
+    return random_u32(vec2<u32>(P.key0, P.key1), vec2<u32>(lo, hi));
 }
 
 // |round(t)| (saturated at SAT) for t = ±M · 2^E, in the chunk's mode.
