@@ -49,6 +49,8 @@ bench: develop
 	$(PY) benches/bench_formats.py
 	$(PY) benches/bench_stream.py
 	$(PY) benches/bench_quantize.py
+	$(PY) benches/bench_dask.py
+	$(PY) benches/bench_llv.py
 	$(PY) benches/bench_gpu.py
 
 lint:
