@@ -40,11 +40,12 @@ use quantdrift_core::{simd, Dtype, Rows};
 
 use crate::context::{context, Gpu};
 use crate::error::Result;
-use crate::shaders::Shader;
+use crate::shaders::{Shader, ROUND_MAGIC};
 
 const SCAN: Shader = Shader::new(
     "compare_scan",
     concat!(
+        include_str!("shaders/math32.wgsl"),
         include_str!("shaders/compare_common.wgsl"),
         include_str!("shaders/compare_scan.wgsl")
     ),
@@ -52,6 +53,7 @@ const SCAN: Shader = Shader::new(
 const SUMS: Shader = Shader::new(
     "compare_sums",
     concat!(
+        include_str!("shaders/math32.wgsl"),
         include_str!("shaders/compare_common.wgsl"),
         include_str!("shaders/compare_sums.wgsl")
     ),
@@ -86,7 +88,10 @@ struct Params {
     nb: u32,
     n_sizes: u32,
     inv_t: f32,
-    _pad: [u32; 3],
+    /// 1, 1.5·2^23, 1.5·2^23 (see shaders/math32.wgsl).
+    one: f32,
+    magic_a: f32,
+    magic_b: f32,
     sizes: [u32; 8],
 }
 
@@ -390,7 +395,9 @@ impl Job<'_> {
             nb: self.nb as u32,
             n_sizes: self.sizes.len() as u32,
             inv_t: self.inv_t,
-            _pad: [0; 3],
+            one: 1.0,
+            magic_a: ROUND_MAGIC,
+            magic_b: ROUND_MAGIC,
             sizes,
         }));
     }

@@ -32,12 +32,15 @@ use quantdrift_core::{simd, CoreError, Dtype, Rows};
 
 use crate::context::{context, Gpu};
 use crate::error::Result;
-use crate::shaders::Shader;
+use crate::shaders::{Shader, ROUND_MAGIC};
 
-const SHADER: Shader = Shader::new("diverge", include_str!("shaders/diverge.wgsl"));
-
-/// 1.5·2^23: adding then subtracting it rounds to an integer.
-const ROUND_MAGIC: f32 = 12_582_912.0;
+const SHADER: Shader = Shader::new(
+    "diverge",
+    concat!(
+        include_str!("shaders/math32.wgsl"),
+        include_str!("shaders/diverge.wgsl")
+    ),
+);
 
 /// Floats the shader writes per row.
 const SLOTS: usize = 16;

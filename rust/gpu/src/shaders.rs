@@ -37,6 +37,10 @@ impl Shader {
     }
 }
 
+/// 1.5·2^23, which `shaders/math32.wgsl` adds and subtracts to round to an
+/// integer; passed in the uniform block so that compilers cannot fold it.
+pub(crate) const ROUND_MAGIC: f32 = 12_582_912.0;
+
 const COMMON: &str = include_str!("shaders/common.wgsl");
 const WIDEN_BITS: &str = include_str!("shaders/widen_bits.wgsl");
 const WIDEN_F16: &str = include_str!("shaders/widen_f16.wgsl");

@@ -13,9 +13,9 @@ struct Params {
     nb: u32,        // blocks of BLK elements per row
     n_sizes: u32,   // top-k sizes in `sizes`
     inv_t: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    one: f32,       // 1, 1.5·2^23, 1.5·2^23: math32.wgsl's run-time constants
+    magic_a: f32,
+    magic_b: f32,
     sizes: array<vec4<u32>, 2>,
 }
 
@@ -53,7 +53,3 @@ fn q_at(r: u32, i: u32) -> f32 {
     return load(params.dtype_q, data_q[g >> 1u], g);
 }
 
-// e^a for a ≤ 0, exactly 0 at −inf.
-fn exp_nonpositive(a: f32) -> f32 {
-    return select(exp(a), 0.0, a < -200.0);
-}

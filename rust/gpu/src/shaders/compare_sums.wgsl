@@ -44,8 +44,8 @@ fn js_series_wide(delta: f32) -> f32 {
 fn js_logs(delta: f32) -> f32 {
     let plus = 1.0 + delta;
     let minus = 1.0 - delta;
-    let t_plus = select(plus * log(plus), 0.0, plus == 0.0);
-    let t_minus = select(minus * log(minus), 0.0, minus == 0.0);
+    let t_plus = select(plus * qd_ln_1p(delta), 0.0, plus == 0.0);
+    let t_minus = select(minus * qd_ln_1p(-delta), 0.0, minus == 0.0);
     return t_plus + t_minus;
 }
 
