@@ -484,7 +484,7 @@ def nvfp4_encode(
         packed: two E2M1 codes per byte along ``axis`` (low nibble first).
         device: ``"cpu"``, ``"gpu"`` or ``"auto"`` (see :mod:`quantdrift.gpu`);
             the codes and scales are the same, bit for bit.
-            (``"auto"``'s per-tensor amax is taken on the CPU).
+            (with ``per_tensor_scale="auto"`` the tensor's amax is taken on the CPU).
 
     Returns:
         ``(codes, scales, per_tensor_scale)``: uint8 E2M1 codes, uint8

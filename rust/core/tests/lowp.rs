@@ -307,3 +307,23 @@ fn exhaustive_f32_fast_equals_reference() {
         eprintln!("{name}: all 2^32 patterns agree ({:.1?})", start.elapsed());
     }
 }
+
+#[test]
+fn encode_packed_is_pack_nibbles_of_encode_and_refuses_wide_formats() {
+    let x: Vec<f32> = (0..21).map(|i| (i as f32 - 10.0) * 0.37).collect();
+    let fp4 = Format::by_name("float4_e2m1fn").unwrap();
+    let Codes::U8(codes) = lowp::encode(Values::F32(&x), &fp4, Options::default()).unwrap() else {
+        panic!("fp4 codes are bytes")
+    };
+    // rows of 7: odd, so each row ends with a lone low nibble
+    let packed = lowp::encode_packed(Values::F32(&x), 7, &fp4, Options::default()).unwrap();
+    assert_eq!(packed, lowp::pack_nibbles(&codes, 7).unwrap());
+    assert_eq!(packed.len(), 3 * 4);
+    assert_eq!(packed[3], codes[6]); // the last byte of row 0: its high nibble is zero
+    let e4m3 = Format::by_name("float8_e4m3fn").unwrap();
+    let err = lowp::encode_packed(Values::F32(&x), 7, &e4m3, Options::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("at most 4 bits") && err.to_string().contains("has 8"),
+        "{err}"
+    );
+}

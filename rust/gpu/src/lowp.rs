@@ -15,7 +15,8 @@
 //! on the host first, so errors are the CPU's.
 
 use quantdrift_core::lowp::{
-    self, codec::Rounding, reference, Codec, Codes, Format, Options, Rounded, Special, Values,
+    self, codec::Rounding, for_input, reference, Codec, Codes, Format, Options, Rounded, Special,
+    Values,
 };
 use quantdrift_core::CoreError;
 
@@ -130,18 +131,6 @@ pub(crate) fn input_bytes<'a>(x: &Values<'a>, start: usize, end: usize) -> &'a [
         Values::F64(v) => bytemuck::cast_slice(&v[start..end]),
         Values::F16(v) | Values::Bf16(v) => bytemuck::cast_slice(&v[start..end]),
     }
-}
-
-/// The format an input's dtype is encoded with: ml_dtypes keeps bfloat16
-/// NaN payloads only for bfloat16 → bfloat16 (as `lowp::for_input`).
-fn for_input(format: &Format, x: &Values<'_>) -> Format {
-    let mut f = *format;
-    if matches!(x, Values::Bf16(_)) {
-        let bf16 =
-            (f.exponent_bits, f.mantissa_bits, f.bias, f.special) == (8, 7, 127, Special::Ieee);
-        f.nan_payload = bf16;
-    }
-    f
 }
 
 /// float32 bits of every code of `format` (the CPU's reference decoder).
@@ -345,16 +334,9 @@ pub fn encode_packed(
     format: &Format,
     options: Options,
 ) -> Result<Vec<u8>> {
+    lowp::check_packable(format)?;
     let format = for_input(format, &x);
     let codec = Codec::new(format, options)?;
-    if format.bits() > 4 {
-        return Err(CoreError::Value(format!(
-            "packed codes need a format of at most 4 bits; {} has {}",
-            lowp::codec::describe(&format),
-            format.bits()
-        ))
-        .into());
-    }
     if x.is_empty() {
         rows_of(0, row_len)?;
         return Ok(Vec::new());

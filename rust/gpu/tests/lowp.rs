@@ -170,3 +170,17 @@ fn block_formats_match_the_cpu() {
         assert_eq!(b(&dec), b(&want), "{pts:?}");
     }
 }
+
+#[test]
+fn packed_encoding_matches_the_cpu_and_refuses_wide_formats_alike() {
+    let x = patterns(1001, 7);
+    let fp4 = Format::by_name("float4_e2m1fn").unwrap();
+    let opts = Options::default();
+    let cpu = lowp::encode_packed(Values::F32(&x), 77, &fp4, opts).unwrap();
+    let gpu = quantdrift_gpu::lowp::encode_packed(Values::F32(&x), 77, &fp4, opts).unwrap();
+    assert_eq!(gpu, cpu);
+    let e5m2 = Format::by_name("float8_e5m2").unwrap();
+    let cpu = lowp::encode_packed(Values::F32(&x), 77, &e5m2, opts).unwrap_err();
+    let gpu = quantdrift_gpu::lowp::encode_packed(Values::F32(&x), 77, &e5m2, opts).unwrap_err();
+    assert_eq!(gpu.to_string(), cpu.to_string());
+}

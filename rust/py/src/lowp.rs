@@ -156,15 +156,8 @@ pub fn lowp_encode<'py>(
             py.detach(|| quantdrift_gpu::lowp::encode_packed(values, row_len, &f, opts))
                 .map_err(gpu_error)?
         } else {
-            py.detach(|| match lowp::encode(values, &f, opts)? {
-                Codes::U8(c) => lowp::pack_nibbles(&c, row_len),
-                Codes::U16(_) => Err(CoreError::Value(format!(
-                    "packed codes need a format of at most 4 bits; {} has {}",
-                    lowp::codec::describe(&f),
-                    f.bits()
-                ))),
-            })
-            .map_err(Error)?
+            py.detach(|| lowp::encode_packed(values, row_len, &f, opts))
+                .map_err(Error)?
         };
         return Ok(packed.into_pyarray(py).into_any());
     }

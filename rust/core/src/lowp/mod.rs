@@ -102,7 +102,7 @@ pub enum Rounded {
 /// ml_dtypes turns a bfloat16 NaN into the canonical NaN even for float16,
 /// where numpy keeps float32/float16 payloads: drop the payload rule there
 /// (and keep it for bfloat16 → bfloat16, which ml_dtypes leaves unchanged).
-fn for_input(format: &Format, x: &Values<'_>) -> Format {
+pub fn for_input(format: &Format, x: &Values<'_>) -> Format {
     let mut f = *format;
     if matches!(x, Values::Bf16(_)) {
         // bfloat16 → bfloat16 is the identity in ml_dtypes, payload and all.
@@ -322,6 +322,33 @@ pub fn decode_u16(codes: &[u16], format: &Format) -> Result<Vec<f32>> {
             });
     }
     Ok(out)
+}
+
+/// Checks that `format`'s codes fit a nibble (what packing needs).
+pub fn check_packable(format: &Format) -> Result<()> {
+    if format.bits() > 4 {
+        return Err(CoreError::Value(format!(
+            "packed codes need a format of at most 4 bits; {} has {}",
+            codec::describe(format),
+            format.bits()
+        )));
+    }
+    Ok(())
+}
+
+/// Codes of R(x) packed two per byte along rows of `row_len`
+/// ([`pack_nibbles`] of [`encode`]), for formats of at most 4 bits.
+pub fn encode_packed(
+    x: Values<'_>,
+    row_len: usize,
+    format: &Format,
+    options: Options,
+) -> Result<Vec<u8>> {
+    check_packable(format)?;
+    match encode(x, format, options)? {
+        Codes::U8(c) => pack_nibbles(&c, row_len),
+        Codes::U16(_) => unreachable!("a format of at most 4 bits has 8-bit codes"),
+    }
 }
 
 /// Packs 4-bit codes two to a byte along rows of `row_len` codes: element
