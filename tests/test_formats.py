@@ -235,6 +235,37 @@ def test_packed_nibble_order_and_odd_rows():
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("name", ["float8_e4m3fn", "bfloat16"])
+def test_recycled_output_buffers_never_alias_a_live_array(name):
+    # Outputs of 1 MiB and more come from a cache of freed buffers: a live
+    # array (or a view of one) must keep its memory, and a recycled buffer's
+    # stale codes must be overwritten.
+    import gc
+
+    rng = np.random.default_rng(5)
+    xs = [(rng.standard_normal(1 << 20) * 4 * (k + 1)).astype(np.float32) for k in range(4)]
+    expected = [peer_codes(x, name) for x in xs]
+    a = qd.encode(xs[0], name)
+    b = qd.encode(xs[1], name)
+    assert a.ctypes.data != b.ctypes.data
+    np.testing.assert_array_equal(a, expected[0])
+    tail = a[17:]
+    del a
+    gc.collect()
+    c = qd.encode(xs[2], name)  # must not take the memory `tail` still views
+    np.testing.assert_array_equal(tail, expected[0][17:])
+    np.testing.assert_array_equal(c, expected[2])
+    freed = b.ctypes.data
+    del b
+    gc.collect()
+    d = qd.encode(xs[3], name)  # the freed buffer, full of xs[1]'s codes
+    assert d.ctypes.data == freed
+    np.testing.assert_array_equal(d, expected[3])
+    assert d.flags.writeable and d.flags.c_contiguous
+    d[0] = 1  # the caller owns the array
+    assert d[0] == 1
+
+
 def test_custom_format_equal_to_predefined_encodes_the_same():
     custom = qd.FloatFormat(4, 3, special="fn")
     assert custom.bias == 7 and custom.max == 448.0

@@ -1,5 +1,7 @@
 //! quantdrift-core: the arithmetic of quantdrift, with no Python in it.
 //!
+//! * [`buffers`]: output buffers recycled through a small cache instead of
+//!   freed, so repeated conversions skip the page faults of fresh memory.
 //! * [`diverge`]: divergences (KL, JS, TV, Hellinger, χ², Rényi, cross-entropy,
 //!   entropy) between rows of next-token distributions given as logits,
 //!   log-probabilities or probabilities, and the distillation loss.
@@ -19,6 +21,7 @@
 //! is the specification and the tests run both on the same inputs.
 #![deny(missing_docs)]
 
+pub mod buffers;
 pub mod diverge;
 pub mod error;
 pub mod io;

@@ -1,7 +1,9 @@
 //! The numpy boundary: 2-D arrays in any supported dtype, borrowed.
 
-use numpy::{PyReadonlyArray2, PyUntypedArrayMethods};
+use numpy::ndarray::ArrayView1;
+use numpy::{PyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
+use quantdrift_core::buffers::{Buffer, Plain};
 use quantdrift_core::{CoreError, Dtype, Rows};
 
 /// A C-contiguous 2-D array of scores as numpy hands it over. 16-bit
@@ -64,4 +66,33 @@ impl<'py> Matrix<'py> {
             }
         }
     }
+}
+
+/// Owns a recycled output buffer for as long as a numpy array views it;
+/// dropping it (when the array dies) returns the memory to core's cache.
+#[pyclass(frozen, module = "quantdrift._core")]
+pub struct OutputBuffer {
+    _buffer: Box<dyn std::any::Any + Send + Sync>,
+}
+
+/// A 1-D numpy array over `buffer` without a copy; the buffer goes back to
+/// the cache once numpy drops the array (see `quantdrift_core::buffers`).
+pub fn buffer_into_pyarray<T: Plain + numpy::Element>(
+    py: Python<'_>,
+    buffer: Buffer<T>,
+) -> PyResult<Bound<'_, PyArray1<T>>> {
+    let view = ArrayView1::from(buffer.as_slice());
+    let (ptr, len) = (view.as_ptr(), view.len());
+    let owner = Bound::new(
+        py,
+        OutputBuffer {
+            _buffer: Box::new(buffer),
+        },
+    )?;
+    // SAFETY: the buffer's memory moved into `owner` unchanged (a Buffer is
+    // a pointer to a heap block, which moving does not touch), and `owner`
+    // becomes the array's base object, so it outlives every view of it; no
+    // one else can reach the block meanwhile.
+    let view = unsafe { ArrayView1::from_shape_ptr(len, ptr) };
+    Ok(unsafe { PyArray1::borrow_from_array(&view, owner.into_any()) })
 }

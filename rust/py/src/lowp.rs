@@ -7,11 +7,14 @@
 use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
+use quantdrift_core::buffers::Buffer;
 use quantdrift_core::lowp::{
-    self, mx, nvfp4, stats, Codes, Format, Options, Overflow, Rounded, Rounding, Special, Values,
+    self, mx, nvfp4, stats, Codes, CodesMut, Format, Options, Overflow, Rounded, Rounding, Special,
+    Values,
 };
 use quantdrift_core::CoreError;
 
+use crate::array::buffer_into_pyarray;
 use crate::errors::Error;
 use crate::gpu::{on_gpu, to_py as gpu_error};
 
@@ -161,17 +164,29 @@ pub fn lowp_encode<'py>(
         };
         return Ok(packed.into_pyarray(py).into_any());
     }
-    let codes = if gpu {
-        py.detach(|| quantdrift_gpu::lowp::encode(values, &f, opts))
-            .map_err(gpu_error)?
+    if gpu {
+        let codes = py
+            .detach(|| quantdrift_gpu::lowp::encode(values, &f, opts))
+            .map_err(gpu_error)?;
+        return Ok(match codes {
+            Codes::U8(c) => c.into_pyarray(py).into_any(),
+            Codes::U16(c) => c.into_pyarray(py).into_any(),
+        });
+    }
+    // Into a recycled buffer: converting tensor after tensor then skips
+    // the page faults of fresh memory.
+    let n = values.len();
+    if lowp::for_input(&f, &values).bits() <= 8 {
+        let mut out = Buffer::<u8>::new(n);
+        py.detach(|| lowp::encode_into(values, &f, opts, CodesMut::U8(&mut out)))
+            .map_err(Error)?;
+        Ok(buffer_into_pyarray(py, out)?.into_any())
     } else {
-        py.detach(|| lowp::encode(values, &f, opts))
-            .map_err(Error)?
-    };
-    Ok(match codes {
-        Codes::U8(c) => c.into_pyarray(py).into_any(),
-        Codes::U16(c) => c.into_pyarray(py).into_any(),
-    })
+        let mut out = Buffer::<u16>::new(n);
+        py.detach(|| lowp::encode_into(values, &f, opts, CodesMut::U16(&mut out)))
+            .map_err(Error)?;
+        Ok(buffer_into_pyarray(py, out)?.into_any())
+    }
 }
 
 /// R(x) as float32 (float64 for float64 input).
@@ -194,8 +209,13 @@ pub fn lowp_round<'py>(
     let rounded = if on_gpu(device)? {
         py.detach(|| quantdrift_gpu::lowp::round(values, &f, opts))
             .map_err(gpu_error)?
-    } else {
+    } else if matches!(values, Values::F64(_)) {
         py.detach(|| lowp::round(values, &f, opts)).map_err(Error)?
+    } else {
+        let mut out = Buffer::<f32>::new(values.len());
+        py.detach(|| lowp::round_into(values, &f, opts, &mut out))
+            .map_err(Error)?;
+        return Ok(buffer_into_pyarray(py, out)?.into_any());
     };
     Ok(rounded_to_py(py, rounded))
 }
@@ -230,15 +250,20 @@ pub fn lowp_decode<'py>(
     let out = match &codes {
         CodeArray::U8(a) => {
             let s = slice(a, "codes")?;
-            py.detach(|| lowp::decode_u8(s, &f))
+            let mut out = Buffer::<f32>::new(s.len());
+            py.detach(|| lowp::decode_u8_into(s, &f, &mut out))
+                .map_err(Error)?;
+            out
         }
         CodeArray::U16(a) => {
             let s = slice(a, "codes")?;
-            py.detach(|| lowp::decode_u16(s, &f))
+            let mut out = Buffer::<f32>::new(s.len());
+            py.detach(|| lowp::decode_u16_into(s, &f, &mut out))
+                .map_err(Error)?;
+            out
         }
-    }
-    .map_err(Error)?;
-    Ok(out.into_pyarray(py))
+    };
+    buffer_into_pyarray(py, out)
 }
 
 /// Packs 4-bit codes two per byte along rows of `row_len`.

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::codec::{random_u32, Codec, Rounding};
 use super::format::{Format, Special};
-use super::nearest::{self, E8m0Nearest, Rne};
+use super::nearest::{self, Bf16Rne, E8m0Nearest, Rne, RneSymmetric};
 use super::reference;
 use crate::rows::f16_to_f32;
 use crate::simd::{self, Kernel, LANES};
@@ -409,6 +409,13 @@ pub fn encode_into<L: Load, S: Store>(
 ) {
     debug_assert!(supports(&codec.format));
     crate::threads::init_pool();
+    // The leanest lane that is exact for this codec.
+    if let Some(bf16) = Bf16Rne::new(codec) {
+        return nearest::encode_into::<L, S, Bf16Rne>(&bf16, src, out, store);
+    }
+    if let Some(rne) = RneSymmetric::new(codec) {
+        return nearest::encode_into::<L, S, RneSymmetric>(&rne, src, out, store);
+    }
     if let Some(rne) = Rne::new(codec) {
         return nearest::encode_into::<L, S, Rne>(&rne, src, out, store);
     }

@@ -90,6 +90,25 @@ pub enum Codes {
     U16(Vec<u16>),
 }
 
+/// A caller's buffer for codes: the mutable counterpart of [`Codes`].
+#[derive(Debug)]
+pub enum CodesMut<'a> {
+    /// Codes of ≤ 8-bit formats (one per byte, unpacked).
+    U8(&'a mut [u8]),
+    /// Codes of 9–16-bit formats.
+    U16(&'a mut [u16]),
+}
+
+impl Codes {
+    /// The codes as a mutable buffer.
+    pub fn as_mut(&mut self) -> CodesMut<'_> {
+        match self {
+            Codes::U8(c) => CodesMut::U8(c),
+            Codes::U16(c) => CodesMut::U16(c),
+        }
+    }
+}
+
 /// Rounded values: float32, or float64 for float64 input.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Rounded {
@@ -129,6 +148,16 @@ fn reference_codes<T: Send + Default + Clone>(
 ) -> Vec<T> {
     crate::threads::init_pool();
     let mut out = vec![T::default(); x.len()];
+    reference_codes_into(codec, x, &mut out, put);
+    out
+}
+
+fn reference_codes_into<T: Send>(
+    codec: &Codec,
+    x: Values<'_>,
+    out: &mut [T],
+    put: impl Fn(u32) -> T + Sync,
+) {
     out.par_chunks_mut(fast::CHUNK)
         .enumerate()
         .for_each(|(chunk, o)| {
@@ -137,7 +166,6 @@ fn reference_codes<T: Send + Default + Clone>(
                 *slot = put(reference_code(codec, &x, base + j));
             }
         });
-    out
 }
 
 /// Encodes with the exact scalar reference codec only (the specification;
@@ -162,19 +190,59 @@ pub fn encode_reference(x: Values<'_>, format: &Format, options: Options) -> Res
 /// ```
 pub fn encode(x: Values<'_>, format: &Format, options: Options) -> Result<Codes> {
     let format = &for_input(format, &x);
-    let codec = Codec::new(*format, options)?;
-    if matches!(x, Values::F64(_)) || !fast::supports(format) {
-        return encode_reference(x, format, options);
-    }
-    Ok(if format.bits() <= 8 {
-        let mut out = output::<u8>(x.len());
-        fast_encode(&codec, x, &mut out, StoreU8);
-        Codes::U8(out)
+    let mut codes = if format.bits() <= 8 {
+        Codes::U8(output::<u8>(x.len()))
     } else {
-        let mut out = output::<u16>(x.len());
-        fast_encode(&codec, x, &mut out, StoreU16);
-        Codes::U16(out)
-    })
+        Codes::U16(output::<u16>(x.len()))
+    };
+    encode_into(x, format, options, codes.as_mut())?;
+    Ok(codes)
+}
+
+/// [`encode`] into a buffer the caller owns: `out` must hold `x.len()`
+/// codes of the width [`encode`] returns (uint8 up to 8 bits, uint16
+/// above). Callers that convert many arrays of one size reuse one buffer
+/// instead of paying for a fresh allocation and its page faults each time.
+pub fn encode_into(
+    x: Values<'_>,
+    format: &Format,
+    options: Options,
+    out: CodesMut<'_>,
+) -> Result<()> {
+    let format = &for_input(format, &x);
+    let codec = Codec::new(*format, options)?;
+    let wide = format.bits() > 8;
+    let (len, out_wide) = match &out {
+        CodesMut::U8(o) => (o.len(), false),
+        CodesMut::U16(o) => (o.len(), true),
+    };
+    if out_wide != wide {
+        return Err(CoreError::Dtype(format!(
+            "codes of a {}-bit format need a {} output buffer, got {}",
+            format.bits(),
+            if wide { "uint16" } else { "uint8" },
+            if out_wide { "uint16" } else { "uint8" },
+        )));
+    }
+    if len != x.len() {
+        return Err(CoreError::Shape(format!(
+            "the output buffer holds {len} codes, the input has {} values",
+            x.len()
+        )));
+    }
+    if matches!(x, Values::F64(_)) || !fast::supports(format) {
+        crate::threads::init_pool();
+        match out {
+            CodesMut::U8(o) => reference_codes_into(&codec, x, o, |c| c as u8),
+            CodesMut::U16(o) => reference_codes_into(&codec, x, o, |c| c as u16),
+        }
+        return Ok(());
+    }
+    match out {
+        CodesMut::U8(o) => fast_encode(&codec, x, o, StoreU8),
+        CodesMut::U16(o) => fast_encode(&codec, x, o, StoreU16),
+    }
+    Ok(())
 }
 
 /// A zeroed buffer for a fast kernel's output. Large ones are fresh
@@ -183,35 +251,8 @@ pub fn encode(x: Values<'_>, format: &Format, options: Options) -> Result<Codes>
 /// so ask for 2 MiB pages before anything touches it.
 pub(crate) fn output<T: Copy + Default>(len: usize) -> Vec<T> {
     let mut v = vec![T::default(); len];
-    advise_huge_pages(&mut v);
+    crate::buffers::advise_huge_pages(v.as_mut_ptr().cast(), std::mem::size_of_val(&v[..]));
     v
-}
-
-/// Advises Linux to back the 2 MiB-aligned interior of `v` with huge pages
-/// (a hint: failure or another OS leaves it as it was).
-fn advise_huge_pages<T>(v: &mut [T]) {
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        const MADV_HUGEPAGE: i32 = 14;
-        extern "C" {
-            fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
-        }
-        let start = v.as_mut_ptr() as usize;
-        let end = start + std::mem::size_of_val(v);
-        let lo = start.next_multiple_of(HUGE);
-        let hi = end / HUGE * HUGE;
-        if hi > lo {
-            // SAFETY: [lo, hi) lies inside `v`, which we own mutably;
-            // MADV_HUGEPAGE changes only how pages are backed, never their
-            // contents, and its result is ignored because it is a hint.
-            unsafe {
-                madvise(lo as *mut std::ffi::c_void, hi - lo, MADV_HUGEPAGE);
-            }
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = v;
 }
 
 fn fast_encode<S: fast::Store>(codec: &Codec, x: Values<'_>, out: &mut [S::Out], store: S) {
@@ -242,19 +283,41 @@ pub fn round(x: Values<'_>, format: &Format, options: Options) -> Result<Rounded
             });
         return Ok(Rounded::F64(out));
     }
+    let mut out = output::<f32>(x.len());
+    round_into(x, format, options, &mut out)?;
+    Ok(Rounded::F32(out))
+}
+
+/// [`round`] of float32, float16 or bfloat16 input into a float32 buffer
+/// the caller owns (of `x.len()` values; see [`encode_into`] for why).
+/// float64 input is rounded by [`round`] only.
+pub fn round_into(x: Values<'_>, format: &Format, options: Options, out: &mut [f32]) -> Result<()> {
+    let format = &for_input(format, &x);
+    let codec = Codec::new(*format, options)?;
+    if matches!(x, Values::F64(_)) {
+        return Err(CoreError::Dtype(
+            "round_into takes float32, float16 or bfloat16 input; float64 rounds into float64 through round"
+                .into(),
+        ));
+    }
+    if out.len() != x.len() {
+        return Err(CoreError::Shape(format!(
+            "the output buffer holds {} values, the input has {}",
+            out.len(),
+            x.len()
+        )));
+    }
     if !fast::supports(format) {
-        let out = reference_codes(&codec, x, |c| {
+        crate::threads::init_pool();
+        reference_codes_into(&codec, x, out, |c| {
             f32::from_bits(reference::decode_f32_bits(format, c))
         });
-        return Ok(Rounded::F32(out));
-    }
-    let mut out = vec![0f32; x.len()];
-    if format.bits() <= 8 {
-        fast_encode(&codec, x, &mut out, DecodeTable::new(format));
+    } else if format.bits() <= 8 {
+        fast_encode(&codec, x, out, DecodeTable::new(format));
     } else {
-        fast_encode(&codec, x, &mut out, DecodeArith::new(format));
+        fast_encode(&codec, x, out, DecodeArith::new(format));
     }
-    Ok(Rounded::F32(out))
+    Ok(())
 }
 
 /// The float64 value of a code (NaN codes give a NaN with the code's sign).
@@ -295,14 +358,44 @@ pub fn decode_u8(codes: &[u8], format: &Format) -> Result<Vec<f32>> {
             format.bits()
         )));
     }
-    check_codes(codes, format, "codes")?;
-    let mut out = vec![0f32; codes.len()];
-    fast::decode_into(codes, &mut out, DecodeTable::new(format));
+    let mut out = output::<f32>(codes.len());
+    decode_u8_into(codes, format, &mut out)?;
     Ok(out)
+}
+
+fn check_decode_len(codes: usize, out: usize) -> Result<()> {
+    if codes != out {
+        return Err(CoreError::Shape(format!(
+            "the output buffer holds {out} values, there are {codes} codes"
+        )));
+    }
+    Ok(())
+}
+
+/// [`decode_u8`] into a float32 buffer the caller owns (one value per code).
+pub fn decode_u8_into(codes: &[u8], format: &Format, out: &mut [f32]) -> Result<()> {
+    if format.bits() > 8 {
+        return Err(CoreError::Dtype(format!(
+            "codes: {} has {}-bit codes, which need uint16, got uint8",
+            codec::describe(format),
+            format.bits()
+        )));
+    }
+    check_decode_len(codes.len(), out.len())?;
+    check_codes(codes, format, "codes")?;
+    fast::decode_into(codes, out, DecodeTable::new(format));
+    Ok(())
 }
 
 /// Decodes u16 codes of a 9–16-bit format to float32.
 pub fn decode_u16(codes: &[u16], format: &Format) -> Result<Vec<f32>> {
+    let mut out = output::<f32>(codes.len());
+    decode_u16_into(codes, format, &mut out)?;
+    Ok(out)
+}
+
+/// [`decode_u16`] into a float32 buffer the caller owns (one value per code).
+pub fn decode_u16_into(codes: &[u16], format: &Format, out: &mut [f32]) -> Result<()> {
     if format.bits() <= 8 {
         return Err(CoreError::Dtype(format!(
             "codes: {} has {}-bit codes, which are stored as uint8, got uint16",
@@ -310,18 +403,19 @@ pub fn decode_u16(codes: &[u16], format: &Format) -> Result<Vec<f32>> {
             format.bits()
         )));
     }
+    check_decode_len(codes.len(), out.len())?;
     check_codes(codes, format, "codes")?;
-    let mut out = vec![0f32; codes.len()];
     if fast::supports(format) {
-        fast::decode_into(codes, &mut out, DecodeArith::new(format));
+        fast::decode_into(codes, out, DecodeArith::new(format));
     } else {
+        crate::threads::init_pool();
         out.par_iter_mut()
             .zip(codes.par_iter())
             .for_each(|(o, &c)| {
                 *o = f32::from_bits(reference::decode_f32_bits(format, c as u32));
             });
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Checks that `format`'s codes fit a nibble (what packing needs).

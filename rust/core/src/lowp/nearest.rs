@@ -110,6 +110,98 @@ pub fn encode_lane_rne(c: &Rne, x: u32) -> u32 {
     }
 }
 
+/// [`Rne`] for formats whose codes are sign-symmetric: negating x flips
+/// the sign bit of its code and nothing else, for zero, overflow, Inf and
+/// NaN alike (every signed format except the fnuz ones; ml_dtypes' NaN of a
+/// format without NaN, a zero of the opposite sign, is symmetric too). The
+/// lane then finds the code of |x| and XORs the sign in once, instead of
+/// choosing each special code by sign.
+#[derive(Clone, Copy)]
+pub struct RneSymmetric(Rne);
+
+impl RneSymmetric {
+    /// The lane of `codec`, or `None` unless [`Rne::new`] takes it and its
+    /// codes are sign-symmetric.
+    pub fn new(codec: &Codec) -> Option<RneSymmetric> {
+        let rne = Rne::new(codec)?;
+        let sign = codec.format.sign_bit();
+        let flips = |pair: [u32; 2]| pair[1] == pair[0] ^ sign && pair[0] & sign == 0;
+        let symmetric = codec.format.signed()
+            && codec.neg_zero == sign
+            && flips(codec.overflow_code)
+            && flips(codec.inf_code)
+            && (rne.payload_nan || codec.nan_code[1] == codec.nan_code[0] ^ sign);
+        symmetric.then_some(RneSymmetric(rne))
+    }
+}
+
+impl LaneCode for RneSymmetric {
+    #[inline(always)]
+    fn code(&self, x: u32) -> u32 {
+        let c = &self.0;
+        let a = x & 0x7fff_ffff;
+        let normal = (a + c.half_minus_one + ((a >> c.s) & 1)) >> c.s;
+        let normal = normal.wrapping_sub(c.rebias);
+        let sub = (f32::from_bits(a) + c.magic)
+            .to_bits()
+            .wrapping_sub(c.magic.to_bits());
+        let mag = if a < c.normal_min { sub } else { normal };
+        let mag = if mag > c.max_mag {
+            c.overflow_code[0]
+        } else {
+            mag
+        };
+        let mag = if a == 0x7f80_0000 { c.inf_code[0] } else { mag };
+        let nan = if c.payload_nan {
+            c.exp_ones | ((a & 0x7f_ffff) >> (23 - c.m)).max(1)
+        } else {
+            c.nan_code[0]
+        };
+        let mag = if a > 0x7f80_0000 { nan } else { mag };
+        mag ^ ((x >> 31) << c.sign_shift)
+    }
+}
+
+/// Round-to-nearest-even into bfloat16 with overflow to Inf: the upper half
+/// of float32, rounded. The exponent ranges coincide, so subnormals round
+/// like normals and the largest values carry into Inf by themselves; only
+/// NaN needs a case (the quiet NaN 0x7fc0 with x's sign, as ml_dtypes).
+#[derive(Clone, Copy)]
+pub struct Bf16Rne;
+
+impl Bf16Rne {
+    /// The lane of `codec`, or `None` unless it rounds to nearest-even into
+    /// bfloat16 (float32's exponent and bias, 7 mantissa bits, IEEE
+    /// specials) with overflow to Inf.
+    pub fn new(codec: &Codec) -> Option<Bf16Rne> {
+        let f = &codec.format;
+        let bf16 = f.exponent_bits == 8
+            && f.mantissa_bits == 7
+            && f.bias == 127
+            && f.special == Special::Ieee
+            && !f.nan_payload;
+        (bf16
+            && codec.rounding == Rounding::NearestEven
+            && codec.overflow_code == codec.inf_code
+            && codec.nan_code == [0x7fc0, 0xffc0])
+        .then_some(Bf16Rne)
+    }
+}
+
+impl LaneCode for Bf16Rne {
+    #[inline(always)]
+    fn code(&self, x: u32) -> u32 {
+        let high = x >> 16;
+        let rounded = x.wrapping_add(0x7fff + (high & 1)) >> 16;
+        let nan = (high & 0x8000) | 0x7fc0;
+        if x & 0x7fff_ffff > 0x7f80_0000 {
+            nan
+        } else {
+            rounded
+        }
+    }
+}
+
 /// A branch-free per-lane encoder for [`encode_into`].
 pub trait LaneCode: Copy + Send + Sync {
     /// The code of the float32 bits `x`.
