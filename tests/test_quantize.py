@@ -513,3 +513,32 @@ def test_near_ties_follow_exact_division(mode):
     y = qd.fake_quantize(x, bits=8, partition=qd.per_axis(0), scale=scale, rounding=mode)
     np.testing.assert_array_equal(y.reshape(-1), oracle_dequantize(want, ids, scale.astype(np.float64),
                                                                   np.zeros(n_parts)).astype(np.float32))
+
+
+def test_recycled_outputs_of_quantize_and_dequantize_never_alias_live_arrays():
+    # Outputs of 1 MiB and more come from a cache of freed buffers: live
+    # arrays keep their memory, and stale contents are overwritten.
+    import gc
+
+    rng = np.random.default_rng(9)
+    xs = [rng.standard_normal((512, 1024)).astype(np.float32) * (k + 1) for k in range(3)]
+    part = qd.groups(-1, 128)
+    first = qd.quantize(xs[0], bits=8, partition=part)
+    codes0 = first.codes.copy()
+    y0 = first.dequantize()
+    y0_copy = y0.copy()
+    second = qd.quantize(xs[1], bits=8, partition=part)
+    y1 = second.dequantize()
+    assert y1.ctypes.data != y0.ctypes.data
+    np.testing.assert_array_equal(first.codes, codes0)
+    np.testing.assert_array_equal(y0, y0_copy)
+    del y1, second
+    gc.collect()
+    third = qd.quantize(xs[2], bits=8, partition=part)
+    y2 = third.dequantize()
+    np.testing.assert_array_equal(y0, y0_copy)
+    np.testing.assert_array_equal(first.codes, codes0)
+    np.testing.assert_array_equal(y2, qd.fake_quantize(xs[2], bits=8, partition=part))
+    s = third.scale.astype(np.float64)
+    want = np.clip(np.rint(xs[2].reshape(512, 8, 128) / s[..., None]), -128, 127)
+    np.testing.assert_array_equal(third.codes.reshape(512, 8, 128), want)

@@ -8,13 +8,15 @@
 use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use quantdrift_core::lowp::{Rounded, Rounding};
+use quantdrift_core::buffers::Buffer;
+use quantdrift_core::lowp::{Rounded, Rounding, Values};
 use quantdrift_core::quant::{
-    self, pack, Arith, Calibration, CodeType, Codes, CodesRef, Method, Options, Partition, QParams,
-    Ranges, Style,
+    self, pack, Arith, Calibration, CodeType, Codes, CodesMut, CodesRef, Method, Options,
+    Partition, QParams, Ranges, Style,
 };
 use quantdrift_core::CoreError;
 
+use crate::array::buffer_into_pyarray;
 use crate::errors::Error;
 use crate::gpu::{on_gpu, to_py as gpu_error};
 use crate::lowp::Input;
@@ -209,13 +211,12 @@ pub fn quant_quantize<'py>(
     };
     let ct = self::code_type(code_type)?;
     let opts = options(rounding, seed, arith)?;
-    let (codes, clipped) = if on_gpu(device)? {
-        py.detach(|| quantdrift_gpu::quant::quantize(values, &part, &params, ct, &opts))
-            .map_err(gpu_error)?
-    } else {
-        py.detach(|| quant::quantize(values, &part, &params, ct, &opts))
-            .map_err(Error)?
-    };
+    if !on_gpu(device)? {
+        return quantize_into_buffer(py, values, &part, &params, ct, &opts);
+    }
+    let (codes, clipped) = py
+        .detach(|| quantdrift_gpu::quant::quantize(values, &part, &params, ct, &opts))
+        .map_err(gpu_error)?;
     let arr = match codes {
         Codes::I8(v) => v.into_pyarray(py).into_any(),
         Codes::U8(v) => v.into_pyarray(py).into_any(),
@@ -225,6 +226,51 @@ pub fn quant_quantize<'py>(
         Codes::Packed { data, .. } => data.into_pyarray(py).into_any(),
     };
     Ok((arr, clipped))
+}
+
+/// The CPU's codes in a recycled buffer (see quantdrift_core::buffers), as
+/// a numpy array of the code type's dtype, and the clipped count.
+fn quantize_into_buffer<'py>(
+    py: Python<'py>,
+    values: Values<'_>,
+    part: &Partition<'_>,
+    params: &QParams<'_>,
+    ct: CodeType,
+    opts: &Options,
+) -> PyResult<(Bound<'py, PyAny>, u64)> {
+    let n = values.len();
+    macro_rules! ints {
+        ($T:ty, $variant:ident) => {{
+            let mut out = Buffer::<$T>::new(n);
+            let clipped = py
+                .detach(|| {
+                    quant::quantize_into(values, part, params, opts, CodesMut::$variant(&mut out))
+                })
+                .map_err(Error)?;
+            Ok((buffer_into_pyarray(py, out)?.into_any(), clipped))
+        }};
+    }
+    match ct {
+        CodeType::I8 => ints!(i8, I8),
+        CodeType::U8 => ints!(u8, U8),
+        CodeType::I16 => ints!(i16, I16),
+        CodeType::U16 => ints!(u16, U16),
+        CodeType::I32 => ints!(i32, I32),
+        CodeType::Packed { bits, signed } => {
+            let mut out = Buffer::<u8>::new((n * bits as usize).div_ceil(8));
+            let clipped = py
+                .detach(|| {
+                    let codes = CodesMut::Packed {
+                        data: &mut out,
+                        bits,
+                        signed,
+                    };
+                    quant::quantize_into(values, part, params, opts, codes)
+                })
+                .map_err(Error)?;
+            Ok((buffer_into_pyarray(py, out)?.into_any(), clipped))
+        }
+    }
 }
 
 /// Q̃(Q(x)) (float32, float64 for float64 x) and the number of clipped elements.
@@ -257,9 +303,16 @@ pub fn quant_fake<'py>(
     let (y, clipped) = if on_gpu(device)? {
         py.detach(|| quantdrift_gpu::quant::fake_quantize(values, &part, &params, &opts))
             .map_err(gpu_error)?
-    } else {
+    } else if matches!(values, Values::F64(_)) {
         py.detach(|| quant::fake_quantize(values, &part, &params, &opts))
             .map_err(Error)?
+    } else {
+        // Into a recycled buffer (see quantdrift_core::buffers).
+        let mut out = Buffer::<f32>::new(values.len());
+        let clipped = py
+            .detach(|| quant::fake_quantize_into(values, &part, &params, &opts, &mut out))
+            .map_err(Error)?;
+        return Ok((buffer_into_pyarray(py, out)?.into_any(), clipped));
     };
     Ok((rounded_to_py(py, y), clipped))
 }
@@ -313,9 +366,14 @@ pub fn quant_dequantize<'py>(
     let y = if on_gpu(device)? {
         py.detach(|| quantdrift_gpu::quant::dequantize(c, &part, s, b, ar, f64_out))
             .map_err(gpu_error)?
-    } else {
+    } else if f64_out {
         py.detach(|| quant::dequantize(c, &part, s, b, ar, f64_out))
             .map_err(Error)?
+    } else {
+        let mut out = Buffer::<f32>::new(c.len());
+        py.detach(|| quant::dequantize_into(c, &part, s, b, ar, &mut out))
+            .map_err(Error)?;
+        return Ok(buffer_into_pyarray(py, out)?.into_any());
     };
     Ok(rounded_to_py(py, y))
 }

@@ -96,6 +96,11 @@ pub fn calibrate(
     check(x.len(), plan, ranges, c)?;
     let k = plan.parts;
     crate::threads::init_pool();
+    if let (Method::Range, Some(run), false) =
+        (c.method, plan.uniform_runs(), matches!(x, Values::F64(_)))
+    {
+        return calibrate_runs(x, run, ranges, c);
+    }
     let members = plan.members();
     let results: Vec<Result<(f64, i32)>> = (0..k)
         .into_par_iter()
@@ -110,6 +115,53 @@ pub fn calibrate(
     let mut scale = Vec::with_capacity(k);
     let mut zero = Vec::with_capacity(k);
     for r in results {
+        let (s, b) = r?;
+        scale.push(s);
+        zero.push(b);
+    }
+    Ok((scale, zero))
+}
+
+/// [`calibrate`] with the full range when part j is the run
+/// `[j·run, (j+1)·run)` of float32/16 data: one vectorised pass over x in
+/// batches of whole parts, instead of a dispatched kernel per part (which
+/// dominated for groups of 32–128).
+fn calibrate_runs(
+    x: Values<'_>,
+    run: usize,
+    ranges: &Ranges<'_>,
+    c: &Calibration<'_>,
+) -> Result<(Vec<f64>, Vec<i32>)> {
+    let k = x.len() / run;
+    let mut min_max = vec![(0f32, 0f32); k];
+    let parts_per_task = (super::kernel::CHUNK / run).max(1);
+    min_max
+        .par_chunks_mut(parts_per_task)
+        .enumerate()
+        .for_each(|(t, out)| {
+            crate::simd::dispatch(MinMaxRuns {
+                x,
+                start: t * parts_per_task * run,
+                run,
+                out,
+            })
+        });
+    let params: Vec<Result<(f64, i32)>> = min_max
+        .par_iter()
+        .enumerate()
+        .with_min_len(1024)
+        .map(|(j, &(lo, hi))| {
+            let (lo, hi) = if lo <= hi {
+                (lo as f64, hi as f64)
+            } else {
+                (0.0, 0.0) // no finite value
+            };
+            params(lo, hi, ranges.qmin[j], ranges.qmax[j], c)
+        })
+        .collect();
+    let mut scale = Vec::with_capacity(k);
+    let mut zero = Vec::with_capacity(k);
+    for r in params {
         let (s, b) = r?;
         scale.push(s);
         zero.push(b);
@@ -490,31 +542,59 @@ impl crate::simd::Kernel for MinMaxRun<'_> {
     type Output = (f32, f32);
     #[inline(always)]
     fn run(self) -> (f32, f32) {
-        const B: usize = super::kernel::BLOCK;
-        let mut buf = [0f32; B];
-        let mut lo = [f32::INFINITY; 16];
-        let mut hi = [f32::NEG_INFINITY; 16];
-        let mut pos = self.start;
-        let end = self.start + self.n;
-        while pos < end {
-            let m = B.min(end - pos);
-            super::kernel::load32(&self.x, pos, &mut buf[..m]);
-            // pad a short block with +inf, which the finiteness test skips
-            for v in buf[m..].iter_mut() {
-                *v = f32::INFINITY;
-            }
-            for b in buf.chunks_exact(16) {
-                for l in 0..16 {
-                    let e = b[l];
-                    let ok = e.abs() < f32::INFINITY;
-                    lo[l] = if ok & (e < lo[l]) { e } else { lo[l] };
-                    hi[l] = if ok & (e > hi[l]) { e } else { hi[l] };
-                }
-            }
-            pos += m;
-        }
-        let lo = lo.iter().copied().fold(f32::INFINITY, f32::min);
-        let hi = hi.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        (lo, hi)
+        min_max_f32(&self.x, self.start, self.n)
     }
+}
+
+/// Min and max of the finite values of each run of `run` elements from
+/// `start` on, one per slot of `out` (+inf > −inf when a run has none).
+struct MinMaxRuns<'a> {
+    x: Values<'a>,
+    start: usize,
+    run: usize,
+    out: &'a mut [(f32, f32)],
+}
+
+impl crate::simd::Kernel for MinMaxRuns<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        for (j, o) in self.out.iter_mut().enumerate() {
+            *o = min_max_f32(&self.x, self.start + j * self.run, self.run);
+        }
+    }
+}
+
+/// Min and max of the finite values of `x[start..start + n]` (float32 or
+/// 16-bit input), in 16 lanes; inlined into each dispatched kernel.
+#[inline(always)]
+fn min_max_f32(x: &Values<'_>, start: usize, n: usize) -> (f32, f32) {
+    const B: usize = super::kernel::BLOCK;
+    let mut buf = [0f32; B];
+    let mut lo = [f32::INFINITY; 16];
+    let mut hi = [f32::NEG_INFINITY; 16];
+    let mut pos = start;
+    let end = start + n;
+    while pos < end {
+        let m = B.min(end - pos);
+        super::kernel::load32(x, pos, &mut buf[..m]);
+        // Pad to whole lane groups with +inf, which the finiteness test
+        // skips; a short run costs its own length, not a block's.
+        let padded = m.next_multiple_of(16);
+        for v in buf[m..padded].iter_mut() {
+            *v = f32::INFINITY;
+        }
+        for b in buf[..padded].chunks_exact(16) {
+            for l in 0..16 {
+                let e = b[l];
+                let ok = e.abs() < f32::INFINITY;
+                lo[l] = if ok & (e < lo[l]) { e } else { lo[l] };
+                hi[l] = if ok & (e > hi[l]) { e } else { hi[l] };
+            }
+        }
+        pos += m;
+    }
+    let lo = lo.iter().copied().fold(f32::INFINITY, f32::min);
+    let hi = hi.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    (lo, hi)
 }

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::pack;
 use super::partition::Plan;
-use super::{Arith, Codes, CodesRef, Options, Resolved};
+use super::{Arith, Codes, CodesMut, CodesRef, Options, Resolved};
 use crate::lowp::codec::{random_u32, seed_key, Rounding};
 use crate::lowp::Values;
 use crate::rows::f16_to_f32;
@@ -726,18 +726,20 @@ pub enum CodeType {
     },
 }
 
-fn ints<T: CodeInt>(opts: &Options, x: Values<'_>, plan: &Plan<'_>, r: &Resolved) -> (Vec<T>, u64) {
-    let n = x.len();
-    let mut out = crate::lowp::output::<T>(n);
-    let clipped = out
-        .par_chunks_mut(CHUNK)
+fn ints_into<T: CodeInt>(
+    opts: &Options,
+    x: Values<'_>,
+    plan: &Plan<'_>,
+    r: &Resolved,
+    out: &mut [T],
+) -> u64 {
+    out.par_chunks_mut(CHUNK)
         .enumerate()
         .map(|(k, o)| {
             let start = k * CHUNK;
             run_chunk(opts, x, plan, r, start, start + o.len(), IntSink(o))
         })
-        .sum();
-    (out, clipped)
+        .sum()
 }
 
 /// Quantizes into `code_type`; returns the codes and the number of
@@ -749,51 +751,51 @@ pub fn quantize(
     code_type: CodeType,
     opts: &Options,
 ) -> (Codes, u64) {
+    let n = x.len();
+    let mut codes = match code_type {
+        CodeType::I8 => Codes::I8(crate::lowp::output(n)),
+        CodeType::U8 => Codes::U8(crate::lowp::output(n)),
+        CodeType::I16 => Codes::I16(crate::lowp::output(n)),
+        CodeType::U16 => Codes::U16(crate::lowp::output(n)),
+        CodeType::I32 => Codes::I32(crate::lowp::output(n)),
+        CodeType::Packed { bits, signed } => Codes::Packed {
+            data: crate::lowp::output((n * bits as usize).div_ceil(8)),
+            bits,
+            signed,
+            len: n,
+        },
+    };
+    let clipped = quantize_into(x, plan, r, opts, codes.as_mut());
+    (codes, clipped)
+}
+
+/// [`quantize`] into `out`, whose length fits `x` (checked by the caller);
+/// returns the number of clipped elements.
+pub fn quantize_into(
+    x: Values<'_>,
+    plan: &Plan<'_>,
+    r: &Resolved,
+    opts: &Options,
+    out: CodesMut<'_>,
+) -> u64 {
     crate::threads::init_pool();
-    match code_type {
-        CodeType::I8 => {
-            let (c, k) = ints::<i8>(opts, x, plan, r);
-            (Codes::I8(c), k)
-        }
-        CodeType::U8 => {
-            let (c, k) = ints::<u8>(opts, x, plan, r);
-            (Codes::U8(c), k)
-        }
-        CodeType::I16 => {
-            let (c, k) = ints::<i16>(opts, x, plan, r);
-            (Codes::I16(c), k)
-        }
-        CodeType::U16 => {
-            let (c, k) = ints::<u16>(opts, x, plan, r);
-            (Codes::U16(c), k)
-        }
-        CodeType::I32 => {
-            let (c, k) = ints::<i32>(opts, x, plan, r);
-            (Codes::I32(c), k)
-        }
-        CodeType::Packed { bits, signed } => {
+    match out {
+        CodesMut::I8(o) => ints_into(opts, x, plan, r, o),
+        CodesMut::U8(o) => ints_into(opts, x, plan, r, o),
+        CodesMut::I16(o) => ints_into(opts, x, plan, r, o),
+        CodesMut::U16(o) => ints_into(opts, x, plan, r, o),
+        CodesMut::I32(o) => ints_into(opts, x, plan, r, o),
+        CodesMut::Packed { data, bits, .. } => {
             let n = x.len();
-            let w = bits as usize;
-            let mut out = crate::lowp::output::<u8>((n * w).div_ceil(8));
-            let chunk_bytes = CHUNK * w / 8;
-            let clipped = out
-                .par_chunks_mut(chunk_bytes.max(1))
+            let chunk_bytes = CHUNK * bits as usize / 8;
+            data.par_chunks_mut(chunk_bytes.max(1))
                 .enumerate()
                 .map(|(k, o)| {
                     let start = k * CHUNK;
                     let end = (start + CHUNK).min(n);
                     run_chunk(opts, x, plan, r, start, end, PackSink { out: o, bits })
                 })
-                .sum();
-            (
-                Codes::Packed {
-                    data: out,
-                    bits,
-                    signed,
-                    len: n,
-                },
-                clipped,
-            )
+                .sum()
         }
     }
 }
@@ -805,10 +807,22 @@ pub fn fake_quantize<F: OutFloat>(
     r: &Resolved,
     opts: &Options,
 ) -> (Vec<F>, u64) {
-    crate::threads::init_pool();
     let mut out = crate::lowp::output::<F>(x.len());
-    let clipped = out
-        .par_chunks_mut(CHUNK)
+    let clipped = fake_quantize_into(x, plan, r, opts, &mut out);
+    (out, clipped)
+}
+
+/// [`fake_quantize`] into `out` (`x.len()` values); returns the number of
+/// clipped elements.
+pub fn fake_quantize_into<F: OutFloat>(
+    x: Values<'_>,
+    plan: &Plan<'_>,
+    r: &Resolved,
+    opts: &Options,
+    out: &mut [F],
+) -> u64 {
+    crate::threads::init_pool();
+    out.par_chunks_mut(CHUNK)
         .enumerate()
         .map(|(k, o)| {
             let start = k * CHUNK;
@@ -819,8 +833,7 @@ pub fn fake_quantize<F: OutFloat>(
             };
             run_chunk(opts, x, plan, r, start, end, sink)
         })
-        .sum();
-    (out, clipped)
+        .sum()
 }
 
 struct DeqChunk<'a, F> {
@@ -904,8 +917,19 @@ impl<F: OutFloat> Kernel for DeqChunk<'_, F> {
 
 /// s·(n − b) for every code.
 pub fn dequantize<F: OutFloat>(codes: CodesRef<'_>, plan: &Plan<'_>, r: &Resolved) -> Vec<F> {
-    crate::threads::init_pool();
     let mut out = crate::lowp::output::<F>(plan.len);
+    dequantize_into(codes, plan, r, &mut out);
+    out
+}
+
+/// [`dequantize`] into `out` (`plan.len` values).
+pub fn dequantize_into<F: OutFloat>(
+    codes: CodesRef<'_>,
+    plan: &Plan<'_>,
+    r: &Resolved,
+    out: &mut [F],
+) {
+    crate::threads::init_pool();
     out.par_chunks_mut(CHUNK).enumerate().for_each(|(k, o)| {
         simd::dispatch(DeqChunk {
             codes,
@@ -915,5 +939,4 @@ pub fn dequantize<F: OutFloat>(codes: CodesRef<'_>, plan: &Plan<'_>, r: &Resolve
             out: o,
         })
     });
-    out
 }

@@ -198,6 +198,79 @@ pub enum Codes {
     },
 }
 
+impl Codes {
+    /// The codes as a mutable buffer.
+    pub fn as_mut(&mut self) -> CodesMut<'_> {
+        match self {
+            Codes::I8(v) => CodesMut::I8(v),
+            Codes::U8(v) => CodesMut::U8(v),
+            Codes::I16(v) => CodesMut::I16(v),
+            Codes::U16(v) => CodesMut::U16(v),
+            Codes::I32(v) => CodesMut::I32(v),
+            Codes::Packed {
+                data, bits, signed, ..
+            } => CodesMut::Packed {
+                data,
+                bits: *bits,
+                signed: *signed,
+            },
+        }
+    }
+}
+
+/// A caller's buffer for codes: the mutable counterpart of [`Codes`].
+#[derive(Debug)]
+pub enum CodesMut<'a> {
+    /// int8 codes.
+    I8(&'a mut [i8]),
+    /// uint8 codes.
+    U8(&'a mut [u8]),
+    /// int16 codes.
+    I16(&'a mut [i16]),
+    /// uint16 codes.
+    U16(&'a mut [u16]),
+    /// int32 codes.
+    I32(&'a mut [i32]),
+    /// Bit-packed codes: `ceil(n·bits/8)` bytes for n codes.
+    Packed {
+        /// The bytes.
+        data: &'a mut [u8],
+        /// Bits per code.
+        bits: u32,
+        /// Two's complement.
+        signed: bool,
+    },
+}
+
+impl CodesMut<'_> {
+    /// The container these codes go into.
+    pub fn code_type(&self) -> CodeType {
+        match self {
+            CodesMut::I8(_) => CodeType::I8,
+            CodesMut::U8(_) => CodeType::U8,
+            CodesMut::I16(_) => CodeType::I16,
+            CodesMut::U16(_) => CodeType::U16,
+            CodesMut::I32(_) => CodeType::I32,
+            CodesMut::Packed { bits, signed, .. } => CodeType::Packed {
+                bits: *bits,
+                signed: *signed,
+            },
+        }
+    }
+
+    /// Whether the buffer holds exactly `n` codes.
+    fn holds(&self, n: usize) -> bool {
+        match self {
+            CodesMut::I8(o) => o.len() == n,
+            CodesMut::U8(o) => o.len() == n,
+            CodesMut::I16(o) => o.len() == n,
+            CodesMut::U16(o) => o.len() == n,
+            CodesMut::I32(o) => o.len() == n,
+            CodesMut::Packed { data, bits, .. } => data.len() == (n * *bits as usize).div_ceil(8),
+        }
+    }
+}
+
 /// Borrowed codes.
 #[derive(Debug, Clone, Copy)]
 pub enum CodesRef<'a> {
@@ -283,6 +356,29 @@ pub fn quantize(
     Ok(kernel::quantize(x, &plan, &r, code_type, opts))
 }
 
+/// [`quantize`] into a buffer the caller owns, whose variant is the code
+/// type (callers converting tensor after tensor reuse one buffer). Returns
+/// the number of clipped elements.
+pub fn quantize_into(
+    x: Values<'_>,
+    partition: &Partition<'_>,
+    params: &QParams<'_>,
+    opts: &Options,
+    out: CodesMut<'_>,
+) -> Result<u64> {
+    let plan = Plan::new(partition, x.len())?;
+    let r = Resolved::new(&plan, params, opts.arith)?;
+    let code_type = out.code_type();
+    check_code_type(params, code_type)?;
+    if !out.holds(x.len()) {
+        return Err(CoreError::Shape(format!(
+            "the output buffer does not hold {} codes of {code_type:?}",
+            x.len()
+        )));
+    }
+    Ok(kernel::quantize_into(x, &plan, &r, opts, out))
+}
+
 /// Checks that `code_type` holds every part's integer range and
 /// zero-point (the check [`quantize`] makes).
 pub fn check_code_type(params: &QParams<'_>, code_type: CodeType) -> Result<()> {
@@ -321,6 +417,56 @@ pub fn fake_quantize(
             (Rounded::F32(y), k)
         }
     })
+}
+
+/// [`fake_quantize`] of float32/16 input into a float32 buffer the caller
+/// owns (`x.len()` values): callers that convert tensor after tensor reuse
+/// one buffer instead of faulting in fresh pages each time. Returns the
+/// number of clipped elements.
+pub fn fake_quantize_into(
+    x: Values<'_>,
+    partition: &Partition<'_>,
+    params: &QParams<'_>,
+    opts: &Options,
+    out: &mut [f32],
+) -> Result<u64> {
+    if matches!(x, Values::F64(_)) {
+        return Err(CoreError::Dtype(
+            "fake_quantize_into takes float32, float16 or bfloat16 input; float64 goes through fake_quantize".into(),
+        ));
+    }
+    if out.len() != x.len() {
+        return Err(CoreError::Shape(format!(
+            "the output buffer holds {} values, the input has {}",
+            out.len(),
+            x.len()
+        )));
+    }
+    let plan = Plan::new(partition, x.len())?;
+    let r = Resolved::new(&plan, params, opts.arith)?;
+    Ok(kernel::fake_quantize_into::<f32>(x, &plan, &r, opts, out))
+}
+
+/// [`dequantize`] to float32 into a buffer the caller owns (one value per
+/// code).
+pub fn dequantize_into(
+    codes: CodesRef<'_>,
+    partition: &Partition<'_>,
+    scale: &[f64],
+    zero_point: &[i32],
+    arith: Arith,
+    out: &mut [f32],
+) -> Result<()> {
+    let (plan, r) = dequantize_plan(codes, partition, scale, zero_point, arith)?;
+    if out.len() != plan.len {
+        return Err(CoreError::Shape(format!(
+            "the output buffer holds {} values, there are {} codes",
+            out.len(),
+            plan.len
+        )));
+    }
+    kernel::dequantize_into::<f32>(codes, &plan, &r, out);
+    Ok(())
 }
 
 /// Q̃(codes) = s·(n − b) as float32, or float64 with `f64_out`. With
@@ -468,5 +614,128 @@ mod tests {
             panic!()
         };
         assert_eq!(pack::unpack(&data, 4, true, a.len()).unwrap(), a);
+    }
+
+    #[test]
+    fn batched_run_calibration_equals_the_per_part_path() {
+        // Groups of 8 along rows of 64 take the batched path; the same parts
+        // as labels take the per-part one. NaN, ±inf and an all-inf group.
+        let (rows, cols, g) = (9, 64, 8);
+        let mut x: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919) % 1013) as f32 / 37.0 - 13.0)
+            .collect();
+        x[5] = f32::NAN;
+        x[70] = f32::INFINITY;
+        x[71] = f32::NEG_INFINITY;
+        x[16..24].fill(f32::INFINITY);
+        let k = rows * cols / g;
+        let ids: Vec<i64> = (0..rows * cols).map(|i| (i / g) as i64).collect();
+        let tiles = Partition::Tiles {
+            shape: vec![rows, cols],
+            tile: vec![1, g],
+        };
+        let labels = Partition::Labels {
+            ids: &ids,
+            parts: k,
+        };
+        let (lo, hi) = (vec![-8; k], vec![7; k]);
+        let ranges = Ranges {
+            qmin: &lo,
+            qmax: &hi,
+        };
+        for symmetric in [true, false] {
+            let c = Calibration {
+                method: Method::Range,
+                style: Style::Lecture,
+                symmetric,
+                scale_f32: false,
+                weights: None,
+                options: Options::default(),
+            };
+            let a = calibrate(Values::F32(&x), &tiles, &ranges, &c).unwrap();
+            let b = calibrate(Values::F32(&x), &labels, &ranges, &c).unwrap();
+            assert_eq!(a, b);
+            assert_eq!((a.0[2], a.1[2]), (1.0, if symmetric { 0 } else { -8 }));
+        }
+    }
+
+    #[test]
+    fn into_forms_equal_the_allocating_ones_and_check_their_buffers() {
+        let x: Vec<f32> = (0..1000)
+            .map(|i| ((i * 37) % 101) as f32 / 9.0 - 5.0)
+            .collect();
+        let part = Partition::Tiles {
+            shape: vec![10, 100],
+            tile: vec![1, 32],
+        };
+        let k = 10 * 4;
+        let scale: Vec<f64> = (0..k).map(|j| 0.05 + j as f64 / 400.0).collect();
+        let zp = vec![1; k];
+        let (lo, hi) = (vec![-8; k], vec![7; k]);
+        let qp = QParams {
+            scale: &scale,
+            zero_point: &zp,
+            qmin: &lo,
+            qmax: &hi,
+        };
+        let o = Options::default();
+        let xs = Values::F32(&x);
+        let (want, clipped) = quantize(xs, &part, &qp, CodeType::I8, &o).unwrap();
+        let mut got = vec![99i8; x.len()];
+        assert_eq!(
+            quantize_into(xs, &part, &qp, &o, CodesMut::I8(&mut got)).unwrap(),
+            clipped
+        );
+        assert_eq!(Codes::I8(got.clone()), want);
+        let packed = CodeType::Packed {
+            bits: 4,
+            signed: true,
+        };
+        let (Codes::Packed { data, .. }, _) = quantize(xs, &part, &qp, packed, &o).unwrap() else {
+            panic!()
+        };
+        let mut bytes = vec![0xffu8; 500];
+        let out = CodesMut::Packed {
+            data: &mut bytes,
+            bits: 4,
+            signed: true,
+        };
+        quantize_into(xs, &part, &qp, &o, out).unwrap();
+        assert_eq!(bytes, data);
+        let mut short = vec![0u8; 499];
+        let out = CodesMut::Packed {
+            data: &mut short,
+            bits: 4,
+            signed: true,
+        };
+        let err = quantize_into(xs, &part, &qp, &o, out).unwrap_err();
+        assert!(
+            err.to_string().contains("does not hold 1000 codes"),
+            "{err}"
+        );
+
+        let (Rounded::F32(want), _) = fake_quantize(xs, &part, &qp, &o).unwrap() else {
+            panic!()
+        };
+        let mut y = vec![f32::NAN; x.len()];
+        fake_quantize_into(xs, &part, &qp, &o, &mut y).unwrap();
+        assert_eq!(y, want);
+        assert!(fake_quantize_into(xs, &part, &qp, &o, &mut y[1..]).is_err());
+
+        let Rounded::F32(want) =
+            dequantize(CodesRef::I8(&got), &part, &scale, &zp, o.arith, false).unwrap()
+        else {
+            panic!()
+        };
+        let mut y = vec![f32::NAN; x.len()];
+        dequantize_into(CodesRef::I8(&got), &part, &scale, &zp, o.arith, &mut y).unwrap();
+        assert_eq!(y, want);
+        let err = dequantize_into(CodesRef::I8(&got), &part, &scale, &zp, o.arith, &mut y[1..])
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("holds 999 values, there are 1000 codes"),
+            "{err}"
+        );
     }
 }

@@ -195,6 +195,19 @@ impl<'a> Plan<'a> {
         }
     }
 
+    /// The run length L when part j is exactly the flat elements
+    /// `[jL, (j+1)L)`: rows, or groups along the last axis that divide the
+    /// rows evenly. Calibration then takes parts in contiguous batches.
+    pub fn uniform_runs(&self) -> Option<usize> {
+        let Kind::Tiles(t) = &self.kind else {
+            return None;
+        };
+        let d = t.shape.len();
+        let rows_only = t.tile[..d - 1].iter().all(|&e| e == 1);
+        let divides = t.row_tile > 0 && t.row_len.is_multiple_of(t.row_tile);
+        (self.len > 0 && rows_only && divides).then_some(t.row_tile)
+    }
+
     /// The part of element `start` and how many elements from `start` on
     /// (at most `max`) share it. Only where [`Plan::has_segments`].
     #[inline]
