@@ -598,11 +598,18 @@ impl<R: Round, A: Scaled, S: Sink> Kernel for QuantChunk<'_, R, A, S> {
         let mut pos = self.start;
         while pos < self.end {
             let n = BLOCK.min(self.end - pos);
-            if fast {
-                load32(&self.x, pos, &mut xb32[..n]);
-            } else {
-                load(&self.x, pos, &mut xb[..n]);
-            }
+            // float32 input is read in place; 16-bit input is widened.
+            let x32: &[f32] = match self.x {
+                Values::F32(v) if fast => &v[pos..pos + n],
+                _ if fast => {
+                    load32(&self.x, pos, &mut xb32[..n]);
+                    &xb32[..n]
+                }
+                _ => {
+                    load(&self.x, pos, &mut xb[..n]);
+                    &[]
+                }
+            };
             let off = pos - self.start;
             if self.plan.has_segments() {
                 let mut done = 0;
@@ -613,7 +620,7 @@ impl<R: Round, A: Scaled, S: Sink> Kernel for QuantChunk<'_, R, A, S> {
                     clipped += self.codes(
                         fast,
                         pos + done,
-                        &xb32[seg.clone()],
+                        if fast { &x32[seg.clone()] } else { &[] },
                         &mut xb[seg.clone()],
                         &p,
                         &mut cb[seg.clone()],
@@ -627,7 +634,7 @@ impl<R: Round, A: Scaled, S: Sink> Kernel for QuantChunk<'_, R, A, S> {
                     ids: &ids[..n],
                     r: self.r,
                 };
-                clipped += self.codes(fast, pos, &xb32[..n], &mut xb[..n], &p, &mut cb[..n]);
+                clipped += self.codes(fast, pos, x32, &mut xb[..n], &p, &mut cb[..n]);
                 self.sink.segment(off, &cb[..n], &p);
             }
             self.sink.block(off, &cb[..n]);
