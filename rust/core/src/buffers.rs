@@ -25,16 +25,19 @@ pub const MIN_CACHED_BYTES: usize = 1 << 20;
 /// The most buffers the cache holds at once.
 pub const MAX_CACHED: usize = 4;
 
-/// Alignment of every buffer: a cache line, enough for any element type and
-/// for aligned vector loads.
-const ALIGN: usize = 64;
+/// Alignment of every buffer: enough for any element type, and no more than
+/// malloc's own, so that a zeroed allocation is `calloc`, whose large blocks
+/// are fresh mappings that need no explicit zeroing (a larger alignment
+/// makes the allocator memset the whole block, one core touching every
+/// page).
+const ALIGN: usize = 16;
 
 /// Element types a [`Buffer`] can hold: plain numbers, for which every bit
 /// pattern is a value, so a recycled buffer's old contents are valid values.
 ///
 /// # Safety
 /// Implementors must be inhabited by every bit pattern of their size, with
-/// no padding, no drop glue, and an alignment of at most 64.
+/// no padding, no drop glue, and an alignment of at most 16.
 pub unsafe trait Plain: Copy + Send + Sync + 'static {}
 
 // SAFETY: integers and floats: every bit pattern is a value; alignment ≤ 8.
@@ -49,7 +52,7 @@ unsafe impl Plain for i64 {}
 unsafe impl Plain for f32 {}
 unsafe impl Plain for f64 {}
 
-/// One allocation: `bytes` bytes at `ptr`, 64-byte aligned, every byte
+/// One allocation: `bytes` bytes at `ptr`, 16-byte aligned, every byte
 /// initialised (zeroed when new, values of some [`Plain`] type after).
 struct Block {
     ptr: NonNull<u8>,
@@ -71,7 +74,7 @@ impl Block {
     fn zeroed(bytes: usize) -> Block {
         if bytes == 0 {
             return Block {
-                ptr: NonNull::<[u8; ALIGN]>::dangling().cast(),
+                ptr: NonNull::<u128>::dangling().cast(), // aligned to 16 = ALIGN
                 bytes: 0,
             };
         }
@@ -177,7 +180,7 @@ pub fn cached_bytes() -> usize {
     cache().bytes
 }
 
-/// `len` values of `T` in a 64-byte-aligned allocation that returns to the
+/// `len` values of `T` in a 16-byte-aligned allocation that returns to the
 /// cache when dropped. A new buffer's values are unspecified (zeros, or what
 /// an earlier user of the memory left): kernels overwrite them.
 pub struct Buffer<T: Plain> {
@@ -203,7 +206,7 @@ impl<T: Plain> Buffer<T> {
     pub fn as_slice(&self) -> &[T] {
         let block = self.block.as_ref().expect("live buffer");
         // SAFETY: the block holds at least len·size_of::<T>() initialised
-        // bytes, aligned to 64 ≥ align_of::<T>(), and every bit pattern is a
+        // bytes, aligned to 16 ≥ align_of::<T>(), and every bit pattern is a
         // T (Plain); we own it, and &self forbids writes meanwhile.
         unsafe { std::slice::from_raw_parts(block.ptr.as_ptr().cast::<T>(), self.len) }
     }
