@@ -196,6 +196,22 @@ def quant_quantize(
     x16: str,
     device: str = ...,
 ) -> Tuple[_Codes, int]: ...
+def quant_quantize_calibrated(
+    x: _In,
+    partition: _Part,
+    qmin: npt.NDArray[np.int32],
+    qmax: npt.NDArray[np.int32],
+    *,
+    code_type: str,
+    symmetric: bool,
+    style: str,
+    eps: float,
+    scale_f32: bool,
+    rounding: str,
+    seed: int,
+    arith: str,
+    x16: str,
+) -> Optional[Tuple[_Codes, npt.NDArray[np.float64], npt.NDArray[np.int32], int]]: ...
 def quant_fake(
     x: _In,
     partition: _Part,

@@ -304,6 +304,9 @@ class _Prepared:
     seed: int
     symmetric: bool
     device: str
+    # Set when calibration and quantization ran as one pass (``fuse_pack``).
+    codes: Optional[np.ndarray] = None
+    clipped: int = 0
 
 
 def _prepare(
@@ -324,7 +327,13 @@ def _prepare(
     restricted: bool,
     compat: Optional[str],
     device: str,
+    fuse_pack: Optional[bool] = None,
 ) -> _Prepared:
+    """Checks the options and resolves every part's parameters. With
+    ``fuse_pack`` (quantize's ``pack``), full-range calibration on the CPU
+    also quantizes, in the same pass over x, where the core can (equal runs
+    of float32/16 data, deterministic rounding); the codes come back in
+    ``codes``."""
     arr, x16 = as_scores(x, "x")
     where = gpu.resolve(device, int(arr.size))
     dtype = arr.dtype if x16 == "float32" else (np.dtype(np.float16) if x16 == "float16" else BFLOAT16)
@@ -372,6 +381,20 @@ def _prepare(
                 raise ShapeError(f"importance of shape {wa.shape} does not broadcast to x's shape {shape}") from None
             w = np.ascontiguousarray(wa).reshape(-1)
         method = {"absmax": "range", "minmax": "range"}.get(calibration, calibration)
+        if fuse_pack is not None and method == "range" and where == "cpu" and arr.dtype != np.float64:
+            # Calibrated zero-points lie in [qmin, qmax]: the ranges decide the container.
+            lo, hi = int(min(qmin.min(initial=0), 0)), int(max(qmax.max(initial=0), 0))
+            fused = _core.quant_quantize_calibrated(
+                flat, plan.spec, qmin, qmax, code_type=_code_type(lo, hi, fuse_pack)[0],
+                symmetric=bool(symmetric), style=style, eps=float(np.finfo(np.float32).eps),
+                scale_f32=scale_f32, rounding=rounding, seed=s, arith=arith, x16=x16,
+            )
+            if fused is not None:
+                codes, sc, zp, clipped = fused
+                return _Prepared(
+                    flat, x16, shape, np.dtype(dtype), plan, sc, zp, qmin, qmax, scale_dtype, arith, rounding,
+                    s, bool(symmetric), where, codes, int(clipped),
+                )
         sc, zp = _core.quant_calibrate(
             flat,
             plan.spec,
@@ -606,15 +629,18 @@ def quantize(
         x, bits=bits, max_int=max_int, qrange=qrange, partition=partition, symmetric=symmetric,
         scale=scale, zero_point=zero_point, calibration=calibration, importance=importance,
         rounding=rounding, seed=seed, percentile=percentile, restricted=restricted, compat=compat,
-        device=device,
+        device=device, fuse_pack=bool(pack),
     )
     lo = int(min(p.qmin.min(initial=0), p.zero_point.min(initial=0)))
     hi = int(max(p.qmax.max(initial=0), p.zero_point.max(initial=0)))
     code_type, width, signed = _code_type(lo, hi, pack)
-    codes, clipped = _core.quant_quantize(
-        p.flat, p.plan.spec, p.scale, p.zero_point, p.qmin, p.qmax, code_type=code_type,
-        rounding=p.rounding, seed=p.seed, arith=p.arith, x16=p.x16, device=p.device,
-    )
+    if p.codes is not None:
+        codes, clipped = p.codes, p.clipped
+    else:
+        codes, clipped = _core.quant_quantize(
+            p.flat, p.plan.spec, p.scale, p.zero_point, p.qmin, p.qmax, code_type=code_type,
+            rounding=p.rounding, seed=p.seed, arith=p.arith, x16=p.x16, device=p.device,
+        )
     if width is None:
         codes = codes.reshape(p.shape)
     zlo, zhi = int(p.zero_point.min(initial=0)), int(p.zero_point.max(initial=0))

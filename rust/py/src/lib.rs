@@ -38,7 +38,7 @@ mod _core {
     #[pymodule_export]
     use super::quant::{
         quant_calibrate, quant_dequantize, quant_error_sums, quant_fake, quant_pack,
-        quant_quantize, quant_unpack,
+        quant_quantize, quant_quantize_calibrated, quant_unpack,
     };
 
     use pyo3::prelude::*;

@@ -32,6 +32,22 @@ type PartSpec<'py> = (
 
 /// Per-part scales (float64) and zero-points (int32).
 type ScalesAndZeros<'py> = (Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<i32>>);
+type CodesScalesZeros<'py> = (
+    Bound<'py, PyAny>,
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<i32>>,
+    u64,
+);
+
+fn style(name: &str, eps: f32) -> Result<Style, Error> {
+    match name {
+        "lecture" => Ok(Style::Lecture),
+        "torchao" => Ok(Style::Torchao { eps }),
+        other => Err(Error(CoreError::Value(format!(
+            "style must be lecture or torchao, got {other:?}"
+        )))),
+    }
+}
 
 fn slice<'a, T: numpy::Element>(
     a: &'a PyReadonlyArray1<'_, T>,
@@ -150,16 +166,7 @@ pub fn quant_calibrate<'py>(
             .into())
         }
     };
-    let style = match style {
-        "lecture" => Style::Lecture,
-        "torchao" => Style::Torchao { eps },
-        other => {
-            return Err(Error(CoreError::Value(format!(
-                "style must be lecture or torchao, got {other:?}"
-            )))
-            .into())
-        }
-    };
+    let style = self::style(style, eps)?;
     let cal = Calibration {
         method,
         style,
@@ -212,7 +219,9 @@ pub fn quant_quantize<'py>(
     let ct = self::code_type(code_type)?;
     let opts = options(rounding, seed, arith)?;
     if !on_gpu(device)? {
-        return quantize_into_buffer(py, values, &part, &params, ct, &opts);
+        return codes_into_buffer(py, values.len(), ct, |out| {
+            quant::quantize_into(values, &part, &params, &opts, out)
+        });
     }
     let (codes, clipped) = py
         .detach(|| quantdrift_gpu::quant::quantize(values, &part, &params, ct, &opts))
@@ -229,25 +238,20 @@ pub fn quant_quantize<'py>(
 }
 
 /// The CPU's codes in a recycled buffer (see quantdrift_core::buffers), as
-/// a numpy array of the code type's dtype, and the clipped count.
-fn quantize_into_buffer<'py>(
+/// a numpy array of the code type's dtype, and what `fill` returns.
+fn codes_into_buffer<'py, R: Send>(
     py: Python<'py>,
-    values: Values<'_>,
-    part: &Partition<'_>,
-    params: &QParams<'_>,
+    n: usize,
     ct: CodeType,
-    opts: &Options,
-) -> PyResult<(Bound<'py, PyAny>, u64)> {
-    let n = values.len();
+    fill: impl FnOnce(CodesMut<'_>) -> quantdrift_core::Result<R> + Send,
+) -> PyResult<(Bound<'py, PyAny>, R)> {
     macro_rules! ints {
         ($T:ty, $variant:ident) => {{
             let mut out = Buffer::<$T>::new(n);
-            let clipped = py
-                .detach(|| {
-                    quant::quantize_into(values, part, params, opts, CodesMut::$variant(&mut out))
-                })
+            let r = py
+                .detach(|| fill(CodesMut::$variant(&mut out)))
                 .map_err(Error)?;
-            Ok((buffer_into_pyarray(py, out)?.into_any(), clipped))
+            Ok((buffer_into_pyarray(py, out)?.into_any(), r))
         }};
     }
     match ct {
@@ -258,19 +262,70 @@ fn quantize_into_buffer<'py>(
         CodeType::I32 => ints!(i32, I32),
         CodeType::Packed { bits, signed } => {
             let mut out = Buffer::<u8>::new((n * bits as usize).div_ceil(8));
-            let clipped = py
+            let r = py
                 .detach(|| {
-                    let codes = CodesMut::Packed {
+                    fill(CodesMut::Packed {
                         data: &mut out,
                         bits,
                         signed,
-                    };
-                    quant::quantize_into(values, part, params, opts, codes)
+                    })
                 })
                 .map_err(Error)?;
-            Ok((buffer_into_pyarray(py, out)?.into_any(), clipped))
+            Ok((buffer_into_pyarray(py, out)?.into_any(), r))
         }
     }
+}
+
+/// Full-range calibration and quantization in one pass (see
+/// `quant::quantize_calibrated_into`): (codes, scale, zero_point, clipped),
+/// or None where it does not apply (the caller calibrates, then quantizes).
+#[pyfunction]
+#[pyo3(signature = (x, partition, qmin, qmax, *, code_type, symmetric, style, eps, scale_f32, rounding, seed, arith, x16))]
+#[allow(clippy::too_many_arguments)]
+pub fn quant_quantize_calibrated<'py>(
+    py: Python<'py>,
+    x: Input<'py>,
+    partition: PartSpec<'py>,
+    qmin: PyReadonlyArray1<'py, i32>,
+    qmax: PyReadonlyArray1<'py, i32>,
+    code_type: &str,
+    symmetric: bool,
+    style: &str,
+    eps: f32,
+    scale_f32: bool,
+    rounding: &str,
+    seed: u64,
+    arith: &str,
+    x16: &str,
+) -> PyResult<Option<CodesScalesZeros<'py>>> {
+    let part = self::partition(&partition)?;
+    let values = x.values(x16, "x")?;
+    let opts = options(rounding, seed, arith)?;
+    let cal = Calibration {
+        method: Method::Range,
+        style: self::style(style, eps)?,
+        symmetric,
+        scale_f32,
+        weights: None,
+        options: opts,
+    };
+    if !quant::fuses(&values, &part, &cal, &opts).map_err(Error)? {
+        return Ok(None);
+    }
+    let ranges = Ranges {
+        qmin: slice(&qmin, "qmin")?,
+        qmax: slice(&qmax, "qmax")?,
+    };
+    let ct = self::code_type(code_type)?;
+    let (codes, (s, b, clipped)) = codes_into_buffer(py, values.len(), ct, |out| {
+        quant::quantize_calibrated_into(values, &part, &ranges, &cal, &opts, out)
+    })?;
+    Ok(Some((
+        codes,
+        s.into_pyarray(py),
+        b.into_pyarray(py),
+        clipped,
+    )))
 }
 
 /// Q̃(Q(x)) (float32, float64 for float64 x) and the number of clipped elements.

@@ -133,40 +133,50 @@ fn calibrate_runs(
     c: &Calibration<'_>,
 ) -> Result<(Vec<f64>, Vec<i32>)> {
     let k = x.len() / run;
-    let mut min_max = vec![(0f32, 0f32); k];
+    let (mut scale, mut zero) = (vec![0f64; k], vec![0i32; k]);
     let parts_per_task = (super::kernel::CHUNK / run).max(1);
-    min_max
+    scale
         .par_chunks_mut(parts_per_task)
+        .zip(zero.par_chunks_mut(parts_per_task))
         .enumerate()
-        .for_each(|(t, out)| {
-            crate::simd::dispatch(MinMaxRuns {
-                x,
-                start: t * parts_per_task * run,
-                run,
-                out,
-            })
-        });
-    let params: Vec<Result<(f64, i32)>> = min_max
-        .par_iter()
-        .enumerate()
-        .with_min_len(1024)
-        .map(|(j, &(lo, hi))| {
-            let (lo, hi) = if lo <= hi {
-                (lo as f64, hi as f64)
-            } else {
-                (0.0, 0.0) // no finite value
-            };
-            params(lo, hi, ranges.qmin[j], ranges.qmax[j], c)
-        })
-        .collect();
-    let mut scale = Vec::with_capacity(k);
-    let mut zero = Vec::with_capacity(k);
-    for r in params {
-        let (s, b) = r?;
-        scale.push(s);
-        zero.push(b);
-    }
+        .try_for_each(|(t, (s, b))| {
+            let first = t * parts_per_task;
+            let xs = x.slice(first * run, (first + s.len()) * run);
+            let qmin = &ranges.qmin[first..first + s.len()];
+            let qmax = &ranges.qmax[first..first + s.len()];
+            calibrate_batch(xs, run, qmin, qmax, c, s, b)
+        })?;
     Ok((scale, zero))
+}
+
+/// Full-range parameters of the runs of `run` elements that make up `x`
+/// (one per slot of `scale` and `zero`): their finite min and max in one
+/// vectorised pass, then the calibration's formulas.
+pub(super) fn calibrate_batch(
+    x: Values<'_>,
+    run: usize,
+    qmin: &[i32],
+    qmax: &[i32],
+    c: &Calibration<'_>,
+    scale: &mut [f64],
+    zero: &mut [i32],
+) -> Result<()> {
+    let mut min_max = vec![(0f32, 0f32); scale.len()];
+    crate::simd::dispatch(MinMaxRuns {
+        x,
+        start: 0,
+        run,
+        out: &mut min_max,
+    });
+    for (j, &(lo, hi)) in min_max.iter().enumerate() {
+        let (lo, hi) = if lo <= hi {
+            (lo as f64, hi as f64)
+        } else {
+            (0.0, 0.0) // no finite value
+        };
+        (scale[j], zero[j]) = params(lo, hi, qmin[j], qmax[j], c)?;
+    }
+    Ok(())
 }
 
 /// The checks [`calibrate`] makes before touching the data: per-part
@@ -285,7 +295,13 @@ fn part_params(
 }
 
 /// (s, b) of the clipping range [lo, hi].
-fn params(lo: f64, hi: f64, qlo: i32, qhi: i32, c: &Calibration<'_>) -> Result<(f64, i32)> {
+pub(super) fn params(
+    lo: f64,
+    hi: f64,
+    qlo: i32,
+    qhi: i32,
+    c: &Calibration<'_>,
+) -> Result<(f64, i32)> {
     match c.style {
         Style::Lecture => Ok(lecture_params(lo, hi, qlo, qhi, c.symmetric, c.scale_f32)),
         Style::Torchao { eps } => Ok(torchao_params(lo, hi, qlo, qhi, c.symmetric, eps)),

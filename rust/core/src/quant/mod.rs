@@ -50,6 +50,7 @@ pub use partition::{Partition, Plan};
 use crate::error::{CoreError, Result};
 use crate::lowp::codec::Rounding;
 use crate::lowp::{Rounded, Values};
+use rayon::prelude::*;
 
 /// How x/s is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,7 +243,7 @@ pub enum CodesMut<'a> {
     },
 }
 
-impl CodesMut<'_> {
+impl<'a> CodesMut<'a> {
     /// The container these codes go into.
     pub fn code_type(&self) -> CodeType {
         match self {
@@ -255,6 +256,23 @@ impl CodesMut<'_> {
                 bits: *bits,
                 signed: *signed,
             },
+        }
+    }
+
+    /// Consecutive pieces of `codes` codes each (the last may be shorter);
+    /// `codes` must be a multiple of 8 so that packed pieces are whole bytes.
+    fn split(self, codes: usize) -> Vec<CodesMut<'a>> {
+        debug_assert!(codes.is_multiple_of(8));
+        match self {
+            CodesMut::I8(o) => o.chunks_mut(codes).map(CodesMut::I8).collect(),
+            CodesMut::U8(o) => o.chunks_mut(codes).map(CodesMut::U8).collect(),
+            CodesMut::I16(o) => o.chunks_mut(codes).map(CodesMut::I16).collect(),
+            CodesMut::U16(o) => o.chunks_mut(codes).map(CodesMut::U16).collect(),
+            CodesMut::I32(o) => o.chunks_mut(codes).map(CodesMut::I32).collect(),
+            CodesMut::Packed { data, bits, signed } => data
+                .chunks_mut(codes * bits as usize / 8)
+                .map(|data| CodesMut::Packed { data, bits, signed })
+                .collect(),
         }
     }
 
@@ -377,6 +395,101 @@ pub fn quantize_into(
         )));
     }
     Ok(kernel::quantize_into(x, &plan, &r, opts, out))
+}
+
+/// Whether [`quantize_calibrated_into`] applies: full-range calibration
+/// (absmax/minmax) of float32 or 16-bit input whose parts are equal runs
+/// (rows, or groups along rows that divide them), rounded without
+/// stochastic draws.
+pub fn fuses(
+    x: &Values<'_>,
+    partition: &Partition<'_>,
+    c: &Calibration<'_>,
+    opts: &Options,
+) -> Result<bool> {
+    let plan = Plan::new(partition, x.len())?;
+    Ok(c.method == Method::Range
+        && c.weights.is_none()
+        && !matches!(x, Values::F64(_))
+        && opts.rounding != Rounding::Stochastic
+        && plan.uniform_runs().is_some())
+}
+
+/// [`calibrate`] and then [`quantize_into`], in one pass over x: each task
+/// takes a batch of whole parts, finds their ranges and quantizes them while
+/// they are still in cache, instead of reading x twice. The same scales,
+/// zero-points, codes and clipped count; only where [`fuses`] says so.
+pub fn quantize_calibrated_into(
+    x: Values<'_>,
+    partition: &Partition<'_>,
+    ranges: &Ranges<'_>,
+    c: &Calibration<'_>,
+    opts: &Options,
+    out: CodesMut<'_>,
+) -> Result<(Vec<f64>, Vec<i32>, u64)> {
+    if !fuses(&x, partition, c, opts)? {
+        return Err(CoreError::Value(
+            "quantize_calibrated_into needs full-range calibration of float32/16 input over equal runs, without stochastic rounding".into(),
+        ));
+    }
+    let plan = Plan::new(partition, x.len())?;
+    calibrate::check(x.len(), &plan, ranges, c)?;
+    let run = plan.uniform_runs().expect("checked by fuses");
+    // Calibrated zero-points lie in [qmin, qmax], so the ranges decide
+    // whether the container holds every code.
+    check_code_type(
+        &QParams {
+            scale: &[],
+            zero_point: ranges.qmin,
+            qmin: ranges.qmin,
+            qmax: ranges.qmax,
+        },
+        out.code_type(),
+    )?;
+    if !out.holds(x.len()) {
+        return Err(CoreError::Shape(format!(
+            "the output buffer does not hold {} codes of {:?}",
+            x.len(),
+            out.code_type()
+        )));
+    }
+    let k = plan.parts;
+    // Whole bytes of packed codes per task: a multiple of 8 codes.
+    let parts_per_task = (kernel::CHUNK / run).max(1).next_multiple_of(8);
+    let pieces = out.split(parts_per_task * run);
+    let (mut scale, mut zero) = (vec![0f64; k], vec![0i32; k]);
+    crate::threads::init_pool();
+    let clipped = pieces
+        .into_par_iter()
+        .zip(scale.par_chunks_mut(parts_per_task))
+        .zip(zero.par_chunks_mut(parts_per_task))
+        .enumerate()
+        .map(|(t, ((piece, s), b))| -> Result<u64> {
+            let (first, parts) = (t * parts_per_task, s.len());
+            let xs = x.slice(first * run, (first + parts) * run);
+            let (qmin, qmax) = (
+                &ranges.qmin[first..first + parts],
+                &ranges.qmax[first..first + parts],
+            );
+            calibrate::calibrate_batch(xs, run, qmin, qmax, c, s, b)?;
+            let rows = Partition::Tiles {
+                shape: vec![parts, run],
+                tile: vec![1, run],
+            };
+            let sub = Plan::new(&rows, xs.len())?;
+            let params = QParams {
+                scale: s,
+                zero_point: b,
+                qmin,
+                qmax,
+            };
+            let r = Resolved::new(&sub, &params, opts.arith)?;
+            Ok(kernel::quantize_into(xs, &sub, &r, opts, piece))
+        })
+        .collect::<Result<Vec<u64>>>()?
+        .into_iter()
+        .sum();
+    Ok((scale, zero, clipped))
 }
 
 /// Checks that `code_type` holds every part's integer range and
@@ -657,6 +770,125 @@ mod tests {
             assert_eq!(a, b);
             assert_eq!((a.0[2], a.1[2]), (1.0, if symmetric { 0 } else { -8 }));
         }
+    }
+
+    #[test]
+    fn fused_calibrate_and_quantize_equals_the_two_steps() {
+        let (rows, cols) = (700, 96); // two tasks for every group size
+        let mut x: Vec<f32> = (0..rows * cols)
+            .map(|i| (((i * 7919) % 2003) as f32 / 97.0 - 10.0) * (1.0 + (i / cols) as f32))
+            .collect();
+        x[3] = f32::NAN;
+        x[200] = f32::NEG_INFINITY;
+        x[96..192].fill(f32::INFINITY);
+        for (group, bits, symmetric, style, arith, packed) in [
+            (96, 8, true, Style::Lecture, Arith::Divide, false),
+            (32, 4, false, Style::Lecture, Arith::Divide, true),
+            (
+                8,
+                4,
+                true,
+                Style::Torchao { eps: f32::EPSILON },
+                Arith::Reciprocal32,
+                true,
+            ),
+            (
+                16,
+                3,
+                false,
+                Style::Torchao { eps: f32::EPSILON },
+                Arith::Reciprocal32,
+                true,
+            ),
+            (96, 8, false, Style::Lecture, Arith::Divide, false),
+        ] {
+            let part = Partition::Tiles {
+                shape: vec![rows, cols],
+                tile: vec![1, group],
+            };
+            let k = rows * cols / group;
+            let (qlo, qhi) = if symmetric {
+                (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+            } else {
+                (0, (1 << bits) - 1)
+            };
+            let (lo, hi) = (vec![qlo; k], vec![qhi; k]);
+            let ranges = Ranges {
+                qmin: &lo,
+                qmax: &hi,
+            };
+            let opts = Options {
+                arith,
+                ..Options::default()
+            };
+            let c = Calibration {
+                method: Method::Range,
+                style,
+                symmetric,
+                scale_f32: true,
+                weights: None,
+                options: opts,
+            };
+            let xs = Values::F32(&x);
+            assert!(fuses(&xs, &part, &c, &opts).unwrap());
+            let (scale, zero) = calibrate(xs, &part, &ranges, &c).unwrap();
+            let qp = QParams {
+                scale: &scale,
+                zero_point: &zero,
+                qmin: &lo,
+                qmax: &hi,
+            };
+            let ct = if packed {
+                CodeType::Packed {
+                    bits: bits as u32,
+                    signed: symmetric,
+                }
+            } else if symmetric {
+                CodeType::I8
+            } else {
+                CodeType::U8
+            };
+            let (mut want, want_clipped) = quantize(xs, &part, &qp, ct, &opts).unwrap();
+            let mut got = want.clone();
+            match got.as_mut() {
+                CodesMut::I8(o) => o.fill(0x55),
+                CodesMut::U8(o) | CodesMut::Packed { data: o, .. } => o.fill(0x55),
+                _ => unreachable!(),
+            }
+            let (s2, z2, clipped) =
+                quantize_calibrated_into(xs, &part, &ranges, &c, &opts, got.as_mut()).unwrap();
+            assert_eq!((s2, z2, clipped), (scale, zero, want_clipped));
+            assert_eq!(got, want);
+            let _ = want.as_mut();
+        }
+        // Stochastic rounding and labels do not fuse.
+        let part = Partition::Tiles {
+            shape: vec![rows, cols],
+            tile: vec![1, 32],
+        };
+        let c = Calibration {
+            method: Method::Range,
+            style: Style::Lecture,
+            symmetric: true,
+            scale_f32: true,
+            weights: None,
+            options: Options::default(),
+        };
+        let stochastic = Options {
+            rounding: Rounding::Stochastic,
+            ..Options::default()
+        };
+        assert!(!fuses(&Values::F32(&x), &part, &c, &stochastic).unwrap());
+        assert!(!fuses(
+            &Values::F64(&[1.0; 64]),
+            &Partition::Tiles {
+                shape: vec![64],
+                tile: vec![64]
+            },
+            &c,
+            &Options::default()
+        )
+        .unwrap());
     }
 
     #[test]
