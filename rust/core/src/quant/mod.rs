@@ -892,6 +892,45 @@ mod tests {
     }
 
     #[test]
+    fn large_float32_dequantize_streams_the_same_values() {
+        // 3·2^20 codes: a 12 MiB float32 output, written with non-temporal
+        // stores, against the float64 path rounded to float32.
+        let n = 3 << 20;
+        let codes: Vec<i8> = (0..n).map(|i| ((i * 7919) % 255) as i8).collect();
+        let part = Partition::Tiles {
+            shape: vec![n / 384, 384],
+            tile: vec![1, 128],
+        };
+        let k = n / 128;
+        let scale: Vec<f64> = (0..k)
+            .map(|j| ((1 + j % 97) as f32 / 64.0) as f64)
+            .collect();
+        let zp: Vec<i32> = (0..k).map(|j| (j % 5) as i32 - 2).collect();
+        let c = CodesRef::I8(&codes);
+        let Rounded::F32(y) = dequantize(c, &part, &scale, &zp, Arith::Divide, false).unwrap()
+        else {
+            panic!()
+        };
+        let Rounded::F64(y64) = dequantize(c, &part, &scale, &zp, Arith::Divide, true).unwrap()
+        else {
+            panic!()
+        };
+        assert!(y.iter().zip(&y64).all(|(a, b)| *a == *b as f32));
+        // Unaligned destinations: the head and tail take plain stores.
+        for shift in 0..4 {
+            let src: Vec<f32> = (0..1000).map(|i| i as f32).collect();
+            let mut dst = vec![0f32; 1004];
+            crate::simd::stream_copy_f32(&mut dst[shift..shift + 997], &src[..997]);
+            crate::simd::store_fence();
+            assert_eq!(&dst[shift..shift + 997], &src[..997]);
+            assert!(dst[..shift]
+                .iter()
+                .chain(&dst[shift + 997..])
+                .all(|&v| v == 0.0));
+        }
+    }
+
+    #[test]
     fn into_forms_equal_the_allocating_ones_and_check_their_buffers() {
         let x: Vec<f32> = (0..1000)
             .map(|i| ((i * 37) % 101) as f32 / 9.0 - 5.0)
