@@ -94,30 +94,63 @@ pub fn dispatch<K: Kernel>(kernel: K) -> K::Output {
 }
 
 /// Copies `src` into `dst` (the shorter length) with non-temporal stores on
-/// x86-64 (SSE2, always present): the lines go to memory without first
-/// being read into the cache, which for a large output halves the memory
-/// traffic of writing it. Elsewhere, a plain copy. Finish with
-/// [`store_fence`] before another thread may read `dst`.
+/// x86-64 (32-byte ones with AVX, else SSE2's 16-byte ones): the lines
+/// go to memory without first being read into the cache, which for a large
+/// output halves the memory traffic of writing it. Elsewhere, a plain copy.
+/// Finish with [`store_fence`] before another thread may read `dst`.
 #[inline(always)]
 pub fn stream_copy_f32(dst: &mut [f32], src: &[f32]) {
     let n = dst.len().min(src.len());
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_loadu_ps, _mm_stream_ps};
+        // Every line must take non-temporal stores only: a line that also
+        // takes a plain store is pulled back into the cache, which costs far
+        // more than it saves. So only the unaligned head and tail of a
+        // float32 slice (never more than 3 values) are plain stores.
         let head = dst.as_ptr().align_offset(16).min(n);
         dst[..head].copy_from_slice(&src[..head]);
         let mut i = head;
-        while i + 4 <= n {
-            // SAFETY: i + 4 ≤ n, so both 16-byte accesses are in bounds;
-            // dst + i is 16-byte aligned (it starts at the aligned head and
-            // moves by 16 bytes), as movntps requires.
+        let sse = |i: usize, dst: &mut [f32]| {
+            // SAFETY: callers keep i + 4 ≤ n, so both 16-byte accesses are
+            // in bounds; dst + i is 16-byte aligned (aligned after the head,
+            // then moved by multiples of 16 bytes), as movntps requires.
             unsafe { _mm_stream_ps(dst.as_mut_ptr().add(i), _mm_loadu_ps(src.as_ptr().add(i))) };
+        };
+        while i + 4 <= n && dst[i..].as_ptr().align_offset(32) != 0 {
+            sse(i, dst);
+            i += 4;
+        }
+        if n - i >= 8 && has_avx2() {
+            let whole = (n - i) / 8 * 8;
+            // SAFETY: the CPU has AVX; dst + i is 32-byte aligned (or the
+            // loop above ran out, leaving fewer than 8) and both ranges of
+            // `whole` values are in bounds.
+            unsafe { stream_avx(dst.as_mut_ptr().add(i), src.as_ptr().add(i), whole) };
+            i += whole;
+        }
+        while i + 4 <= n {
+            sse(i, dst);
             i += 4;
         }
         dst[i..n].copy_from_slice(&src[i..n]);
     }
     #[cfg(not(target_arch = "x86_64"))]
     dst[..n].copy_from_slice(&src[..n]);
+}
+
+/// `len` (a multiple of 8) floats from `src` to the 32-byte-aligned `dst`
+/// in 32-byte non-temporal stores.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn stream_avx(dst: *mut f32, src: *const f32, len: usize) {
+    use std::arch::x86_64::{_mm256_loadu_ps, _mm256_stream_ps};
+    let mut i = 0;
+    while i < len {
+        // SAFETY: the caller guarantees bounds, alignment and AVX.
+        unsafe { _mm256_stream_ps(dst.add(i), _mm256_loadu_ps(src.add(i))) };
+        i += 8;
+    }
 }
 
 /// Orders earlier non-temporal stores before every later store (a no-op
