@@ -5,7 +5,9 @@
 set -euo pipefail
 has_driver() {
     { compgen -G '/usr/share/vulkan/icd.d/*.json' || compgen -G '/etc/vulkan/icd.d/*.json'; } >/dev/null &&
-        ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1'
+        # grep reads the whole list: with -q it would stop at the first match,
+        # and ldconfig's SIGPIPE would fail the pipeline under pipefail.
+        ldconfig -p 2>/dev/null | grep 'libvulkan\.so\.1' >/dev/null
 }
 if has_driver; then
     exit 0
