@@ -65,6 +65,23 @@ impl Rne {
     }
 }
 
+/// The code magnitude of the float32 magnitude bits `a` rounded to nearest
+/// even, before overflow, Inf and NaN are sorted out (see
+/// [`encode_lane_rne`]).
+#[inline(always)]
+fn rounded_magnitude(c: &Rne, a: u32) -> u32 {
+    let normal = (a + c.half_minus_one + ((a >> c.s) & 1)) >> c.s;
+    let normal = normal.wrapping_sub(c.rebias);
+    let sub = (f32::from_bits(a) + c.magic)
+        .to_bits()
+        .wrapping_sub(c.magic.to_bits());
+    if a < c.normal_min {
+        sub
+    } else {
+        normal
+    }
+}
+
 /// [`encode_lane`] for round-to-nearest-even, as plain bit manipulation:
 /// in the format's normal range, adding half a quantum minus one plus the
 /// lowest kept bit and shifting rounds ties to even (a carry moves into the
@@ -75,12 +92,7 @@ impl Rne {
 pub fn encode_lane_rne(c: &Rne, x: u32) -> u32 {
     let neg = x >> 31;
     let a = x & 0x7fff_ffff;
-    let normal = (a + c.half_minus_one + ((a >> c.s) & 1)) >> c.s;
-    let normal = normal.wrapping_sub(c.rebias);
-    let sub = (f32::from_bits(a) + c.magic)
-        .to_bits()
-        .wrapping_sub(c.magic.to_bits());
-    let mag = if a < c.normal_min { sub } else { normal };
+    let mag = rounded_magnitude(c, a);
     let zero = if neg != 0 { c.neg_zero } else { 0 };
     let signed = mag | (neg << c.sign_shift);
     let code = if mag == 0 { zero } else { signed };
@@ -140,12 +152,7 @@ impl LaneCode for RneSymmetric {
     fn code(&self, x: u32) -> u32 {
         let c = &self.0;
         let a = x & 0x7fff_ffff;
-        let normal = (a + c.half_minus_one + ((a >> c.s) & 1)) >> c.s;
-        let normal = normal.wrapping_sub(c.rebias);
-        let sub = (f32::from_bits(a) + c.magic)
-            .to_bits()
-            .wrapping_sub(c.magic.to_bits());
-        let mag = if a < c.normal_min { sub } else { normal };
+        let mag = rounded_magnitude(c, a);
         let mag = if mag > c.max_mag {
             c.overflow_code[0]
         } else {
