@@ -227,11 +227,6 @@ impl<T: Plain> Buffer<T> {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-
-    /// The values, copied into a `Vec`.
-    pub fn to_vec(&self) -> Vec<T> {
-        self.as_slice().to_vec()
-    }
 }
 
 impl<T: Plain> Drop for Buffer<T> {

@@ -81,8 +81,7 @@ pub fn buffer_into_pyarray<T: Plain + numpy::Element>(
     py: Python<'_>,
     buffer: Buffer<T>,
 ) -> PyResult<Bound<'_, PyArray1<T>>> {
-    let view = ArrayView1::from(buffer.as_slice());
-    let (ptr, len) = (view.as_ptr(), view.len());
+    let (ptr, len) = (buffer.as_ptr(), buffer.len());
     let owner = Bound::new(
         py,
         OutputBuffer {

@@ -176,7 +176,7 @@ pub fn lowp_encode<'py>(
     // Into a recycled buffer: converting tensor after tensor then skips
     // the page faults of fresh memory.
     let n = values.len();
-    if lowp::for_input(&f, &values).bits() <= 8 {
+    if f.bits() <= 8 {
         let mut out = Buffer::<u8>::new(n);
         py.detach(|| lowp::encode_into(values, &f, opts, CodesMut::U8(&mut out)))
             .map_err(Error)?;

@@ -267,25 +267,25 @@ fn fast_encode<S: fast::Store>(codec: &Codec, x: Values<'_>, out: &mut [S::Out],
 /// R(x): the values of the codes [`encode`] gives, as float32 (float64 for
 /// float64 input). NaN inputs stay NaN; see [`reference::decode_f32_bits`].
 pub fn round(x: Values<'_>, format: &Format, options: Options) -> Result<Rounded> {
-    let format = &for_input(format, &x);
+    let Values::F64(v) = x else {
+        let mut out = output::<f32>(x.len());
+        round_into(x, format, options, &mut out)?;
+        return Ok(Rounded::F32(out));
+    };
+    // float64 input keeps its format (for_input only changes bfloat16's).
     let codec = Codec::new(*format, options)?;
-    if let Values::F64(v) = x {
-        crate::threads::init_pool();
-        let mut out = vec![0f64; v.len()];
-        out.par_chunks_mut(fast::CHUNK)
-            .enumerate()
-            .for_each(|(chunk, o)| {
-                let base = chunk * fast::CHUNK;
-                for (j, slot) in o.iter_mut().enumerate() {
-                    let code = reference::encode_f64(&codec, v[base + j], (base + j) as u64);
-                    *slot = decode_f64(format, code);
-                }
-            });
-        return Ok(Rounded::F64(out));
-    }
-    let mut out = output::<f32>(x.len());
-    round_into(x, format, options, &mut out)?;
-    Ok(Rounded::F32(out))
+    crate::threads::init_pool();
+    let mut out = vec![0f64; v.len()];
+    out.par_chunks_mut(fast::CHUNK)
+        .enumerate()
+        .for_each(|(chunk, o)| {
+            let base = chunk * fast::CHUNK;
+            for (j, slot) in o.iter_mut().enumerate() {
+                let code = reference::encode_f64(&codec, v[base + j], (base + j) as u64);
+                *slot = decode_f64(format, code);
+            }
+        });
+    Ok(Rounded::F64(out))
 }
 
 /// [`round`] of float32, float16 or bfloat16 input into a float32 buffer
@@ -351,13 +351,6 @@ pub fn check_codes<C: Copy + Into<u32> + Sync>(
 
 /// Decodes u8 codes of a ≤ 8-bit format to float32; codes ≥ 2^bits are an error.
 pub fn decode_u8(codes: &[u8], format: &Format) -> Result<Vec<f32>> {
-    if format.bits() > 8 {
-        return Err(CoreError::Dtype(format!(
-            "codes: {} has {}-bit codes, which need uint16, got uint8",
-            codec::describe(format),
-            format.bits()
-        )));
-    }
     let mut out = output::<f32>(codes.len());
     decode_u8_into(codes, format, &mut out)?;
     Ok(out)

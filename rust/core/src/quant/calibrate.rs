@@ -164,7 +164,6 @@ pub(super) fn calibrate_batch(
     let mut min_max = vec![(0f32, 0f32); scale.len()];
     crate::simd::dispatch(MinMaxRuns {
         x,
-        start: 0,
         run,
         out: &mut min_max,
     });
@@ -562,11 +561,10 @@ impl crate::simd::Kernel for MinMaxRun<'_> {
     }
 }
 
-/// Min and max of the finite values of each run of `run` elements from
-/// `start` on, one per slot of `out` (+inf > −inf when a run has none).
+/// Min and max of the finite values of each run of `run` elements of `x`,
+/// one per slot of `out` (+inf > −inf when a run has none).
 struct MinMaxRuns<'a> {
     x: Values<'a>,
-    start: usize,
     run: usize,
     out: &'a mut [(f32, f32)],
 }
@@ -576,7 +574,7 @@ impl crate::simd::Kernel for MinMaxRuns<'_> {
     #[inline(always)]
     fn run(self) {
         for (j, o) in self.out.iter_mut().enumerate() {
-            *o = min_max_f32(&self.x, self.start + j * self.run, self.run);
+            *o = min_max_f32(&self.x, j * self.run, self.run);
         }
     }
 }

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use super::pack;
 use super::partition::Plan;
-use super::{Arith, Codes, CodesMut, CodesRef, Options, Resolved};
+use super::{Arith, CodesMut, CodesRef, Options, Resolved};
 use crate::lowp::codec::{random_u32, seed_key, Rounding};
 use crate::lowp::Values;
 use crate::rows::f16_to_f32;
@@ -769,34 +769,7 @@ fn ints_into<T: CodeInt>(
         .sum()
 }
 
-/// Quantizes into `code_type`; returns the codes and the number of
-/// clipped elements.
-pub fn quantize(
-    x: Values<'_>,
-    plan: &Plan<'_>,
-    r: &Resolved,
-    code_type: CodeType,
-    opts: &Options,
-) -> (Codes, u64) {
-    let n = x.len();
-    let mut codes = match code_type {
-        CodeType::I8 => Codes::I8(crate::lowp::output(n)),
-        CodeType::U8 => Codes::U8(crate::lowp::output(n)),
-        CodeType::I16 => Codes::I16(crate::lowp::output(n)),
-        CodeType::U16 => Codes::U16(crate::lowp::output(n)),
-        CodeType::I32 => Codes::I32(crate::lowp::output(n)),
-        CodeType::Packed { bits, signed } => Codes::Packed {
-            data: crate::lowp::output((n * bits as usize).div_ceil(8)),
-            bits,
-            signed,
-            len: n,
-        },
-    };
-    let clipped = quantize_into(x, plan, r, opts, codes.as_mut());
-    (codes, clipped)
-}
-
-/// [`quantize`] into `out`, whose length fits `x` (checked by the caller);
+/// Quantizes into `out`, whose length fits `x` (checked by the caller);
 /// returns the number of clipped elements.
 pub fn quantize_into(
     x: Values<'_>,

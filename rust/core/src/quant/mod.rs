@@ -200,6 +200,25 @@ pub enum Codes {
 }
 
 impl Codes {
+    /// Zeroed codes of `code_type` for `n` elements (large ones with a
+    /// huge-page hint, see `lowp::output`).
+    pub fn zeroed(code_type: CodeType, n: usize) -> Codes {
+        use crate::lowp::output;
+        match code_type {
+            CodeType::I8 => Codes::I8(output(n)),
+            CodeType::U8 => Codes::U8(output(n)),
+            CodeType::I16 => Codes::I16(output(n)),
+            CodeType::U16 => Codes::U16(output(n)),
+            CodeType::I32 => Codes::I32(output(n)),
+            CodeType::Packed { bits, signed } => Codes::Packed {
+                data: output((n * bits as usize).div_ceil(8)),
+                bits,
+                signed,
+                len: n,
+            },
+        }
+    }
+
     /// The codes as a mutable buffer.
     pub fn as_mut(&mut self) -> CodesMut<'_> {
         match self {
@@ -276,16 +295,23 @@ impl<'a> CodesMut<'a> {
         }
     }
 
-    /// Whether the buffer holds exactly `n` codes.
-    fn holds(&self, n: usize) -> bool {
-        match self {
+    /// Errors unless the buffer holds exactly `n` codes.
+    fn check_holds(&self, n: usize) -> Result<()> {
+        let holds = match self {
             CodesMut::I8(o) => o.len() == n,
             CodesMut::U8(o) => o.len() == n,
             CodesMut::I16(o) => o.len() == n,
             CodesMut::U16(o) => o.len() == n,
             CodesMut::I32(o) => o.len() == n,
             CodesMut::Packed { data, bits, .. } => data.len() == (n * *bits as usize).div_ceil(8),
+        };
+        if !holds {
+            return Err(CoreError::Shape(format!(
+                "the output buffer does not hold {n} codes of {:?}",
+                self.code_type()
+            )));
         }
+        Ok(())
     }
 }
 
@@ -368,10 +394,9 @@ pub fn quantize(
     code_type: CodeType,
     opts: &Options,
 ) -> Result<(Codes, u64)> {
-    let plan = Plan::new(partition, x.len())?;
-    let r = Resolved::new(&plan, params, opts.arith)?;
-    check_code_type(params, code_type)?;
-    Ok(kernel::quantize(x, &plan, &r, code_type, opts))
+    let mut codes = Codes::zeroed(code_type, x.len());
+    let clipped = quantize_into(x, partition, params, opts, codes.as_mut())?;
+    Ok((codes, clipped))
 }
 
 /// [`quantize`] into a buffer the caller owns, whose variant is the code
@@ -386,14 +411,8 @@ pub fn quantize_into(
 ) -> Result<u64> {
     let plan = Plan::new(partition, x.len())?;
     let r = Resolved::new(&plan, params, opts.arith)?;
-    let code_type = out.code_type();
-    check_code_type(params, code_type)?;
-    if !out.holds(x.len()) {
-        return Err(CoreError::Shape(format!(
-            "the output buffer does not hold {} codes of {code_type:?}",
-            x.len()
-        )));
-    }
+    check_code_type(params, out.code_type())?;
+    out.check_holds(x.len())?;
     Ok(kernel::quantize_into(x, &plan, &r, opts, out))
 }
 
@@ -408,11 +427,21 @@ pub fn fuses(
     opts: &Options,
 ) -> Result<bool> {
     let plan = Plan::new(partition, x.len())?;
-    Ok(c.method == Method::Range
+    Ok(fused_run(x, &plan, c, opts).is_some())
+}
+
+/// The run length of `plan`'s parts where [`fuses`] holds.
+fn fused_run(
+    x: &Values<'_>,
+    plan: &Plan<'_>,
+    c: &Calibration<'_>,
+    opts: &Options,
+) -> Option<usize> {
+    let applies = c.method == Method::Range
         && c.weights.is_none()
         && !matches!(x, Values::F64(_))
-        && opts.rounding != Rounding::Stochastic
-        && plan.uniform_runs().is_some())
+        && opts.rounding != Rounding::Stochastic;
+    plan.uniform_runs().filter(|_| applies)
 }
 
 /// [`calibrate`] and then [`quantize_into`], in one pass over x: each task
@@ -427,14 +456,13 @@ pub fn quantize_calibrated_into(
     opts: &Options,
     out: CodesMut<'_>,
 ) -> Result<(Vec<f64>, Vec<i32>, u64)> {
-    if !fuses(&x, partition, c, opts)? {
+    let plan = Plan::new(partition, x.len())?;
+    let Some(run) = fused_run(&x, &plan, c, opts) else {
         return Err(CoreError::Value(
             "quantize_calibrated_into needs full-range calibration of float32/16 input over equal runs, without stochastic rounding".into(),
         ));
-    }
-    let plan = Plan::new(partition, x.len())?;
+    };
     calibrate::check(x.len(), &plan, ranges, c)?;
-    let run = plan.uniform_runs().expect("checked by fuses");
     // Calibrated zero-points lie in [qmin, qmax], so the ranges decide
     // whether the container holds every code.
     check_code_type(
@@ -446,13 +474,7 @@ pub fn quantize_calibrated_into(
         },
         out.code_type(),
     )?;
-    if !out.holds(x.len()) {
-        return Err(CoreError::Shape(format!(
-            "the output buffer does not hold {} codes of {:?}",
-            x.len(),
-            out.code_type()
-        )));
-    }
+    out.check_holds(x.len())?;
     let k = plan.parts;
     // Whole bytes of packed codes per task: a multiple of 8 codes.
     let parts_per_task = (kernel::CHUNK / run).max(1).next_multiple_of(8);
@@ -879,6 +901,35 @@ mod tests {
             ..Options::default()
         };
         assert!(!fuses(&Values::F32(&x), &part, &c, &stochastic).unwrap());
+        let (lo, hi) = (vec![-8; rows * cols / 32], vec![7; rows * cols / 32]);
+        let ranges = Ranges {
+            qmin: &lo,
+            qmax: &hi,
+        };
+        let mut out = vec![0i8; x.len()];
+        let err = quantize_calibrated_into(
+            Values::F32(&x),
+            &part,
+            &ranges,
+            &c,
+            &stochastic,
+            CodesMut::I8(&mut out),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("needs full-range calibration"),
+            "{err}"
+        );
+        let err = quantize_calibrated_into(
+            Values::F32(&x),
+            &part,
+            &ranges,
+            &c,
+            &Options::default(),
+            CodesMut::I8(&mut out[1..]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("does not hold"), "{err}");
         assert!(!fuses(
             &Values::F64(&[1.0; 64]),
             &Partition::Tiles {
