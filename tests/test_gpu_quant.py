@@ -236,7 +236,7 @@ def test_errors_match_the_cpu(gpu):
         with pytest.raises(qd.ShapeError, match="packed codes"):
             _core.quant_dequantize(qt.codes[:-1], qt._spec, qt.scale.reshape(-1).astype(np.float64),
                                    qt.zero_point.reshape(-1).astype(np.int32), packed_bits=4, signed=True,
-                                   length=qt.size, arith="divide", f64_out=False, device=device)
+                                   length=qt.size, f64_out=False, device=device)
 
 
 def test_dequantize_arbitrary_codes(gpu):
@@ -249,11 +249,10 @@ def test_dequantize_arbitrary_codes(gpu):
     zp = rng.integers(-300, 300, 35).astype(np.int32)
     for codes in (rng.integers(-(2**31), 2**31, n, dtype=np.int64).astype(np.int32),
                   rng.integers(-(2**15), 2**15, n).astype(np.int16), rng.integers(0, 256, n).astype(np.uint8)):
-        for arith in ("divide", "reciprocal32"):
-            for f64 in (False, True):
-                kw = dict(packed_bits=None, signed=True, length=n, arith=arith, f64_out=f64)
-                same(_core.quant_dequantize(codes, spec, scale, zp, device="gpu", **kw),
-                     _core.quant_dequantize(codes, spec, scale, zp, **kw), f"{codes.dtype} {arith} {f64}")
+        for f64 in (False, True):
+            kw = dict(packed_bits=None, signed=True, length=n, f64_out=f64)
+            same(_core.quant_dequantize(codes, spec, scale, zp, device="gpu", **kw),
+                 _core.quant_dequantize(codes, spec, scale, zp, **kw), f"{codes.dtype} {f64}")
 
 
 CHUNKED = r"""

@@ -235,7 +235,6 @@ def quant_dequantize(
     packed_bits: Optional[int],
     signed: bool,
     length: int,
-    arith: str,
     f64_out: bool,
     device: str = ...,
 ) -> npt.NDArray[np.float32] | npt.NDArray[np.float64]: ...

@@ -1180,6 +1180,6 @@ def _decode_int(ck: _Checkpoint, name: str, meta: Dict[str, Any], codes: np.ndar
         else:
             c = flat[r0 * cols * width // 8 : -(-r1 * cols * width // 8)]
         y = _core.quant_dequantize(c, spec, sc[sl], zp[sl], packed_bits=width, signed=bool(meta["signed"]),
-                                   length=(r1 - r0) * cols, arith=meta.get("arith", "divide"), f64_out=False,
+                                   length=(r1 - r0) * cols, f64_out=False,
                                    device=device)
         w.write(name, r0 * cols * out_dt.itemsize, y.astype(out_dt))

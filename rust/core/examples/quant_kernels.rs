@@ -73,7 +73,7 @@ fn main() {
             _ => unreachable!(),
         };
         let td = best(10, || {
-            quant::dequantize(cref, &part, &scale, &zp, opts.arith, false).unwrap();
+            quant::dequantize(cref, &part, &scale, &zp, false).unwrap();
         });
         let tf = best(10, || {
             quant::fake_quantize(Values::F32(&x), &part, &p, &opts).unwrap();

@@ -186,19 +186,20 @@ fn normal_f32(s: f64) -> bool {
 }
 
 /// Per-part parameters `[lo, hi)` as the shader reads them.
-fn part_table(r: &Resolved, arith: Arith, lo: usize, hi: usize) -> Vec<[u32; 8]> {
+fn part_table(r: &Resolved<'_>, arith: Arith, lo: usize, hi: usize) -> Vec<[u32; 8]> {
     (lo..hi)
         .map(|j| {
             let mult = match arith {
-                Arith::Divide => (r.s[j] as f32).to_bits(),
-                Arith::Reciprocal32 => r.a32[j].to_bits(),
+                Arith::Divide => (r.s(j) as f32).to_bits(),
+                Arith::Reciprocal32 => r.a32(j).to_bits(),
             };
+            let (qmin, qmax) = r.bounds(j);
             [
                 mult,
-                r.zp[j] as i32 as u32,
-                r.lo[j] as i32 as u32,
-                r.hi[j] as i32 as u32,
-                (r.s[j] as f32).to_bits(),
+                r.zp(j) as u32,
+                qmin as u32,
+                qmax as u32,
+                (r.s(j) as f32).to_bits(),
                 0,
                 0,
                 0,
@@ -237,14 +238,9 @@ fn pairs(v: &[u16]) -> Vec<u32> {
 
 /// Whether [`quantize`] / [`fake_quantize`] with these arguments run on
 /// the GPU (otherwise they run the CPU kernels); errors are the core's.
-pub fn runs_on_gpu(
-    x: Values<'_>,
-    partition: &Partition<'_>,
-    params: &QParams<'_>,
-    opts: &Options,
-) -> Result<bool> {
+pub fn runs_on_gpu(x: Values<'_>, partition: &Partition<'_>, params: &QParams<'_>) -> Result<bool> {
     let plan = Plan::new(partition, x.len())?;
-    let r = Resolved::new(&plan, params, opts.arith)?;
+    let r = Resolved::new(&plan, params)?;
     Ok(quant_plan(&x, &plan, &r).is_some())
 }
 
@@ -253,7 +249,7 @@ pub fn runs_on_gpu(
 fn quant_plan<'a>(
     x: &Values<'_>,
     plan: &'a Plan<'a>,
-    r: &Resolved,
+    r: &Resolved<'_>,
 ) -> Option<(Layout<'a>, Vec<(usize, usize, usize, usize)>)> {
     if matches!(x, Values::F64(_)) || !r.fast32 {
         return None;
@@ -277,7 +273,7 @@ fn quant_chunk(
     gpu: &Gpu,
     layout: &Layout<'_>,
     x: &Values<'_>,
-    r: &Resolved,
+    r: &Resolved<'_>,
     opts: &Options,
     (start, end, lo, hi): (usize, usize, usize, usize),
     width: u32,
@@ -312,7 +308,7 @@ pub fn quantize(
 ) -> Result<(Codes, u64)> {
     let gpu = context()?;
     let plan = Plan::new(partition, x.len())?;
-    let r = Resolved::new(&plan, params, opts.arith)?;
+    let r = Resolved::new(&plan, params)?;
     quant::check_code_type(params, code_type)?;
     let Some((layout, chunks)) = quant_plan(&x, &plan, &r) else {
         return Ok(quant::quantize(x, partition, params, code_type, opts)?);
@@ -392,7 +388,7 @@ pub fn fake_quantize(
 ) -> Result<(Rounded, u64)> {
     let gpu = context()?;
     let plan = Plan::new(partition, x.len())?;
-    let r = Resolved::new(&plan, params, opts.arith)?;
+    let r = Resolved::new(&plan, params)?;
     let Some((layout, chunks)) = quant_plan(&x, &plan, &r) else {
         return Ok(quant::fake_quantize(x, partition, params, opts)?);
     };
@@ -424,13 +420,12 @@ pub fn dequantize(
     partition: &Partition<'_>,
     scale: &[f64],
     zero_point: &[i32],
-    arith: Arith,
     f64_out: bool,
 ) -> Result<Rounded> {
     let gpu = context()?;
-    let (plan, r) = quant::dequantize_plan(codes, partition, scale, zero_point, arith)?;
-    let cpu = || quant::dequantize(codes, partition, scale, zero_point, arith, f64_out);
-    if !r.s.iter().all(|&s| normal_f32(s)) {
+    let (plan, r) = quant::dequantize_plan(codes, partition, scale, zero_point)?;
+    let cpu = || quant::dequantize(codes, partition, scale, zero_point, f64_out);
+    if !scale.iter().all(|&s| normal_f32(s)) {
         return Ok(cpu()?);
     }
     let Some(layout) = Layout::new(&plan) else {
@@ -473,7 +468,8 @@ pub fn dequantize(
                 &gpu.upload(data),
                 &layout.ids(gpu, start, end),
                 &axes,
-                &gpu.upload(&part_table(&r, arith, lo, hi)),
+                // dequantization reads s and b only, not the multiplier
+                &gpu.upload(&part_table(&r, Arith::Divide, lo, hi)),
                 &out,
                 &counter,
             ],

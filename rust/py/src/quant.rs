@@ -384,7 +384,7 @@ pub enum CodeArray<'py> {
 
 /// s·(n − b) of codes (float32, or float64 with f64_out).
 #[pyfunction]
-#[pyo3(signature = (codes, partition, scale, zero_point, *, packed_bits, signed, length, arith, f64_out, device="cpu"))]
+#[pyo3(signature = (codes, partition, scale, zero_point, *, packed_bits, signed, length, f64_out, device="cpu"))]
 #[allow(clippy::too_many_arguments)]
 pub fn quant_dequantize<'py>(
     py: Python<'py>,
@@ -395,7 +395,6 @@ pub fn quant_dequantize<'py>(
     packed_bits: Option<u32>,
     signed: bool,
     length: usize,
-    arith: &str,
     f64_out: bool,
     device: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
@@ -417,16 +416,15 @@ pub fn quant_dequantize<'py>(
         (CodeArray::I32(a), None) => CodesRef::I32(slice(a, "codes")?),
     };
     let (s, b) = (slice(&scale, "scale")?, slice(&zero_point, "zero_point")?);
-    let ar = self::arith(arith)?;
     let y = if on_gpu(device)? {
-        py.detach(|| quantdrift_gpu::quant::dequantize(c, &part, s, b, ar, f64_out))
+        py.detach(|| quantdrift_gpu::quant::dequantize(c, &part, s, b, f64_out))
             .map_err(gpu_error)?
     } else if f64_out {
-        py.detach(|| quant::dequantize(c, &part, s, b, ar, f64_out))
+        py.detach(|| quant::dequantize(c, &part, s, b, f64_out))
             .map_err(Error)?
     } else {
         let mut out = Buffer::<f32>::new(c.len());
-        py.detach(|| quant::dequantize_into(c, &part, s, b, ar, &mut out))
+        py.detach(|| quant::dequantize_into(c, &part, s, b, &mut out))
             .map_err(Error)?;
         return Ok(buffer_into_pyarray(py, out)?.into_any());
     };

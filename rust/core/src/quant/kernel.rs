@@ -124,6 +124,8 @@ pub trait Scaled: Copy + Send + Sync {
     fn scaled(x: f64, a: f64) -> f64;
     /// The multiplier `a` of a part with scale `scale`.
     fn multiplier(scale: f64) -> f64;
+    /// The multiplier of element `i` of a block.
+    fn multiplier_of<P: Params>(p: &P, i: usize) -> f64;
     /// Whether the float32 fast path only approximates this arithmetic (and
     /// must check for near-boundary quotients).
     const CHECK: bool;
@@ -142,6 +144,10 @@ impl Scaled for Divide {
     fn multiplier(scale: f64) -> f64 {
         scale
     }
+    #[inline(always)]
+    fn multiplier_of<P: Params>(p: &P, i: usize) -> f64 {
+        p.s(i)
+    }
 }
 
 /// x · fl32(1/s) in float32 (torch's `quantize_per_channel`, torchao's
@@ -157,6 +163,10 @@ impl Scaled for Reciprocal32 {
     fn multiplier(scale: f64) -> f64 {
         (1.0 / scale as f32) as f64
     }
+    #[inline(always)]
+    fn multiplier_of<P: Params>(p: &P, i: usize) -> f64 {
+        p.a32(i) as f64
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -165,15 +175,13 @@ impl Scaled for Reciprocal32 {
 
 /// Per-element parameters of a block.
 pub trait Params {
-    /// Multiplier of x (see [`Scaled`]).
-    fn a(&self, i: usize) -> f64;
     /// Zero-point b_j.
     fn zp(&self, i: usize) -> f64;
     /// Lower clip bound.
     fn lo(&self, i: usize) -> f64;
     /// Upper clip bound.
     fn hi(&self, i: usize) -> f64;
-    /// Scale s_j (for dequantization).
+    /// Scale s_j.
     fn s(&self, i: usize) -> f64;
     /// fl32(1/s_j).
     fn a32(&self, i: usize) -> f32;
@@ -190,7 +198,6 @@ pub trait Params {
 /// One part's parameters for every element.
 #[derive(Clone, Copy)]
 pub struct Const {
-    a: f64,
     zp: f64,
     lo: f64,
     hi: f64,
@@ -204,27 +211,24 @@ pub struct Const {
 
 impl Const {
     #[inline(always)]
-    fn of(r: &Resolved, j: usize) -> Const {
+    fn of(r: &Resolved<'_>, j: usize) -> Const {
+        let (s, zp) = (r.s(j), r.zp(j));
+        let (lo, hi) = r.bounds(j);
         Const {
-            a: r.a[j],
-            zp: r.zp[j],
-            lo: r.lo[j],
-            hi: r.hi[j],
-            s: r.s[j],
-            a32: r.a32[j],
-            zp32: r.zp[j] as f32,
-            lo32: r.lo[j] as f32,
-            hi32: r.hi[j] as f32,
-            s32: r.s[j] as f32,
+            zp: zp as f64,
+            lo: lo as f64,
+            hi: hi as f64,
+            s,
+            a32: r.a32(j),
+            zp32: zp as f32,
+            lo32: lo as f32,
+            hi32: hi as f32,
+            s32: s as f32,
         }
     }
 }
 
 impl Params for Const {
-    #[inline(always)]
-    fn a(&self, _: usize) -> f64 {
-        self.a
-    }
     #[inline(always)]
     fn zp(&self, _: usize) -> f64 {
         self.zp
@@ -263,52 +267,65 @@ impl Params for Const {
     }
 }
 
-/// Parameters gathered through part ids.
+/// Parameters gathered through part ids (plans without runs, for which
+/// [`Resolved`] keeps fl32(1/s) per part).
 pub struct Gather<'a> {
     ids: &'a [u32],
-    r: &'a Resolved,
+    r: &'a Resolved<'a>,
+    a32: &'a [f32],
+}
+
+impl<'a> Gather<'a> {
+    #[inline(always)]
+    fn new(ids: &'a [u32], r: &'a Resolved<'a>) -> Gather<'a> {
+        Gather {
+            ids,
+            r,
+            a32: r.a32_table(),
+        }
+    }
+    #[inline(always)]
+    fn j(&self, i: usize) -> usize {
+        self.ids[i] as usize
+    }
 }
 
 impl Params for Gather<'_> {
     #[inline(always)]
-    fn a(&self, i: usize) -> f64 {
-        self.r.a[self.ids[i] as usize]
-    }
-    #[inline(always)]
     fn zp(&self, i: usize) -> f64 {
-        self.r.zp[self.ids[i] as usize]
+        self.r.zp(self.j(i)) as f64
     }
     #[inline(always)]
     fn lo(&self, i: usize) -> f64 {
-        self.r.lo[self.ids[i] as usize]
+        self.r.bounds(self.j(i)).0 as f64
     }
     #[inline(always)]
     fn hi(&self, i: usize) -> f64 {
-        self.r.hi[self.ids[i] as usize]
+        self.r.bounds(self.j(i)).1 as f64
     }
     #[inline(always)]
     fn s(&self, i: usize) -> f64 {
-        self.r.s[self.ids[i] as usize]
+        self.r.s(self.j(i))
     }
     #[inline(always)]
     fn a32(&self, i: usize) -> f32 {
-        self.r.a32[self.ids[i] as usize]
+        self.a32[self.j(i)]
     }
     #[inline(always)]
     fn zp32(&self, i: usize) -> f32 {
-        self.r.zp[self.ids[i] as usize] as f32
+        self.r.zp(self.j(i)) as f32
     }
     #[inline(always)]
     fn lo32(&self, i: usize) -> f32 {
-        self.r.lo[self.ids[i] as usize] as f32
+        self.r.bounds(self.j(i)).0 as f32
     }
     #[inline(always)]
     fn hi32(&self, i: usize) -> f32 {
-        self.r.hi[self.ids[i] as usize] as f32
+        self.r.bounds(self.j(i)).1 as f32
     }
     #[inline(always)]
     fn s32(&self, i: usize) -> f32 {
-        self.r.s[self.ids[i] as usize] as f32
+        self.r.s(self.j(i)) as f32
     }
 }
 
@@ -330,7 +347,7 @@ fn quantize_block<R: Round, A: Scaled, P: Params>(
     let mut clipped = 0u32;
     let n = x.len().min(codes.len());
     for i in 0..n {
-        let t = A::scaled(x[i], p.a(i));
+        let t = A::scaled(x[i], A::multiplier_of(p, i));
         let q = R::round(t, key, index0 + i as u64) + p.zp(i);
         let (lo, hi) = (p.lo(i), p.hi(i));
         clipped += ((q < lo) | (q > hi)) as u32;
@@ -597,7 +614,7 @@ impl<F: OutFloat> Sink for DeqSink<'_, F> {
 struct QuantChunk<'a, R, A, S> {
     x: Values<'a>,
     plan: &'a Plan<'a>,
-    r: &'a Resolved,
+    r: &'a Resolved<'a>,
     key: [u32; 2],
     start: usize,
     end: usize,
@@ -616,6 +633,7 @@ impl<R: Round, A: Scaled, S: Sink> Kernel for QuantChunk<'_, R, A, S> {
         let mut clipped = 0u64;
         let fast = R::FAST32 && self.r.fast32 && !matches!(self.x, Values::F64(_));
         let mut pos = self.start;
+        let mut segments = self.plan.has_segments().then(|| self.plan.segments(pos));
         while pos < self.end {
             let n = BLOCK.min(self.end - pos);
             // float32 input is read in place; 16-bit input is widened.
@@ -631,10 +649,10 @@ impl<R: Round, A: Scaled, S: Sink> Kernel for QuantChunk<'_, R, A, S> {
                 }
             };
             let off = pos - self.start;
-            if self.plan.has_segments() {
+            if let Some(segments) = &mut segments {
                 let mut done = 0;
                 while done < n {
-                    let (j, len) = self.plan.segment(pos + done, n - done);
+                    let (j, len) = segments.next(n - done);
                     let p = Const::of(self.r, j);
                     let seg = done..done + len;
                     clipped += self.codes(
@@ -650,10 +668,7 @@ impl<R: Round, A: Scaled, S: Sink> Kernel for QuantChunk<'_, R, A, S> {
                 }
             } else {
                 self.plan.parts_of(pos, &mut ids[..n]);
-                let p = Gather {
-                    ids: &ids[..n],
-                    r: self.r,
-                };
+                let p = Gather::new(&ids[..n], self.r);
                 clipped += self.codes(fast, pos, x32, &mut xb[..n], &p, &mut cb[..n]);
                 self.sink.segment(off, &cb[..n], &p);
             }
@@ -693,7 +708,7 @@ fn run_chunk<S: Sink>(
     opts: &Options,
     x: Values<'_>,
     plan: &Plan<'_>,
-    r: &Resolved,
+    r: &Resolved<'_>,
     start: usize,
     end: usize,
     sink: S,
@@ -757,7 +772,7 @@ fn ints_into<T: CodeInt>(
     opts: &Options,
     x: Values<'_>,
     plan: &Plan<'_>,
-    r: &Resolved,
+    r: &Resolved<'_>,
     out: &mut [T],
 ) -> u64 {
     out.par_chunks_mut(CHUNK)
@@ -774,7 +789,7 @@ fn ints_into<T: CodeInt>(
 pub fn quantize_into(
     x: Values<'_>,
     plan: &Plan<'_>,
-    r: &Resolved,
+    r: &Resolved<'_>,
     opts: &Options,
     out: CodesMut<'_>,
 ) -> u64 {
@@ -804,7 +819,7 @@ pub fn quantize_into(
 pub fn fake_quantize<F: OutFloat>(
     x: Values<'_>,
     plan: &Plan<'_>,
-    r: &Resolved,
+    r: &Resolved<'_>,
     opts: &Options,
 ) -> (Vec<F>, u64) {
     let mut out = crate::lowp::output::<F>(x.len());
@@ -817,7 +832,7 @@ pub fn fake_quantize<F: OutFloat>(
 pub fn fake_quantize_into<F: OutFloat>(
     x: Values<'_>,
     plan: &Plan<'_>,
-    r: &Resolved,
+    r: &Resolved<'_>,
     opts: &Options,
     out: &mut [F],
 ) -> u64 {
@@ -839,7 +854,7 @@ pub fn fake_quantize_into<F: OutFloat>(
 struct DeqChunk<'a, F> {
     codes: CodesRef<'a>,
     plan: &'a Plan<'a>,
-    r: &'a Resolved,
+    r: &'a Resolved<'a>,
     start: usize,
     out: &'a mut [F],
     /// Write float32 output with non-temporal stores (large outputs).
@@ -890,6 +905,7 @@ impl<F: OutFloat> Kernel for DeqChunk<'_, F> {
         let fast = F::IS_F32 && self.r.fast32 && !matches!(self.codes, CodesRef::I32(_));
         let stream = self.stream && F::IS_F32;
         let mut pos = self.start;
+        let mut segments = self.plan.has_segments().then(|| self.plan.segments(pos));
         while pos < end {
             let n = BLOCK.min(end - pos);
             load_codes(&self.codes, pos, &mut cb[..n]);
@@ -900,10 +916,10 @@ impl<F: OutFloat> Kernel for DeqChunk<'_, F> {
             } else {
                 &mut self.out[off..off + n]
             };
-            if self.plan.has_segments() {
+            if let Some(segments) = &mut segments {
                 let mut done = 0;
                 while done < n {
-                    let (j, len) = self.plan.segment(pos + done, n - done);
+                    let (j, len) = segments.next(n - done);
                     let out = &mut dst[done..done + len];
                     let p = Const::of(self.r, j);
                     if fast {
@@ -915,10 +931,7 @@ impl<F: OutFloat> Kernel for DeqChunk<'_, F> {
                 }
             } else {
                 self.plan.parts_of(pos, &mut ids[..n]);
-                let p = Gather {
-                    ids: &ids[..n],
-                    r: self.r,
-                };
+                let p = Gather::new(&ids[..n], self.r);
                 if fast {
                     dequantize_block32(&cb[..n], &p, dst);
                 } else {
@@ -944,7 +957,7 @@ impl<F: OutFloat> Kernel for DeqChunk<'_, F> {
 }
 
 /// s·(n − b) for every code.
-pub fn dequantize<F: OutFloat>(codes: CodesRef<'_>, plan: &Plan<'_>, r: &Resolved) -> Vec<F> {
+pub fn dequantize<F: OutFloat>(codes: CodesRef<'_>, plan: &Plan<'_>, r: &Resolved<'_>) -> Vec<F> {
     let mut out = crate::lowp::output::<F>(plan.len);
     dequantize_into(codes, plan, r, &mut out);
     out
@@ -954,7 +967,7 @@ pub fn dequantize<F: OutFloat>(codes: CodesRef<'_>, plan: &Plan<'_>, r: &Resolve
 pub fn dequantize_into<F: OutFloat>(
     codes: CodesRef<'_>,
     plan: &Plan<'_>,
-    r: &Resolved,
+    r: &Resolved<'_>,
     out: &mut [F],
 ) {
     crate::threads::init_pool();

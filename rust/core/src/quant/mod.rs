@@ -95,82 +95,169 @@ pub struct QParams<'a> {
     pub qmax: &'a [i32],
 }
 
-/// Parameters resolved for the kernels (float64 per part).
+/// Per-part parameters as the kernels read them: the caller's arrays,
+/// checked, read in place (a copy per part costs more than the kernel for
+/// 10^5 small groups), plus fl32(1/s) per part where the kernels gather
+/// parameters element by element.
 #[derive(Debug, Clone)]
-pub struct Resolved {
-    /// Multiplier of x (scale, or float32 reciprocal).
-    pub a: Vec<f64>,
-    /// Zero-points.
-    pub zp: Vec<f64>,
-    /// Lower bounds.
-    pub lo: Vec<f64>,
-    /// Upper bounds.
-    pub hi: Vec<f64>,
-    /// Scales.
-    pub s: Vec<f64>,
-    /// fl32(1/s) per part.
-    pub a32: Vec<f32>,
+pub struct Resolved<'a> {
+    scale: &'a [f64],
+    zero_point: &'a [i32],
+    /// Clip bounds per part; both empty when unbounded (dequantization).
+    qmin: &'a [i32],
+    qmax: &'a [i32],
+    /// fl32(1/s) per part when the plan has no runs of one part (labels,
+    /// one part per column); otherwise empty, and each run divides once.
+    a32: Vec<f32>,
     /// Whether the float32 fast paths apply: every scale is a float32 in
     /// [2^−126, 2^126] (so its reciprocal is a normal float32 too) and every
     /// zero-point and bound lies within ±2^23.
     pub fast32: bool,
 }
 
-impl Resolved {
-    /// Checks `p` against `plan` and resolves it for `arith`.
-    pub fn new(plan: &Plan<'_>, p: &QParams<'_>, arith: Arith) -> Result<Resolved> {
-        let k = plan.parts;
-        for (name, len) in [
-            ("scale", p.scale.len()),
-            ("zero_point", p.zero_point.len()),
-            ("qmin", p.qmin.len()),
-            ("qmax", p.qmax.len()),
-        ] {
-            if len != k {
-                return Err(CoreError::Shape(format!(
-                    "{name} has {len} values but the partition has {k} parts (grid {:?})",
-                    plan.grid()
-                )));
-            }
-        }
-        if let Some(j) = p.scale.iter().position(|&s| !(s > 0.0 && s.is_finite())) {
+impl<'a> Resolved<'a> {
+    /// Checks `p` against `plan` and resolves it.
+    pub fn new(plan: &Plan<'_>, p: &QParams<'a>) -> Result<Resolved<'a>> {
+        check_lengths(
+            plan,
+            &[
+                ("scale", p.scale.len()),
+                ("zero_point", p.zero_point.len()),
+                ("qmin", p.qmin.len()),
+                ("qmax", p.qmax.len()),
+            ],
+        )?;
+        let bounds_small =
+            all_of(p.qmin, within_f32_integers) && all_of(p.qmax, within_f32_integers);
+        Resolved::build(plan, p.scale, p.zero_point, (p.qmin, p.qmax), bounds_small)
+    }
+
+    /// Scales and zero-points without clip bounds (dequantization).
+    pub fn unbounded(
+        plan: &Plan<'_>,
+        scale: &'a [f64],
+        zero_point: &'a [i32],
+    ) -> Result<Resolved<'a>> {
+        check_lengths(
+            plan,
+            &[("scale", scale.len()), ("zero_point", zero_point.len())],
+        )?;
+        Resolved::build(plan, scale, zero_point, (&[], &[]), true)
+    }
+
+    fn build(
+        plan: &Plan<'_>,
+        scale: &'a [f64],
+        zero_point: &'a [i32],
+        (qmin, qmax): (&'a [i32], &'a [i32]),
+        bounds_small: bool,
+    ) -> Result<Resolved<'a>> {
+        // The checks run as branch-free folds (vectorised: they see every
+        // part of 10^5-group tensors on every call); a failure is then
+        // located for its message.
+        let bad_scale = |s: &f64| !(*s > 0.0 && s.is_finite());
+        if !all_of(scale, |s| !bad_scale(s)) {
+            let j = scale.iter().position(bad_scale).unwrap_or(0);
             return Err(CoreError::Value(format!(
                 "scale of part {j} is {}; scales must be positive and finite",
-                p.scale[j]
+                scale[j]
             )));
         }
-        if let Some(j) = (0..k).find(|&j| p.qmin[j] > p.qmax[j]) {
+        if qmin
+            .iter()
+            .zip(qmax)
+            .fold(false, |any, (a, b)| any | (a > b))
+        {
+            let j = (0..qmin.len()).find(|&j| qmin[j] > qmax[j]).unwrap_or(0);
             return Err(CoreError::Value(format!(
                 "part {j}: qmin {} > qmax {}",
-                p.qmin[j], p.qmax[j]
+                qmin[j], qmax[j]
             )));
         }
-        let a = match arith {
-            Arith::Divide => p.scale.to_vec(),
-            Arith::Reciprocal32 => p
-                .scale
-                .iter()
-                .map(|&s| (1.0f32 / s as f32) as f64)
-                .collect(),
+        let (lo, hi) = (f32::MIN_POSITIVE as f64, 2f64.powi(126));
+        let fast32 = bounds_small
+            && all_of(zero_point, within_f32_integers)
+            && all_of(scale, |s| {
+                (*s as f32 as f64 == *s) & (*s >= lo) & (*s <= hi)
+            });
+        let a32 = if plan.has_segments() {
+            Vec::new()
+        } else {
+            scale.iter().map(|&s| 1.0f32 / s as f32).collect()
         };
-        let s = p.scale.to_vec();
-        let a32: Vec<f32> = p.scale.iter().map(|&s| 1.0f32 / s as f32).collect();
-        let small = |v: &i32| (v.unsigned_abs()) <= 1 << 23;
-        let fast32 = p.scale.iter().all(|&s| {
-            s as f32 as f64 == s && (f32::MIN_POSITIVE as f64..=2f64.powi(126)).contains(&s)
-        }) && p.zero_point.iter().all(small)
-            && p.qmin.iter().all(small)
-            && p.qmax.iter().all(small);
         Ok(Resolved {
+            scale,
+            zero_point,
+            qmin,
+            qmax,
             a32,
             fast32,
-            a,
-            zp: p.zero_point.iter().map(|&b| b as f64).collect(),
-            lo: p.qmin.iter().map(|&v| v as f64).collect(),
-            hi: p.qmax.iter().map(|&v| v as f64).collect(),
-            s,
         })
     }
+
+    /// s_j.
+    #[inline(always)]
+    pub fn s(&self, j: usize) -> f64 {
+        self.scale[j]
+    }
+
+    /// b_j.
+    #[inline(always)]
+    pub fn zp(&self, j: usize) -> i32 {
+        self.zero_point[j]
+    }
+
+    /// (qmin_j, qmax_j); the whole int32 range when unbounded.
+    #[inline(always)]
+    pub fn bounds(&self, j: usize) -> (i32, i32) {
+        if self.qmin.is_empty() {
+            (i32::MIN, i32::MAX)
+        } else {
+            (self.qmin[j], self.qmax[j])
+        }
+    }
+
+    /// fl32(1/s_j): the float32 multiplier of the reciprocal arithmetic and
+    /// of the float32 fast path.
+    #[inline(always)]
+    pub fn a32(&self, j: usize) -> f32 {
+        match self.a32.get(j) {
+            Some(&a) => a,
+            None => 1.0f32 / self.scale[j] as f32,
+        }
+    }
+
+    /// fl32(1/s_j) from the per-part table, which exists exactly where the
+    /// plan has no runs (see [`Plan::has_segments`]).
+    #[inline(always)]
+    pub(crate) fn a32_table(&self) -> &[f32] {
+        &self.a32
+    }
+}
+
+/// Whether `ok` holds for every value, without an early exit (so that the
+/// loop vectorises).
+fn all_of<T>(values: &[T], ok: impl Fn(&T) -> bool) -> bool {
+    values.iter().fold(true, |all, v| all & ok(v))
+}
+
+/// An integer that float32 holds exactly with room to add another such
+/// (|v| ≤ 2^23).
+fn within_f32_integers(v: &i32) -> bool {
+    v.unsigned_abs() <= 1 << 23
+}
+
+fn check_lengths(plan: &Plan<'_>, arrays: &[(&str, usize)]) -> Result<()> {
+    let k = plan.parts;
+    for &(name, len) in arrays {
+        if len != k {
+            return Err(CoreError::Shape(format!(
+                "{name} has {len} values but the partition has {k} parts (grid {:?})",
+                plan.grid()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Quantized codes in their container.
@@ -410,7 +497,7 @@ pub fn quantize_into(
     out: CodesMut<'_>,
 ) -> Result<u64> {
     let plan = Plan::new(partition, x.len())?;
-    let r = Resolved::new(&plan, params, opts.arith)?;
+    let r = Resolved::new(&plan, params)?;
     check_code_type(params, out.code_type())?;
     out.check_holds(x.len())?;
     Ok(kernel::quantize_into(x, &plan, &r, opts, out))
@@ -505,7 +592,7 @@ pub fn quantize_calibrated_into(
                 qmin,
                 qmax,
             };
-            let r = Resolved::new(&sub, &params, opts.arith)?;
+            let r = Resolved::new(&sub, &params)?;
             Ok(kernel::quantize_into(xs, &sub, &r, opts, piece))
         })
         .collect::<Result<Vec<u64>>>()?
@@ -541,7 +628,7 @@ pub fn fake_quantize(
     opts: &Options,
 ) -> Result<(Rounded, u64)> {
     let plan = Plan::new(partition, x.len())?;
-    let r = Resolved::new(&plan, params, opts.arith)?;
+    let r = Resolved::new(&plan, params)?;
     Ok(match x {
         Values::F64(_) => {
             let (y, k) = kernel::fake_quantize::<f64>(x, &plan, &r, opts);
@@ -578,7 +665,7 @@ pub fn fake_quantize_into(
         )));
     }
     let plan = Plan::new(partition, x.len())?;
-    let r = Resolved::new(&plan, params, opts.arith)?;
+    let r = Resolved::new(&plan, params)?;
     Ok(kernel::fake_quantize_into::<f32>(x, &plan, &r, opts, out))
 }
 
@@ -589,10 +676,9 @@ pub fn dequantize_into(
     partition: &Partition<'_>,
     scale: &[f64],
     zero_point: &[i32],
-    arith: Arith,
     out: &mut [f32],
 ) -> Result<()> {
-    let (plan, r) = dequantize_plan(codes, partition, scale, zero_point, arith)?;
+    let (plan, r) = dequantize_plan(codes, partition, scale, zero_point)?;
     if out.len() != plan.len {
         return Err(CoreError::Shape(format!(
             "the output buffer holds {} values, there are {} codes",
@@ -604,17 +690,17 @@ pub fn dequantize_into(
     Ok(())
 }
 
-/// Q̃(codes) = s·(n − b) as float32, or float64 with `f64_out`. With
-/// [`Arith::Reciprocal32`] the scales are first rounded to float32.
+/// Q̃(codes) = s·(n − b) as float32, or float64 with `f64_out`: the
+/// float64 product rounded once (the scales as given; how codes were
+/// formed does not matter here).
 pub fn dequantize(
     codes: CodesRef<'_>,
     partition: &Partition<'_>,
     scale: &[f64],
     zero_point: &[i32],
-    arith: Arith,
     f64_out: bool,
 ) -> Result<Rounded> {
-    let (plan, r) = dequantize_plan(codes, partition, scale, zero_point, arith)?;
+    let (plan, r) = dequantize_plan(codes, partition, scale, zero_point)?;
     Ok(if f64_out {
         Rounded::F64(kernel::dequantize::<f64>(codes, &plan, &r))
     } else {
@@ -625,22 +711,14 @@ pub fn dequantize(
 /// The checks [`dequantize`] makes and the plan and per-part parameters it
 /// runs on (shared with the GPU kernel). Dequantization has no code range,
 /// so the parts' ranges are unbounded.
-pub fn dequantize_plan<'a>(
+pub fn dequantize_plan<'a, 'p>(
     codes: CodesRef<'_>,
     partition: &Partition<'a>,
-    scale: &[f64],
-    zero_point: &[i32],
-    arith: Arith,
-) -> Result<(Plan<'a>, Resolved)> {
+    scale: &'p [f64],
+    zero_point: &'p [i32],
+) -> Result<(Plan<'a>, Resolved<'p>)> {
     let plan = Plan::new(partition, codes.len())?;
-    let (lo, hi) = (vec![i32::MIN; scale.len()], vec![i32::MAX; scale.len()]);
-    let params = QParams {
-        scale,
-        zero_point,
-        qmin: &lo,
-        qmax: &hi,
-    };
-    let r = Resolved::new(&plan, &params, arith)?;
+    let r = Resolved::unbounded(&plan, scale, zero_point)?;
     check_codes(codes)?;
     Ok((plan, r))
 }
@@ -958,12 +1036,10 @@ mod tests {
             .collect();
         let zp: Vec<i32> = (0..k).map(|j| (j % 5) as i32 - 2).collect();
         let c = CodesRef::I8(&codes);
-        let Rounded::F32(y) = dequantize(c, &part, &scale, &zp, Arith::Divide, false).unwrap()
-        else {
+        let Rounded::F32(y) = dequantize(c, &part, &scale, &zp, false).unwrap() else {
             panic!()
         };
-        let Rounded::F64(y64) = dequantize(c, &part, &scale, &zp, Arith::Divide, true).unwrap()
-        else {
+        let Rounded::F64(y64) = dequantize(c, &part, &scale, &zp, true).unwrap() else {
             panic!()
         };
         assert!(y.iter().zip(&y64).all(|(a, b)| *a == *b as f32));
@@ -1044,16 +1120,14 @@ mod tests {
         assert_eq!(y, want);
         assert!(fake_quantize_into(xs, &part, &qp, &o, &mut y[1..]).is_err());
 
-        let Rounded::F32(want) =
-            dequantize(CodesRef::I8(&got), &part, &scale, &zp, o.arith, false).unwrap()
+        let Rounded::F32(want) = dequantize(CodesRef::I8(&got), &part, &scale, &zp, false).unwrap()
         else {
             panic!()
         };
         let mut y = vec![f32::NAN; x.len()];
-        dequantize_into(CodesRef::I8(&got), &part, &scale, &zp, o.arith, &mut y).unwrap();
+        dequantize_into(CodesRef::I8(&got), &part, &scale, &zp, &mut y).unwrap();
         assert_eq!(y, want);
-        let err = dequantize_into(CodesRef::I8(&got), &part, &scale, &zp, o.arith, &mut y[1..])
-            .unwrap_err();
+        let err = dequantize_into(CodesRef::I8(&got), &part, &scale, &zp, &mut y[1..]).unwrap_err();
         assert!(
             err.to_string()
                 .contains("holds 999 values, there are 1000 codes"),
