@@ -36,17 +36,32 @@ PEERS = {
 NAMES = list(PEERS)
 
 
+# ml_dtypes before 0.7 rounded every float32 in (2^-127, 2^-126) up to
+# 2^-126 in float8_e8m0fnu, whatever its distance; 0.7 rounds to nearest,
+# as quantdrift does. With an older peer those inputs are left out.
+OLD_E8M0 = tuple(int(v) for v in ml_dtypes.__version__.split(".")[:2]) < (0, 7)
+
+
 def peer_codes(x: np.ndarray, name: str) -> np.ndarray:
     fmt = formats.FORMATS[name]
     with np.errstate(all="ignore"):
         return x.astype(PEERS[name]).view(np.uint8 if fmt.bits <= 8 else np.uint16)
 
 
+def comparable(x: np.ndarray, name: str) -> np.ndarray:
+    """Where the installed ml_dtypes is a valid peer for `name`."""
+    if not (OLD_E8M0 and name == "float8_e8m0fnu"):
+        return np.ones(x.shape, dtype=bool)
+    with np.errstate(all="ignore"):
+        a = np.abs(x.astype(np.float32))
+    return ~((a > np.float32(2.0**-127)) & (a < np.float32(2.0**-126)))
+
+
 def assert_codes_equal(x: np.ndarray, name: str, **kw) -> None:
     got = qd.encode(x, name, **kw)
     want = peer_codes(x, name)
     assert got.dtype == want.dtype
-    bad = np.flatnonzero(got != want)
+    bad = np.flatnonzero((got != want) & comparable(x, name))
     if bad.size:
         i = bad[0]
         raw = x.reshape(-1)[i]
@@ -109,7 +124,8 @@ def test_encode_every_16_bit_input(src, name):
     got = qd.round_to(x, name)
     with np.errstate(all="ignore"):
         want = x.astype(PEERS[name]).astype(np.float32)
-    np.testing.assert_array_equal(got, want)
+    keep = comparable(x, name)
+    np.testing.assert_array_equal(got[keep], want[keep])
 
 
 def random_f32_patterns(n: int, seed: int) -> np.ndarray:
@@ -362,7 +378,7 @@ def test_option_errors():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["float8_e4m3fn", "float8_e5m2", "float4_e2m1fn"])
+@pytest.mark.parametrize("name", ["float8_e4m3fn", "float8_e5m2", "float4_e2m1fn", "float8_e8m0fnu"])
 def test_exhaustive_every_float32_pattern(name):
     """Acceptance item 2: all 2^32 float32 bit patterns against ml_dtypes."""
     start = time.perf_counter()

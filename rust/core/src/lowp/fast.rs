@@ -151,9 +151,8 @@ pub fn encode_lane_e8m0(c: &Lanes, x: u32, rand: u32) -> u32 {
     };
     let bits: u32 = if sub { 22 } else { 23 };
     let half = 1u32 << (bits - 1);
-    // q = 1 is odd, so ties go up in both nearest modes; in (2^-127, 2^-126)
-    // ml_dtypes rounds everything above 2^-127 up (see the reference codec).
-    let nearest_inc = if sub { rem != 0 } else { rem >= half };
+    // q = 1 is odd, so ties go up in both nearest modes.
+    let nearest_inc = rem >= half;
     let directed_inc = (rem != 0) & (c.directed_neg == 0); // only positives get here
     let stoch_inc = rand < (rem << (32 - bits));
     let inc = (c.nearest & nearest_inc) | (c.directed & directed_inc) | (c.stochastic & stoch_inc);

@@ -255,9 +255,10 @@ impl LaneCode for E8m0Nearest {
         let a = x & 0x7fff_ffff;
         let field = a >> 23;
         let frac = a & 0x7f_ffff;
-        // Subnormal input: 2^-127 exactly stays code 0, anything above it
-        // rounds up (as in the reference); normal input rounds up from half.
-        let sub = (frac > 1 << 22) as u32;
+        // Subnormal input: code 1 (2^-126) from the midpoint 1.5 · 2^-127
+        // (frac = 3 · 2^21) up, else code 0 (2^-127, the smallest there is);
+        // normal input rounds up from half.
+        let sub = (frac >= 3 << 21) as u32;
         let normal = field + (frac >= 1 << 22) as u32;
         let code = if field == 0 { sub } else { normal };
         let code = if code > self.max_mag {

@@ -46,10 +46,6 @@ fn encode_f64_inner(codec: &Codec, v: f64, index: u64) -> u32 {
         return codec.inf_code[s];
     }
     let e8m0 = f.special == Special::E8m0;
-    let nearest = matches!(
-        codec.rounding,
-        Rounding::NearestEven | Rounding::NearestAway
-    );
     if e8m0 && (neg || v == 0.0) {
         return codec.nan_code[0]; // no zero and no sign: ml_dtypes gives NaN
     }
@@ -87,13 +83,7 @@ fn encode_f64_inner(codec: &Codec, v: f64, index: u64) -> u32 {
         } else {
             0
         };
-        let mut inc = increment(codec.rounding, q, rem, shift as u32, neg, rand);
-        if e8m0 && e_x == -127 && nearest {
-            // ml_dtypes rounds (2^-127, 2^-126) as multiples of 2^-126 with
-            // no zero: everything above 2^-127 goes up. Kept for bit-exactness.
-            inc = rem != 0;
-        }
-        n += inc as u64;
+        n += increment(codec.rounding, q, rem, shift as u32, neg, rand) as u64;
     }
     if e8m0 {
         // n is 1, or 2 after rounding up into the next power of two.

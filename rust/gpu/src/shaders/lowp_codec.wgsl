@@ -86,11 +86,6 @@ fn encode_finite(c: Codec, neg: u32, sig: vec2<u32>, k: i32, rand: u32) -> u32 {
             case 5u: { inc = rand < frac32; }
             default: { inc = false; }
         }
-        let nearest = c.rounding == ROUND_NEAREST_EVEN || c.rounding == ROUND_NEAREST_AWAY;
-        if e8m0 && e_x == -127 && nearest {
-            // ml_dtypes rounds (2^-127, 2^-126) up whatever the distance.
-            inc = nonzero;
-        }
         n = q + select(0u, 1u, inc);
     }
     if e8m0 {
