@@ -494,25 +494,74 @@ def test_errors_name_the_problem():
         qd.quantize(x, bits=1, qrange=(0, 1))
 
 
+@pytest.mark.parametrize("kind", ["per_axis", "labels"])
 @pytest.mark.parametrize("mode", ["nearest_even", "nearest_away", "toward_zero", "down", "up"])
-def test_near_ties_follow_exact_division(mode):
+def test_near_ties_follow_exact_division(mode, kind):
     # float32 inputs within an ulp of k + 1/2 (and of k) times awkward float32
     # scales: the kernels' float32 reciprocal shortcut must defer to x/s.
+    # Some k lie beyond the int8 range (near-ties there clip either way),
+    # and a labels partition takes the gathered-parameter path.
     rng = np.random.default_rng(21)
     n_parts, per = 64, 1024
     scale = rng.uniform(0.001, 3.0, size=n_parts).astype(np.float32)
-    k = rng.integers(-120, 120, size=(n_parts, per)).astype(np.float64)
+    k = rng.integers(-140, 140, size=(n_parts, per)).astype(np.float64)
     half = rng.integers(0, 2, size=(n_parts, per)) * 0.5
     x = ((k + half) * scale[:, None].astype(np.float64)).astype(np.float32)
     x = np.nextafter(x, x + rng.choice([-1.0, 0.0, 1.0], size=x.shape).astype(np.float32))
-    qt = qd.quantize(x, bits=8, partition=qd.per_axis(0), scale=scale, rounding=mode, pack=False)
-    ids = oracle_ids(x.shape, "per_axis", axis=0)
+    if kind == "labels":
+        # part ids interleaved across rows: each element of row j still in part j
+        perm = rng.permutation(n_parts * per)
+        x = x.reshape(-1)[perm].reshape(n_parts, per)
+        labels = np.repeat(np.arange(n_parts), per)[perm].reshape(n_parts, per)
+        part, ids = qd.labels(labels), oracle_ids(x.shape, "labels", ids=labels)
+    else:
+        part, ids = qd.per_axis(0), oracle_ids(x.shape, "per_axis", axis=0)
+    qt = qd.quantize(x, bits=8, partition=part, scale=scale, rounding=mode, pack=False)
+    want = oracle_quantize(x, ids, scale.astype(np.float64), np.zeros(n_parts, np.int64),
+                           np.full(n_parts, -128), np.full(n_parts, 127), mode)
+    assert (np.abs(want) >= 127).any()
+    np.testing.assert_array_equal(qt.codes.reshape(-1).astype(np.int64), want)
+    y = qd.fake_quantize(x, bits=8, partition=part, scale=scale, rounding=mode)
+    np.testing.assert_array_equal(y.reshape(-1), oracle_dequantize(want, ids, scale.astype(np.float64),
+                                                                  np.zeros(n_parts)).astype(np.float32))
+
+
+@pytest.mark.parametrize("kind", ["per_axis", "labels"])
+@pytest.mark.parametrize("mode", ["down", "up", "toward_zero"])
+def test_float32_shortcut_defers_where_it_would_round_the_wrong_way(mode, kind):
+    # Only inputs whose float32 product t = x·fl32(1/s) rounds otherwise
+    # than x/s without lying on a rounding boundary itself (an integer
+    # here; a boundary value sends its block to float64 anyway): each must
+    # be caught by the near-boundary tolerance. (In the nearest modes such
+    # products land exactly on the k + 1/2 boundary, so only the directed
+    # modes have them.)
+    rng = np.random.default_rng(33)
+    n_parts, per = 8, 512
+    scales, rows = [], []
+    while len(rows) < n_parts:
+        s = rng.uniform(0.001, 3.0, size=1).astype(np.float32)[0]
+        k = rng.integers(-127, 127, size=1 << 16).astype(np.float64)
+        x = (k * np.float64(s)).astype(np.float32)
+        for _ in range(2):
+            x = np.nextafter(x, x + rng.choice([-1.0, 1.0], size=x.shape).astype(np.float32))
+        t32 = (x * (np.float32(1) / s)).astype(np.float64)
+        exact = x.astype(np.float64) / np.float64(s)
+        hard = x[(oracle_round(t32, mode) != oracle_round(exact, mode)) & (t32 != np.round(t32))]
+        if hard.size >= per:
+            scales.append(s)
+            rows.append(hard[:per])
+    scale, x = np.array(scales, np.float32), np.stack(rows)
+    if kind == "labels":
+        perm = rng.permutation(x.size)
+        x = x.reshape(-1)[perm].reshape(x.shape)
+        labels = np.repeat(np.arange(n_parts), per)[perm].reshape(x.shape)
+        part, ids = qd.labels(labels), oracle_ids(x.shape, "labels", ids=labels)
+    else:
+        part, ids = qd.per_axis(0), oracle_ids(x.shape, "per_axis", axis=0)
+    qt = qd.quantize(x, bits=8, partition=part, scale=scale, rounding=mode, pack=False)
     want = oracle_quantize(x, ids, scale.astype(np.float64), np.zeros(n_parts, np.int64),
                            np.full(n_parts, -128), np.full(n_parts, 127), mode)
     np.testing.assert_array_equal(qt.codes.reshape(-1).astype(np.int64), want)
-    y = qd.fake_quantize(x, bits=8, partition=qd.per_axis(0), scale=scale, rounding=mode)
-    np.testing.assert_array_equal(y.reshape(-1), oracle_dequantize(want, ids, scale.astype(np.float64),
-                                                                  np.zeros(n_parts)).astype(np.float32))
 
 
 def test_recycled_outputs_of_quantize_and_dequantize_never_alias_live_arrays():

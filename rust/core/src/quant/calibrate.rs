@@ -575,7 +575,7 @@ impl crate::simd::Kernel for MinMaxRun<'_> {
     type Output = (f32, f32);
     #[inline(always)]
     fn run(self) -> (f32, f32) {
-        min_max_f32(&self.x, self.start, self.n)
+        min_max_f32(&self.x, self.start, self.n, &mut [0f32; BUF])
     }
 }
 
@@ -591,28 +591,54 @@ impl crate::simd::Kernel for MinMaxRuns<'_> {
     type Output = ();
     #[inline(always)]
     fn run(self) {
+        // One widening buffer for the batch: zeroing it per run cost as
+        // much as scanning a group of 128.
+        let mut buf = [0f32; BUF];
         for (j, o) in self.out.iter_mut().enumerate() {
-            *o = min_max_f32(&self.x, j * self.run, self.run);
+            *o = min_max_f32(&self.x, j * self.run, self.run, &mut buf);
         }
     }
 }
 
+/// Elements of 16-bit input widened at a time.
+const BUF: usize = super::kernel::BLOCK;
+
 /// Min and max of the finite values of `x[start..start + n]` (float32 or
-/// 16-bit input), in 16 lanes; inlined into each dispatched kernel.
+/// 16-bit input, widened through `buf`), in 16 lanes; inlined into each
+/// dispatched kernel.
 #[inline(always)]
-fn min_max_f32(x: &Values<'_>, start: usize, n: usize) -> (f32, f32) {
-    const B: usize = super::kernel::BLOCK;
-    let mut buf = [0f32; B];
+fn min_max_f32(x: &Values<'_>, start: usize, n: usize, buf: &mut [f32; BUF]) -> (f32, f32) {
+    // Plain compare-and-select skips NaN (the comparison is false) but
+    // keeps ±inf: a run that reaches an infinity is scanned again with the
+    // finiteness test, so finite data pays two instructions per vector.
+    let (lo, hi) = lanes_min_max::<false>(x, start, n, buf);
+    if lo == f32::NEG_INFINITY || hi == f32::INFINITY {
+        return lanes_min_max::<true>(x, start, n, buf);
+    }
+    (lo, hi)
+}
+
+#[inline(always)]
+fn lanes_min_max<const FINITE: bool>(
+    x: &Values<'_>,
+    start: usize,
+    n: usize,
+    buf: &mut [f32; BUF],
+) -> (f32, f32) {
     let mut lo = [f32::INFINITY; 16];
     let mut hi = [f32::NEG_INFINITY; 16];
     let mut pos = start;
     let end = start + n;
-    let mut take = |b: &[f32]| {
+    let mut take = |b: &[f32; 16]| {
         for l in 0..16 {
             let e = b[l];
-            let ok = e.abs() < f32::INFINITY;
-            lo[l] = if ok & (e < lo[l]) { e } else { lo[l] };
-            hi[l] = if ok & (e > hi[l]) { e } else { hi[l] };
+            let (el, eh) = if FINITE && !e.is_finite() {
+                (f32::INFINITY, f32::NEG_INFINITY)
+            } else {
+                (e, e)
+            };
+            lo[l] = if el < lo[l] { el } else { lo[l] };
+            hi[l] = if eh > hi[l] { eh } else { hi[l] };
         }
     };
     // float32 is read in place, whole lane groups first.
@@ -620,21 +646,21 @@ fn min_max_f32(x: &Values<'_>, start: usize, n: usize) -> (f32, f32) {
         let v = &v[start..end];
         let mut groups = v.chunks_exact(16);
         for b in &mut groups {
-            take(b);
+            take(b.try_into().unwrap());
         }
         pos = end - groups.remainder().len();
     }
     while pos < end {
-        let m = B.min(end - pos);
+        let m = BUF.min(end - pos);
         super::kernel::load32(x, pos, &mut buf[..m]);
-        // Pad to whole lane groups with +inf, which the finiteness test
-        // skips; a short run costs its own length, not a block's.
+        // Pad to whole lane groups with NaN, which both passes skip; a
+        // short run costs its own length, not a block's.
         let padded = m.next_multiple_of(16);
         for v in buf[m..padded].iter_mut() {
-            *v = f32::INFINITY;
+            *v = f32::NAN;
         }
         for b in buf[..padded].chunks_exact(16) {
-            take(b);
+            take(b.try_into().unwrap());
         }
         pos += m;
     }

@@ -38,28 +38,31 @@ pub trait Round: Copy + Send + Sync {
     const FAST32: bool = true;
     /// round(t) in float32 (deterministic modes only).
     fn round32(t: f32) -> f32;
-    /// Whether `t` (≈ x/s, off by at most |t|·2^−22) is so close to a
-    /// rounding boundary of this mode that the exact quotient could round
-    /// differently than `r = round32(t)`; `x` is the input.
-    fn near32(t: f32, r: f32, x: f32) -> bool;
-}
-
-/// |t|·2^−21: a bound on |x·fl32(1/s) − x/s| with room to spare.
-#[inline(always)]
-fn tolerance(t: f32) -> f32 {
-    t.abs() * (1.0 / 2_097_152.0)
+    /// How far `t` (≈ x/s) lies from the nearest rounding boundary of
+    /// this mode beyond `tol`, a bound on |t − x/s|: ≤ 0 when the exact
+    /// quotient could round otherwise than `r = round32(t)`; NaN when t is;
+    /// `x` is the input.
+    fn margin32(t: f32, r: f32, x: f32, tol: f32) -> f32;
 }
 
 /// Boundaries at k + ½.
 #[inline(always)]
-fn near_half(t: f32, r: f32, _x: f32) -> bool {
-    (t - r).abs() + tolerance(t) >= 0.5
+fn margin_half(t: f32, r: f32, _x: f32, tol: f32) -> f32 {
+    (0.5 - tol) - (t - r).abs()
 }
 
-/// Boundaries at integers (and a product that underflowed to 0).
+/// Boundaries at integers. An exact zero input is exact; a product that
+/// underflowed to 0 from a nonzero input is near.
 #[inline(always)]
-fn near_integer(t: f32, _r: f32, x: f32) -> bool {
-    ((t - t.round_ties_even()).abs() < tolerance(t)) | ((t == 0.0) & (x != 0.0))
+fn margin_integer(t: f32, _r: f32, x: f32, tol: f32) -> f32 {
+    let m = (t - t.round_ties_even()).abs() - tol;
+    if x == 0.0 {
+        f32::INFINITY
+    } else if t == 0.0 {
+        -1.0
+    } else {
+        m
+    }
 }
 
 macro_rules! simple_round {
@@ -77,13 +80,13 @@ macro_rules! simple_round {
                 t.$f()
             }
             #[inline(always)]
-            fn near32(t: f32, r: f32, x: f32) -> bool {
-                simple_round!(@near $near, t, r, x)
+            fn margin32(t: f32, r: f32, x: f32, tol: f32) -> f32 {
+                simple_round!(@margin $near, t, r, x, tol)
             }
         }
     };
-    (@near half, $t:expr, $r:expr, $x:expr) => { near_half($t, $r, $x) };
-    (@near integer, $t:expr, $r:expr, $x:expr) => { near_integer($t, $r, $x) };
+    (@margin half, $t:expr, $r:expr, $x:expr, $tol:expr) => { margin_half($t, $r, $x, $tol) };
+    (@margin integer, $t:expr, $r:expr, $x:expr, $tol:expr) => { margin_integer($t, $r, $x, $tol) };
 }
 simple_round!(NearestEven, "Nearest, ties to even.", round_ties_even, half);
 simple_round!(NearestAway, "Nearest, ties away from zero.", round, half);
@@ -102,8 +105,8 @@ impl Round for Stochastic {
         t.floor() // unused: stochastic rounding always takes the float64 path
     }
     #[inline(always)]
-    fn near32(_t: f32, _r: f32, _x: f32) -> bool {
-        true
+    fn margin32(_t: f32, _r: f32, _x: f32, _tol: f32) -> f32 {
+        -1.0
     }
     #[inline(always)]
     fn round(t: f64, key: [u32; 2], index: u64) -> f64 {
@@ -193,6 +196,21 @@ pub trait Params {
     fn hi32(&self, i: usize) -> f32;
     /// s_j as float32.
     fn s32(&self, i: usize) -> f32;
+    /// [`tolerance32`] of the part.
+    fn tol32(&self, i: usize) -> f32;
+}
+
+/// A bound on |x·fl32(1/s) − x/s| (two float32 roundings: relative error
+/// under 2^−22, doubled for margin) wherever the rounding direction
+/// matters: for |x/s| < B = max(|lo − b|, |hi − b|) + 2. Beyond B both
+/// integers next to x/s clip to the same bound, so a wrong direction there
+/// changes nothing; a constant bound per part costs the loop less than a
+/// relative one per element.
+#[inline(always)]
+fn tolerance32(lo: i32, hi: i32, zp: i32) -> f32 {
+    let (lo, hi, zp) = (lo as i64, hi as i64, zp as i64);
+    let b = (lo - zp).abs().max((hi - zp).abs()) + 2;
+    b as f32 * (1.0 / 2_097_152.0)
 }
 
 /// One part's parameters for every element.
@@ -207,6 +225,7 @@ pub struct Const {
     lo32: f32,
     hi32: f32,
     s32: f32,
+    tol32: f32,
 }
 
 impl Const {
@@ -224,6 +243,7 @@ impl Const {
             lo32: lo as f32,
             hi32: hi as f32,
             s32: s as f32,
+            tol32: tolerance32(lo, hi, zp),
         }
     }
 }
@@ -264,6 +284,10 @@ impl Params for Const {
     #[inline(always)]
     fn s32(&self, _: usize) -> f32 {
         self.s32
+    }
+    #[inline(always)]
+    fn tol32(&self, _: usize) -> f32 {
+        self.tol32
     }
 }
 
@@ -327,6 +351,12 @@ impl Params for Gather<'_> {
     fn s32(&self, i: usize) -> f32 {
         self.r.s(self.j(i)) as f32
     }
+    #[inline(always)]
+    fn tol32(&self, i: usize) -> f32 {
+        let j = self.j(i);
+        let (lo, hi) = self.r.bounds(j);
+        tolerance32(lo, hi, self.r.zp(j))
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -368,11 +398,13 @@ fn quantize_block<R: Round, A: Scaled, P: Params>(
 }
 
 /// The float32 fast path of [`quantize_block`]: x·fl32(1/s) in float32.
-/// With `check`, returns whether any element lies so near a rounding
-/// boundary that the exact x/s might round otherwise (the caller then
-/// redoes the run in float64); without, this is the reciprocal arithmetic
-/// itself. Valid when scales, their reciprocals and the integer parameters
-/// are exact normal float32 values (`Resolved::fast32`).
+/// Returns the clipped count and whether the caller must redo the run in
+/// float64: with `check`, when any element lies so near a rounding
+/// boundary that the exact x/s might round otherwise; always, when an
+/// element is NaN or its quotient infinite (rare inputs that
+/// [`quantize_block`] handles). Without `check` this is the reciprocal
+/// arithmetic itself. Valid when scales, their reciprocals and the integer
+/// parameters are exact normal float32 values (`Resolved::fast32`).
 #[inline(always)]
 fn quantize_block32<R: Round, P: Params>(
     x: &[f32],
@@ -381,29 +413,32 @@ fn quantize_block32<R: Round, P: Params>(
     codes: &mut [i32],
 ) -> (u64, bool) {
     let mut clipped = 0u32;
-    let mut near = false;
+    // All ones in the lanes that saw a near or NaN quotient: a compare and
+    // an integer or per step (a bool would be narrowed lane by lane).
+    let mut redo = 0i32;
     let n = x.len().min(codes.len());
     for i in 0..n {
         let t = x[i] * p.a32(i);
         let r = R::round32(t);
-        near |= check & R::near32(t, r, x[i]);
-        let q = r + p.zp32(i);
-        let (lo, hi) = (p.lo32(i), p.hi32(i));
-        clipped += ((q < lo) | (q > hi)) as u32;
-        let c = if q < lo {
-            lo
-        } else if q > hi {
-            hi
+        // Negated comparisons: NaN (from a NaN or infinite t) answers true.
+        #[allow(clippy::eq_op, clippy::neg_cmp_op_on_partial_ord)]
+        let odd = if check {
+            !(R::margin32(t, r, x[i], p.tol32(i)) > 0.0)
         } else {
-            q
+            !(t - t == 0.0)
         };
-        #[allow(clippy::eq_op)]
-        let c = if c == c { c } else { p.zp32(i) };
-        // SAFETY: c is lo, hi, the zero-point or an integer-valued float
-        // between lo and hi, all integers of magnitude ≤ 2^24.
+        redo |= if odd { -1 } else { 0 };
+        let q = r + p.zp32(i);
+        // Compare-and-select, one instruction each; q is not NaN here
+        // unless the run is redone.
+        let c = if q > p.lo32(i) { q } else { p.lo32(i) };
+        let c = if c < p.hi32(i) { c } else { p.hi32(i) };
+        clipped += (c != q) as u32;
+        // SAFETY: c is lo, hi or an integer-valued float between them, all
+        // integers of magnitude ≤ 2^24.
         codes[i] = unsafe { c.to_int_unchecked::<i32>() };
     }
-    (clipped as u64, near)
+    (clipped as u64, redo != 0)
 }
 
 /// Eq. (10) in float32: exact (n − b) times s in one float32 rounding,
@@ -611,6 +646,10 @@ impl<F: OutFloat> Sink for DeqSink<'_, F> {
 // Chunk jobs
 // ---------------------------------------------------------------------------
 
+/// A block of codes, aligned so that packing can read pairs as u64.
+#[repr(C, align(64))]
+struct CodeBlock([i32; BLOCK]);
+
 struct QuantChunk<'a, R, A, S> {
     x: Values<'a>,
     plan: &'a Plan<'a>,
@@ -628,7 +667,8 @@ impl<R: Round, A: Scaled, S: Sink> Kernel for QuantChunk<'_, R, A, S> {
     fn run(mut self) -> u64 {
         let mut xb = [0f64; BLOCK];
         let mut xb32 = [0f32; BLOCK];
-        let mut cb = [0i32; BLOCK];
+        let mut cb = CodeBlock([0; BLOCK]);
+        let cb = &mut cb.0;
         let mut ids = [0u32; BLOCK];
         let mut clipped = 0u64;
         let fast = R::FAST32 && self.r.fast32 && !matches!(self.x, Values::F64(_));
@@ -694,8 +734,8 @@ impl<R: Round, A: Scaled, S: Sink> QuantChunk<'_, R, A, S> {
         codes: &mut [i32],
     ) -> u64 {
         if fast {
-            let (clipped, near) = quantize_block32::<R, P>(x32, p, A::CHECK, codes);
-            if !near {
+            let (clipped, redo) = quantize_block32::<R, P>(x32, p, A::CHECK, codes);
+            if !redo {
                 return clipped;
             }
             load(&self.x, start, x64);

@@ -85,48 +85,104 @@ pub fn unpack_from(data: &[u8], bits: u32, signed: bool, out: &mut [i32]) {
     }
 }
 
+/// Bytes per step of the fixed-width loops: whole steps over fixed-size
+/// arrays, which the loop vectoriser takes whole.
+const STEP: usize = 32;
+
 /// Packing for widths that divide a byte: `PER` codes of 8/PER bits each.
 #[inline(always)]
 fn pack_fixed<const PER: usize>(codes: &[i32], out: &mut [u8]) {
     let w = 8 / PER;
     let mask = (1u32 << w) - 1;
-    let mut groups = codes.chunks_exact(PER);
-    for (o, g) in out.iter_mut().zip(&mut groups) {
+    let byte = |g: &[i32]| {
         let mut b = 0u32;
-        for k in 0..PER {
-            b |= (g[k] as u32 & mask) << (k * w);
-        }
-        *o = b as u8;
-    }
-    let rest = groups.remainder();
-    if !rest.is_empty() {
-        let mut b = 0u32;
-        for (k, &c) in rest.iter().enumerate() {
+        for (k, &c) in g.iter().enumerate() {
             b |= (c as u32 & mask) << (k * w);
         }
-        out[codes.len() / PER] = b as u8;
+        b as u8
+    };
+    if PER == 2 && cfg!(target_endian = "little") {
+        return pack_nibbles(codes, out, byte);
+    }
+    let steps = codes.len() / (PER * STEP);
+    for (o, c) in out
+        .chunks_exact_mut(STEP)
+        .zip(codes.chunks_exact(PER * STEP))
+        .take(steps)
+    {
+        let o: &mut [u8; STEP] = o.try_into().unwrap();
+        for k in 0..STEP {
+            o[k] = byte(&c[PER * k..PER * k + PER]);
+        }
+    }
+    let done = steps * STEP;
+    for (o, g) in out[done..].iter_mut().zip(codes[done * PER..].chunks(PER)) {
+        *o = byte(g);
+    }
+}
+
+/// 4-bit packing with each pair of codes read as one little-endian u64
+/// (code 2k in the low half): contiguous 64-bit lanes, which the loop
+/// vectoriser takes, where pairs of i32 loads are left scalar.
+#[inline(always)]
+fn pack_nibbles(codes: &[i32], out: &mut [u8], byte: impl Fn(&[i32]) -> u8) {
+    // SAFETY: every bit pattern is a valid u64.
+    let (head, pairs, _) = unsafe { codes.align_to::<u64>() };
+    if !head.is_empty() {
+        // Not 8-byte aligned (never for the kernels' stack blocks).
+        for (o, g) in out.iter_mut().zip(codes.chunks(2)) {
+            *o = byte(g);
+        }
+        return;
+    }
+    for (o, &w) in out.iter_mut().zip(pairs) {
+        *o = ((w & 0xf) | ((w >> 28) & 0xf0)) as u8;
+    }
+    if codes.len() % 2 == 1 {
+        out[pairs.len()] = byte(&codes[codes.len() - 1..]);
     }
 }
 
 /// Unpacking for widths that divide a byte.
 #[inline(always)]
 fn unpack_fixed<const PER: usize>(data: &[u8], signed: bool, out: &mut [i32]) {
+    if signed {
+        unpack_fixed_as::<PER, true>(data, out)
+    } else {
+        unpack_fixed_as::<PER, false>(data, out)
+    }
+}
+
+#[inline(always)]
+fn unpack_fixed_as<const PER: usize, const SIGNED: bool>(data: &[u8], out: &mut [i32]) {
     let w = 8 / PER;
-    let mask = (1i32 << w) - 1;
-    let sign = if signed { 1i32 << (w - 1) } else { 0 };
-    let whole = out.len() / PER;
-    let (head, tail) = out.split_at_mut(whole * PER);
-    for (g, &b) in head.chunks_exact_mut(PER).zip(data) {
-        for k in 0..PER {
-            let u = (b as i32 >> (k * w)) & mask;
-            g[k] = (u ^ sign) - sign;
+    // Field k of byte b: moved to the top of an i32 and shifted back down,
+    // arithmetically (sign-extending) or logically.
+    let field = |b: u8, k: usize| {
+        let top = (b as u32) << (32 - w * (k + 1));
+        if SIGNED {
+            (top as i32) >> (32 - w)
+        } else {
+            (top >> (32 - w)) as i32
+        }
+    };
+    let steps = out.len() / (PER * STEP);
+    for (o, d) in out
+        .chunks_exact_mut(PER * STEP)
+        .zip(data.chunks_exact(STEP))
+        .take(steps)
+    {
+        let d: &[u8; STEP] = d.try_into().unwrap();
+        for j in 0..STEP {
+            for k in 0..PER {
+                o[PER * j + k] = field(d[j], k);
+            }
         }
     }
-    if !tail.is_empty() {
-        let b = data[whole];
-        for (k, o) in tail.iter_mut().enumerate() {
-            let u = (b as i32 >> (k * w)) & mask;
-            *o = (u ^ sign) - sign;
+    let done = steps * STEP;
+    for (g, &b) in out[done * PER..].chunks_mut(PER).zip(&data[done..]) {
+        for (k, o) in g.iter_mut().enumerate() {
+            *o = field(b, k);
         }
     }
 }
