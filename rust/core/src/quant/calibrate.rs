@@ -670,8 +670,11 @@ fn lanes_min_max<const FINITE: bool>(
     let mut width = 8;
     while width > 0 {
         for l in 0..width {
-            lo[l] = lo[l].min(lo[l + width]);
-            hi[l] = hi[l].max(hi[l + width]);
+            // Compare-and-select, like the scan: the lanes hold no NaN,
+            // and f32::min's NaN handling would turn each step scalar.
+            let (a, b) = (lo[l + width], hi[l + width]);
+            lo[l] = if a < lo[l] { a } else { lo[l] };
+            hi[l] = if b > hi[l] { b } else { hi[l] };
         }
         width /= 2;
     }

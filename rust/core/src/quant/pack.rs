@@ -135,7 +135,15 @@ fn pack_nibbles(codes: &[i32], out: &mut [u8], byte: impl Fn(&[i32]) -> u8) {
         }
         return;
     }
-    for (o, &w) in out.iter_mut().zip(pairs) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if pairs.len() >= 16 && crate::simd::has_avx2() {
+        done = pairs.len() / 16 * 16;
+        // SAFETY: the CPU has AVX2; `codes` holds 2·done codes and `out`
+        // at least `done` bytes (one per pair, as the caller sizes it).
+        unsafe { pack_nibbles_avx2(&codes[..2 * done], &mut out[..done]) };
+    }
+    for (o, &w) in out[done..].iter_mut().zip(&pairs[done..]) {
         *o = ((w & 0xf) | ((w >> 28) & 0xf0)) as u8;
     }
     if codes.len() % 2 == 1 {
@@ -143,9 +151,100 @@ fn pack_nibbles(codes: &[i32], out: &mut [u8], byte: impl Fn(&[i32]) -> u8) {
     }
 }
 
+/// [`pack_nibbles`] 32 codes at a time (`codes.len()` a multiple of 32,
+/// `out` half as long), in AVX2 registers: the codes narrowed to bytes with
+/// saturating packs (exact, as each already fits in a nibble), put back in
+/// order, masked to their low nibbles, and each pair joined by one
+/// multiply-add (low + 16·high ≤ 255). About 0.4 instructions a code, a
+/// third of what the vectorised u64 loop takes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pack_nibbles_avx2(codes: &[i32], out: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let steps = (codes.len() / 32).min(out.len() / 16);
+    let src = codes.as_ptr() as *const __m256i;
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let low = _mm256_set1_epi8(0x0f);
+    let weights = _mm256_set1_epi16(0x1001); // bytes (1, 16)
+    for k in 0..steps {
+        // SAFETY: steps bounds every access: 4 vectors of codes read, 16
+        // bytes written per step.
+        unsafe {
+            let v = |i: usize| _mm256_loadu_si256(src.add(4 * k + i));
+            // Within each 128-bit lane the packs interleave the four
+            // inputs by quarters; the permutation restores code order.
+            let words = (
+                _mm256_packs_epi32(v(0), v(1)),
+                _mm256_packs_epi32(v(2), v(3)),
+            );
+            let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(words.0, words.1), order);
+            let pairs = _mm256_maddubs_epi16(_mm256_and_si256(bytes, low), weights);
+            let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi16(pairs, pairs));
+            _mm_storeu_si128(
+                out.as_mut_ptr().add(16 * k) as *mut __m128i,
+                _mm256_castsi256_si128(packed),
+            );
+        }
+    }
+}
+
+/// Unpacks 4-bit codes 32 at a time (`out.len()` a multiple of 32, `data`
+/// half as long) in AVX2 registers: nibbles split and interleaved as bytes,
+/// sign-extended there (`(n ^ 8) − 8`) when `SIGNED`, then widened to i32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn unpack_nibbles_avx2<const SIGNED: bool>(data: &[u8], out: &mut [i32]) {
+    use std::arch::x86_64::*;
+    let steps = (out.len() / 32).min(data.len() / 16);
+    let low = _mm_set1_epi8(0x0f);
+    let eight = _mm_set1_epi8(8);
+    let dst = out.as_mut_ptr() as *mut __m256i;
+    for k in 0..steps {
+        // SAFETY: steps bounds every access: 16 bytes read, 4 vectors of
+        // codes written per step.
+        unsafe {
+            let b = _mm_loadu_si128(data.as_ptr().add(16 * k) as *const __m128i);
+            let lo = _mm_and_si128(b, low);
+            let hi = _mm_and_si128(_mm_srli_epi16::<4>(b), low);
+            // Code 2j is byte j's low nibble, 2j + 1 its high one.
+            let mut first = _mm_unpacklo_epi8(lo, hi);
+            let mut second = _mm_unpackhi_epi8(lo, hi);
+            let widen = |v: __m128i| {
+                if SIGNED {
+                    _mm256_cvtepi8_epi32(v)
+                } else {
+                    _mm256_cvtepu8_epi32(v)
+                }
+            };
+            if SIGNED {
+                first = _mm_sub_epi8(_mm_xor_si128(first, eight), eight);
+                second = _mm_sub_epi8(_mm_xor_si128(second, eight), eight);
+            }
+            _mm256_storeu_si256(dst.add(4 * k), widen(first));
+            _mm256_storeu_si256(dst.add(4 * k + 1), widen(_mm_srli_si128::<8>(first)));
+            _mm256_storeu_si256(dst.add(4 * k + 2), widen(second));
+            _mm256_storeu_si256(dst.add(4 * k + 3), widen(_mm_srli_si128::<8>(second)));
+        }
+    }
+}
+
 /// Unpacking for widths that divide a byte.
 #[inline(always)]
 fn unpack_fixed<const PER: usize>(data: &[u8], signed: bool, out: &mut [i32]) {
+    #[cfg(target_arch = "x86_64")]
+    if PER == 2 && out.len() >= 32 && crate::simd::has_avx2() {
+        let whole = out.len() / 32 * 32;
+        let (head, rest) = out.split_at_mut(whole);
+        // SAFETY: the CPU has AVX2; `data` holds a byte per two codes.
+        unsafe {
+            if signed {
+                unpack_nibbles_avx2::<true>(&data[..whole / 2], head);
+            } else {
+                unpack_nibbles_avx2::<false>(&data[..whole / 2], head);
+            }
+        }
+        return unpack_fixed::<PER>(&data[whole / 2..], signed, rest);
+    }
     if signed {
         unpack_fixed_as::<PER, true>(data, out)
     } else {
