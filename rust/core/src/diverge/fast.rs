@@ -70,6 +70,15 @@ pub trait Load: Copy + Sync {
             out[i] = self.get(start + i);
         }
     }
+    /// The block from `start` as [`block`](Load::block) gives it, each
+    /// value x turned into (x − `max`)·`inv_t` (−inf stays −inf).
+    #[inline(always)]
+    fn shifted_block(self, start: usize, max: f32, inv_t: f32, out: &mut [f32; BLK]) {
+        self.block(start, out);
+        for v in out.iter_mut() {
+            *v = (*v - max) * inv_t;
+        }
+    }
     /// Lane group starting at `start`, padded with `pad` past the end.
     #[inline(always)]
     fn group(self, start: usize, pad: f32) -> V {
@@ -109,6 +118,21 @@ impl Load for &[f32] {
     #[inline(always)]
     fn full_block(self, start: usize, out: &mut [f32; BLK]) {
         out.copy_from_slice(&self[start..start + BLK]);
+    }
+    /// Reads the row in place: one pass instead of a copy and a pass.
+    #[inline(always)]
+    fn shifted_block(self, start: usize, max: f32, inv_t: f32, out: &mut [f32; BLK]) {
+        if start + BLK > self.len() {
+            self.block(start, out);
+            for v in out.iter_mut() {
+                *v = (*v - max) * inv_t;
+            }
+            return;
+        }
+        let row: &[f32; BLK] = self[start..start + BLK].try_into().expect("a whole block");
+        for i in 0..BLK {
+            out[i] = (row[i] - max) * inv_t;
+        }
     }
 }
 
@@ -215,14 +239,21 @@ impl Prefetch {
     }
 }
 
-/// Lane-wise state of the scan pass.
+/// Lane-wise state of the scan pass. Flags are all ones in the lanes that
+/// saw the condition: the vector compare's own mask, or-ed in as it is.
 struct ScanLanes {
     max_p: V,
     max_q: V,
-    bad_p: [u32; LANES],
-    bad_q: [u32; LANES],
-    p_out: [u32; LANES],
-    q_out: [u32; LANES],
+    bad_p: [i32; LANES],
+    bad_q: [i32; LANES],
+    p_out: [i32; LANES],
+    q_out: [i32; LANES],
+}
+
+/// All ones where `b` holds (a compare's mask), else 0.
+#[inline(always)]
+fn mask(b: bool) -> i32 {
+    -(b as i32)
 }
 
 impl ScanLanes {
@@ -231,14 +262,15 @@ impl ScanLanes {
         let neg = f32::NEG_INFINITY;
         for i in 0..LANES {
             let (x, y) = (pv[i], qv[i]);
-            // f32::max ignores NaN, so NaN never becomes the max; the bad
-            // flags catch it instead.
-            self.max_p[i] = self.max_p[i].max(x);
-            self.max_q[i] = self.max_q[i].max(y);
-            self.bad_p[i] |= (x.is_nan() | (x == f32::INFINITY)) as u32;
-            self.bad_q[i] |= (y.is_nan() | (y == f32::INFINITY)) as u32;
-            self.p_out[i] |= ((x > neg) & (y == neg)) as u32;
-            self.q_out[i] |= ((y > neg) & (x == neg)) as u32;
+            // Compare-and-select is one vector max; f32::max's NaN rule
+            // costs two more instructions on AVX2. NaN never becomes the
+            // max either way; the bad flags catch it.
+            self.max_p[i] = if x > self.max_p[i] { x } else { self.max_p[i] };
+            self.max_q[i] = if y > self.max_q[i] { y } else { self.max_q[i] };
+            self.bad_p[i] |= mask(x.is_nan() | (x == f32::INFINITY));
+            self.bad_q[i] |= mask(y.is_nan() | (y == f32::INFINITY));
+            self.p_out[i] |= mask((x > neg) & (y == neg));
+            self.q_out[i] |= mask((y > neg) & (x == neg));
         }
     }
 }
@@ -265,7 +297,7 @@ pub(super) fn scan<P: Load, Q: Load>(p: P, q: Q, next: Prefetch) -> Scan {
     if start < n {
         lanes.step(p.group(start, neg), q.group(start, neg));
     }
-    let any = |v: &[u32; LANES]| v.iter().any(|&b| b != 0);
+    let any = |v: &[i32; LANES]| v.iter().any(|&b| b != 0);
     Scan {
         max_p: lanes.max_p.iter().cloned().fold(neg, f32::max),
         max_q: lanes.max_q.iter().cloned().fold(neg, f32::max),
@@ -383,13 +415,9 @@ impl<P: Load, Q: Load> Blocks<P, Q> {
             self.start * size,
             (self.start + BLK) * size,
         );
-        self.p.block(self.start, a);
-        self.q.block(self.start, b);
+        self.p.shifted_block(self.start, self.max_p, self.inv_t, a);
+        self.q.shifted_block(self.start, self.max_q, self.inv_t, b);
         self.start += BLK;
-        for i in 0..BLK {
-            a[i] = (a[i] - self.max_p) * self.inv_t;
-            b[i] = (b[i] - self.max_q) * self.inv_t;
-        }
         true
     }
 }
