@@ -584,14 +584,18 @@ pub trait Sink {
 
 /// A code container type.
 pub trait CodeInt: Copy + Default + Send + Sync {
+    /// For byte containers, whether they are signed (`None` otherwise):
+    /// blocks of byte codes are narrowed in vector registers.
+    const BYTE_SIGNED: Option<bool> = None;
     /// Truncating conversion (the caller guarantees the range).
     fn from_i32(v: i32) -> Self;
     /// Widening conversion.
     fn to_i32(self) -> i32;
 }
 macro_rules! code_int {
-    ($($t:ty),*) => {$(
+    ($($t:ty: $byte:expr),*) => {$(
         impl CodeInt for $t {
+            const BYTE_SIGNED: Option<bool> = $byte;
             #[inline(always)]
             fn from_i32(v: i32) -> $t { v as $t }
             #[inline(always)]
@@ -599,14 +603,22 @@ macro_rules! code_int {
         }
     )*};
 }
-code_int!(i8, u8, i16, u16, i32);
+code_int!(i8: Some(true), u8: Some(false), i16: None, u16: None, i32: None);
 
 struct IntSink<'a, T>(&'a mut [T]);
 impl<T: CodeInt> Sink for IntSink<'_, T> {
     #[inline(always)]
     fn segment<P: Params>(&mut self, offset: usize, codes: &[i32], _p: &P) {
         let out = &mut self.0[offset..offset + codes.len()];
-        for i in 0..codes.len() {
+        let done = match T::BYTE_SIGNED {
+            // SAFETY: T is a one-byte integer (i8 or u8) here, so its slice
+            // is a byte slice of the same length.
+            Some(signed) => pack::narrow_to_bytes(codes, signed, unsafe {
+                std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut u8, out.len())
+            }),
+            None => 0,
+        };
+        for i in done..codes.len() {
             out[i] = T::from_i32(codes[i]);
         }
     }

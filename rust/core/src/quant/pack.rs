@@ -188,6 +188,53 @@ unsafe fn pack_nibbles_avx2(codes: &[i32], out: &mut [u8]) {
     }
 }
 
+/// Narrows the leading codes of `codes`, each within the byte container's
+/// range (i8 when `signed`, else u8), into `out` 32 at a time in AVX2
+/// registers; returns how many it narrowed (0 without AVX2), leaving the
+/// rest to the caller's scalar loop.
+#[inline(always)]
+pub(super) fn narrow_to_bytes(codes: &[i32], signed: bool, out: &mut [u8]) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if codes.len() >= 32 && crate::simd::has_avx2() {
+        // SAFETY: the CPU has AVX2 (checked above).
+        return unsafe { narrow_to_bytes_avx2(codes, signed, out) };
+    }
+    let _ = (codes, signed, out);
+    0
+}
+
+/// [`narrow_to_bytes`] in AVX2: two saturating packs (exact, since every
+/// code fits the container) and a permutation restoring code order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn narrow_to_bytes_avx2(codes: &[i32], signed: bool, out: &mut [u8]) -> usize {
+    use std::arch::x86_64::*;
+    let steps = codes.len().min(out.len()) / 32;
+    let src = codes.as_ptr() as *const __m256i;
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for k in 0..steps {
+        // SAFETY: steps bounds every access: 4 vectors of codes read, 32
+        // bytes written per step.
+        unsafe {
+            let v = |i: usize| _mm256_loadu_si256(src.add(4 * k + i));
+            let words = (
+                _mm256_packs_epi32(v(0), v(1)),
+                _mm256_packs_epi32(v(2), v(3)),
+            );
+            let bytes = if signed {
+                _mm256_packs_epi16(words.0, words.1)
+            } else {
+                _mm256_packus_epi16(words.0, words.1)
+            };
+            _mm256_storeu_si256(
+                out.as_mut_ptr().add(32 * k) as *mut __m256i,
+                _mm256_permutevar8x32_epi32(bytes, order),
+            );
+        }
+    }
+    32 * steps
+}
+
 /// Unpacks 4-bit codes 32 at a time (`out.len()` a multiple of 32, `data`
 /// half as long) in AVX2 registers: nibbles split and interleaved as bytes,
 /// sign-extended there (`(n ^ 8) − 8`) when `SIGNED`, then widened to i32.
@@ -356,6 +403,22 @@ mod tests {
         assert_eq!(pack(&[-1, 0], 4, true).unwrap(), vec![0x0f]);
         // 3 bits: 1, 7 -> 0b111_001
         assert_eq!(pack(&[1, 7], 3, false).unwrap(), vec![0b00_111_001]);
+    }
+
+    #[test]
+    fn narrowing_to_bytes_keeps_every_code_in_order() {
+        for signed in [false, true] {
+            let lo = if signed { -128 } else { 0 };
+            for len in [0usize, 31, 32, 33, 64, 95, 1000] {
+                let codes: Vec<i32> = (0..len).map(|i| lo + (i as i32 * 7919) % 256).collect();
+                let mut out = vec![0u8; len];
+                let done = narrow_to_bytes(&codes, signed, &mut out);
+                assert!(done <= len && done.is_multiple_of(32));
+                for i in 0..done {
+                    assert_eq!(out[i], codes[i] as u8, "signed {signed}, len {len}, at {i}");
+                }
+            }
+        }
     }
 
     #[test]
