@@ -151,6 +151,33 @@ fn pack_nibbles(codes: &[i32], out: &mut [u8], byte: impl Fn(&[i32]) -> u8) {
     }
 }
 
+/// The 32 codes at `src` (each within i8's range when `SIGNED`, else
+/// u8's) as bytes in code order: two saturating packs, exact for codes in
+/// range; within each 128-bit lane they interleave the four inputs by
+/// quarters, and the permutation restores code order.
+///
+/// # Safety
+/// AVX2, and 4 readable vectors at `src`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn bytes_in_order<const SIGNED: bool>(
+    src: *const std::arch::x86_64::__m256i,
+) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller guarantees the 4 vectors are readable.
+    let v = |i: usize| unsafe { _mm256_loadu_si256(src.add(i)) };
+    let words = (
+        _mm256_packs_epi32(v(0), v(1)),
+        _mm256_packs_epi32(v(2), v(3)),
+    );
+    let bytes = if SIGNED {
+        _mm256_packs_epi16(words.0, words.1)
+    } else {
+        _mm256_packus_epi16(words.0, words.1)
+    };
+    _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
 /// [`pack_nibbles`] 32 codes at a time (`codes.len()` a multiple of 32,
 /// `out` half as long), in AVX2 registers: the codes narrowed to bytes with
 /// saturating packs (exact, as each already fits in a nibble), put back in
@@ -163,21 +190,13 @@ unsafe fn pack_nibbles_avx2(codes: &[i32], out: &mut [u8]) {
     use std::arch::x86_64::*;
     let steps = (codes.len() / 32).min(out.len() / 16);
     let src = codes.as_ptr() as *const __m256i;
-    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     let low = _mm256_set1_epi8(0x0f);
     let weights = _mm256_set1_epi16(0x1001); // bytes (1, 16)
     for k in 0..steps {
         // SAFETY: steps bounds every access: 4 vectors of codes read, 16
         // bytes written per step.
         unsafe {
-            let v = |i: usize| _mm256_loadu_si256(src.add(4 * k + i));
-            // Within each 128-bit lane the packs interleave the four
-            // inputs by quarters; the permutation restores code order.
-            let words = (
-                _mm256_packs_epi32(v(0), v(1)),
-                _mm256_packs_epi32(v(2), v(3)),
-            );
-            let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(words.0, words.1), order);
+            let bytes = bytes_in_order::<true>(src.add(4 * k));
             let pairs = _mm256_maddubs_epi16(_mm256_and_si256(bytes, low), weights);
             let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi16(pairs, pairs));
             _mm_storeu_si128(
@@ -203,33 +222,23 @@ pub(super) fn narrow_to_bytes(codes: &[i32], signed: bool, out: &mut [u8]) -> us
     0
 }
 
-/// [`narrow_to_bytes`] in AVX2: two saturating packs (exact, since every
-/// code fits the container) and a permutation restoring code order.
+/// [`narrow_to_bytes`] in AVX2, through [`bytes_in_order`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn narrow_to_bytes_avx2(codes: &[i32], signed: bool, out: &mut [u8]) -> usize {
     use std::arch::x86_64::*;
     let steps = codes.len().min(out.len()) / 32;
     let src = codes.as_ptr() as *const __m256i;
-    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for k in 0..steps {
         // SAFETY: steps bounds every access: 4 vectors of codes read, 32
         // bytes written per step.
         unsafe {
-            let v = |i: usize| _mm256_loadu_si256(src.add(4 * k + i));
-            let words = (
-                _mm256_packs_epi32(v(0), v(1)),
-                _mm256_packs_epi32(v(2), v(3)),
-            );
             let bytes = if signed {
-                _mm256_packs_epi16(words.0, words.1)
+                bytes_in_order::<true>(src.add(4 * k))
             } else {
-                _mm256_packus_epi16(words.0, words.1)
+                bytes_in_order::<false>(src.add(4 * k))
             };
-            _mm256_storeu_si256(
-                out.as_mut_ptr().add(32 * k) as *mut __m256i,
-                _mm256_permutevar8x32_epi32(bytes, order),
-            );
+            _mm256_storeu_si256(out.as_mut_ptr().add(32 * k) as *mut __m256i, bytes);
         }
     }
     32 * steps
