@@ -75,9 +75,7 @@ pub trait Load: Copy + Sync {
     #[inline(always)]
     fn shifted_block(self, start: usize, max: f32, inv_t: f32, out: &mut [f32; BLK]) {
         self.block(start, out);
-        for v in out.iter_mut() {
-            *v = (*v - max) * inv_t;
-        }
+        shift_in_place(out, max, inv_t);
     }
     /// Lane group starting at `start`, padded with `pad` past the end.
     #[inline(always)]
@@ -90,6 +88,14 @@ pub trait Load: Copy + Sync {
             out[i] = self.get(start + i);
         }
         out
+    }
+}
+
+/// (x − `max`)·`inv_t` for each value of a block (−inf stays −inf).
+#[inline(always)]
+fn shift_in_place(block: &mut [f32; BLK], max: f32, inv_t: f32) {
+    for v in block.iter_mut() {
+        *v = (*v - max) * inv_t;
     }
 }
 
@@ -124,9 +130,7 @@ impl Load for &[f32] {
     fn shifted_block(self, start: usize, max: f32, inv_t: f32, out: &mut [f32; BLK]) {
         if start + BLK > self.len() {
             self.block(start, out);
-            for v in out.iter_mut() {
-                *v = (*v - max) * inv_t;
-            }
+            shift_in_place(out, max, inv_t);
             return;
         }
         let row: &[f32; BLK] = self[start..start + BLK].try_into().expect("a whole block");
