@@ -189,6 +189,52 @@ pub fn prefetch_l2(base: *const u8, len: usize, from: usize, to: usize) {
     let _ = (base, len, from, to);
 }
 
+/// Input a thread will probably read next (the following task of a
+/// contiguous split), pulled into L2 a block at a time while the current
+/// task computes, so that a phase that works from cache also keeps the
+/// memory busy. A hint: it never reads the data into the program.
+#[derive(Debug, Clone, Copy)]
+pub struct Ahead {
+    base: *const u8,
+    /// Bytes in the range (0: nothing to prefetch).
+    len: usize,
+    element_size: usize,
+}
+
+// SAFETY: the pointer is only ever a prefetch address, never dereferenced,
+// so sharing it between threads cannot cause a data race.
+unsafe impl Send for Ahead {}
+// SAFETY: as above.
+unsafe impl Sync for Ahead {}
+
+impl Ahead {
+    /// Nothing to prefetch.
+    pub const NONE: Ahead = Ahead {
+        base: std::ptr::null(),
+        len: 0,
+        element_size: 0,
+    };
+
+    /// The elements of `data`.
+    pub fn of<T>(data: &[T]) -> Ahead {
+        let element_size = std::mem::size_of::<T>();
+        Ahead {
+            base: data.as_ptr() as *const u8,
+            len: std::mem::size_of_val(data),
+            element_size,
+        }
+    }
+
+    /// Prefetches elements `start..start + n` of the range (clipped to it).
+    #[inline(always)]
+    pub fn fetch(self, start: usize, n: usize) {
+        if self.len > 0 {
+            let size = self.element_size;
+            prefetch_l2(self.base, self.len, start * size, (start + n) * size);
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Lane helpers. Written as plain loops so LLVM vectorises them.
 // ---------------------------------------------------------------------------

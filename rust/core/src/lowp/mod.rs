@@ -622,6 +622,19 @@ impl<'a> Values<'a> {
             Values::Bf16(v) => Values::Bf16(&v[start..end]),
         }
     }
+
+    /// Elements `start..end`, clipped to the data, as a prefetch hint.
+    pub fn ahead(&self, start: usize, end: usize) -> crate::simd::Ahead {
+        fn part<T>(v: &[T], start: usize, end: usize) -> crate::simd::Ahead {
+            let end = end.min(v.len());
+            crate::simd::Ahead::of(&v[start.min(end)..end])
+        }
+        match *self {
+            Values::F32(v) => part(v, start, end),
+            Values::F64(v) => part(v, start, end),
+            Values::F16(v) | Values::Bf16(v) => part(v, start, end),
+        }
+    }
 }
 
 /// Checks that `len` elements are whole rows of `row_len` and returns the

@@ -16,7 +16,7 @@ use super::{Arith, CodesMut, CodesRef, Options, Resolved};
 use crate::lowp::codec::{random_u32, seed_key, Rounding};
 use crate::lowp::Values;
 use crate::rows::f16_to_f32;
-use crate::simd::{self, Kernel};
+use crate::simd::{self, Ahead, Kernel};
 
 /// Elements per rayon task (a multiple of [`BLOCK`] and of 8, so packed
 /// output of every width starts on a byte boundary).
@@ -670,6 +670,8 @@ struct QuantChunk<'a, R, A, S> {
     start: usize,
     end: usize,
     sink: S,
+    /// The next task's input, fetched block by block in step with this one.
+    ahead: Ahead,
     _m: std::marker::PhantomData<(R, A)>,
 }
 
@@ -725,6 +727,7 @@ impl<R: Round, A: Scaled, S: Sink> Kernel for QuantChunk<'_, R, A, S> {
                 self.sink.segment(off, &cb[..n], &p);
             }
             self.sink.block(off, &cb[..n]);
+            self.ahead.fetch(pos, n);
             pos += n;
         }
         clipped
@@ -756,6 +759,7 @@ impl<R: Round, A: Scaled, S: Sink> QuantChunk<'_, R, A, S> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_chunk<S: Sink>(
     opts: &Options,
     x: Values<'_>,
@@ -764,6 +768,7 @@ fn run_chunk<S: Sink>(
     start: usize,
     end: usize,
     sink: S,
+    ahead: Ahead,
 ) -> u64 {
     macro_rules! go {
         ($R:ty, $A:ty) => {
@@ -775,6 +780,7 @@ fn run_chunk<S: Sink>(
                 start,
                 end,
                 sink,
+                ahead,
                 _m: std::marker::PhantomData,
             })
         };
@@ -826,12 +832,13 @@ fn ints_into<T: CodeInt>(
     plan: &Plan<'_>,
     r: &Resolved<'_>,
     out: &mut [T],
+    ahead: Ahead,
 ) -> u64 {
     out.par_chunks_mut(CHUNK)
         .enumerate()
         .map(|(k, o)| {
             let start = k * CHUNK;
-            run_chunk(opts, x, plan, r, start, start + o.len(), IntSink(o))
+            run_chunk(opts, x, plan, r, start, start + o.len(), IntSink(o), ahead)
         })
         .sum()
 }
@@ -845,13 +852,26 @@ pub fn quantize_into(
     opts: &Options,
     out: CodesMut<'_>,
 ) -> u64 {
+    quantize_into_ahead(x, plan, r, opts, out, Ahead::NONE)
+}
+
+/// [`quantize_into`], prefetching `ahead` (as long as `x`, or shorter) in
+/// step: element i of it as element i of x is quantized.
+pub fn quantize_into_ahead(
+    x: Values<'_>,
+    plan: &Plan<'_>,
+    r: &Resolved<'_>,
+    opts: &Options,
+    out: CodesMut<'_>,
+    ahead: Ahead,
+) -> u64 {
     crate::threads::init_pool();
     match out {
-        CodesMut::I8(o) => ints_into(opts, x, plan, r, o),
-        CodesMut::U8(o) => ints_into(opts, x, plan, r, o),
-        CodesMut::I16(o) => ints_into(opts, x, plan, r, o),
-        CodesMut::U16(o) => ints_into(opts, x, plan, r, o),
-        CodesMut::I32(o) => ints_into(opts, x, plan, r, o),
+        CodesMut::I8(o) => ints_into(opts, x, plan, r, o, ahead),
+        CodesMut::U8(o) => ints_into(opts, x, plan, r, o, ahead),
+        CodesMut::I16(o) => ints_into(opts, x, plan, r, o, ahead),
+        CodesMut::U16(o) => ints_into(opts, x, plan, r, o, ahead),
+        CodesMut::I32(o) => ints_into(opts, x, plan, r, o, ahead),
         CodesMut::Packed { data, bits, .. } => {
             let n = x.len();
             let chunk_bytes = CHUNK * bits as usize / 8;
@@ -860,7 +880,7 @@ pub fn quantize_into(
                 .map(|(k, o)| {
                     let start = k * CHUNK;
                     let end = (start + CHUNK).min(n);
-                    run_chunk(opts, x, plan, r, start, end, PackSink { out: o, bits })
+                    run_chunk(opts, x, plan, r, start, end, PackSink { out: o, bits }, ahead)
                 })
                 .sum()
         }
@@ -898,7 +918,7 @@ pub fn fake_quantize_into<F: OutFloat>(
                 out: o,
                 fast: F::IS_F32 && r.fast32,
             };
-            run_chunk(opts, x, plan, r, start, end, sink)
+            run_chunk(opts, x, plan, r, start, end, sink, Ahead::NONE)
         })
         .sum()
 }

@@ -593,7 +593,12 @@ pub fn quantize_calibrated_into(
                 qmax,
             };
             let r = Resolved::new(&sub, &params)?;
-            Ok(kernel::quantize_into(xs, &sub, &r, opts, piece))
+            // The calibration of the next task (likely this thread's) reads
+            // x from memory; fetching it while this one quantizes from
+            // cache overlaps the two (a quarter less time for int8 rows).
+            let next = (first + parts) * run;
+            let ahead = x.ahead(next, next + xs.len());
+            Ok(kernel::quantize_into_ahead(xs, &sub, &r, opts, piece, ahead))
         })
         .collect::<Result<Vec<u64>>>()?
         .into_iter()
