@@ -1028,26 +1028,44 @@ mod tests {
     #[test]
     fn large_float32_dequantize_streams_the_same_values() {
         // 3·2^20 codes: a 12 MiB float32 output, written with non-temporal
-        // stores, against the float64 path rounded to float32.
+        // stores, against the float64 path rounded to float32; groups of 128
+        // (whole vectors) and of 100 (ragged, parts starting mid-vector), into an
+        // aligned buffer and one shifted by a float (unaligned heads).
         let n = 3 << 20;
         let codes: Vec<i8> = (0..n).map(|i| ((i * 7919) % 255) as i8).collect();
-        let part = Partition::Tiles {
-            shape: vec![n / 384, 384],
-            tile: vec![1, 128],
-        };
-        let k = n / 128;
-        let scale: Vec<f64> = (0..k)
-            .map(|j| ((1 + j % 97) as f32 / 64.0) as f64)
-            .collect();
-        let zp: Vec<i32> = (0..k).map(|j| (j % 5) as i32 - 2).collect();
-        let c = CodesRef::I8(&codes);
-        let Rounded::F32(y) = dequantize(c, &part, &scale, &zp, false).unwrap() else {
-            panic!()
-        };
-        let Rounded::F64(y64) = dequantize(c, &part, &scale, &zp, true).unwrap() else {
-            panic!()
-        };
-        assert!(y.iter().zip(&y64).all(|(a, b)| *a == *b as f32));
+        let nibbles: Vec<u8> = (0..n / 2).map(|i| ((i * 7919) % 256) as u8).collect();
+        let mut buffer = vec![0f32; n + 1];
+        for (group, cols) in [(128, 384), (100, 384)] {
+            let part = Partition::Tiles {
+                shape: vec![n / cols, cols],
+                tile: vec![1, group],
+            };
+            let k = n / cols * cols.div_ceil(group);
+            let scale: Vec<f64> = (0..k)
+                .map(|j| ((1 + j % 97) as f32 / 64.0) as f64)
+                .collect();
+            let zp: Vec<i32> = (0..k).map(|j| (j % 5) as i32 - 2).collect();
+            let packed = CodesRef::Packed {
+                data: &nibbles,
+                bits: 4,
+                signed: true,
+                len: n,
+            };
+            for c in [CodesRef::I8(&codes), packed] {
+                let Rounded::F32(y) = dequantize(c, &part, &scale, &zp, false).unwrap() else {
+                    panic!()
+                };
+                let Rounded::F64(y64) = dequantize(c, &part, &scale, &zp, true).unwrap() else {
+                    panic!()
+                };
+                assert!(y.iter().zip(&y64).all(|(a, b)| *a == *b as f32));
+                for shift in [0, 1] {
+                    let out = &mut buffer[shift..shift + n];
+                    dequantize_into(c, &part, &scale, &zp, out).unwrap();
+                    assert!(out.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()));
+                }
+            }
+        }
         // Unaligned destinations: the head and tail take plain stores.
         for shift in 0..4 {
             let src: Vec<f32> = (0..1000).map(|i| i as f32).collect();
