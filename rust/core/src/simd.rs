@@ -303,6 +303,26 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     select(x < EXP_LO, 0.0, y)
 }
 
+/// `e^x` for x ≤ 0 or −inf, as [`exp_nonpositive`] but with a degree-5
+/// minimax polynomial: relative error below 2.5e-7 (about 2 ulp) for two
+/// fewer multiply-adds. For weights whose sums are normalised anyway.
+#[inline(always)]
+pub fn exp_weight(x: f32) -> f32 {
+    let clamped = x.max(EXP_LO);
+    let t = clamped.mul_add(LOG2E, ROUND_MAGIC);
+    let k = t - ROUND_MAGIC;
+    let k_bits = t.to_bits().wrapping_sub(ROUND_MAGIC.to_bits());
+    let r = k.mul_add(-LN2_LO, k.mul_add(-LN2_HI, clamped));
+    let mut p = 8.297_655e-3f32;
+    p = p.mul_add(r, 4.191_538_3e-2);
+    p = p.mul_add(r, 1.666_757_5e-1);
+    p = p.mul_add(r, 4.999_889_4e-1);
+    p = p.mul_add(r, 9.999_997e-1);
+    p = p.mul_add(r, 1.000_000_1);
+    let y = p * f32::from_bits(k_bits.wrapping_add(127) << 23);
+    select(x < EXP_LO, 0.0, y)
+}
+
 const EXP_LO: f32 = -87.336_55;
 const EXP_HI: f32 = 88.376_26;
 
@@ -394,6 +414,17 @@ mod tests {
         assert_eq!(exp(f32::INFINITY), f32::INFINITY);
         assert_eq!(exp(89.0), f32::INFINITY);
         assert!(exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn exp_weight_is_within_two_and_a_half_tenths_of_a_millionth() {
+        for x in sweep(-87.0, 0.0, 300_000).chain([-1e-7, -0.0, 0.0]) {
+            let want = (x as f64).exp();
+            let err = (exp_weight(x) as f64 - want).abs() / want;
+            assert!(err < 2.5e-7, "exp_weight({x}) rel err {err}");
+        }
+        assert_eq!(exp_weight(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_weight(-100.0), 0.0);
     }
 
     #[test]

@@ -227,6 +227,14 @@ impl Prefetch {
         element_size: 0,
     };
 
+    /// Pulls elements `from..to` of both rows into L2 (a hint).
+    #[inline(always)]
+    pub(super) fn fetch(self, from: usize, to: usize) {
+        let size = self.element_size;
+        simd::prefetch_l2(self.p, self.row_bytes, from * size, to * size);
+        simd::prefetch_l2(self.q, self.row_bytes, from * size, to * size);
+    }
+
     /// Row `r` of two equally shaped buffers of `vocab` elements each, or
     /// [`Prefetch::NONE`] past the last row.
     pub(super) fn row<T>(p: &[T], q: &[T], vocab: usize, r: usize) -> Prefetch {
@@ -361,6 +369,13 @@ impl<const K: usize> Totals<K> {
             self.0[k][i] += lanes[i] as f64;
         }
     }
+    /// Adds float32 lane sums, which move to float64 here.
+    #[inline(always)]
+    pub(super) fn add_lanes(&mut self, k: usize, lanes: &V) {
+        for i in 0..LANES {
+            self.0[k][i] += lanes[i] as f64;
+        }
+    }
     #[inline(always)]
     pub(super) fn finish(self) -> [f64; K] {
         let mut out = [0.0; K];
@@ -406,19 +421,7 @@ impl<P: Load, Q: Load> Blocks<P, Q> {
         if self.start >= self.p.len() {
             return false;
         }
-        let (next, size) = (self.next, self.next.element_size);
-        simd::prefetch_l2(
-            next.p,
-            next.row_bytes,
-            self.start * size,
-            (self.start + BLK) * size,
-        );
-        simd::prefetch_l2(
-            next.q,
-            next.row_bytes,
-            self.start * size,
-            (self.start + BLK) * size,
-        );
+        self.next.fetch(self.start, self.start + BLK);
         self.p.shifted_block(self.start, self.max_p, self.inv_t, a);
         self.q.shifted_block(self.start, self.max_q, self.inv_t, b);
         self.start += BLK;

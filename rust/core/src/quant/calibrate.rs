@@ -764,10 +764,15 @@ mod tests {
                 _ => (next() as f32 / u32::MAX as f32 - 0.5) * 1e3,
             })
             .collect();
-        let finite: Vec<f32> = data.iter().map(|&e| if e.is_finite() { e } else { 1.0 }).collect();
+        let finite: Vec<f32> = data
+            .iter()
+            .map(|&e| if e.is_finite() { e } else { 1.0 })
+            .collect();
         let bits: Vec<u16> = data.iter().map(|&e| (e.to_bits() >> 16) as u16).collect();
         let mut buf = [0f32; BUF];
-        for n in [1, 2, 15, 16, 17, 31, 32, 33, 47, 128, 129, 255, 256, 257, 1000, 4099] {
+        for n in [
+            1, 2, 15, 16, 17, 31, 32, 33, 47, 128, 129, 255, 256, 257, 1000, 4099,
+        ] {
             for start in [0, 1, 3, 16, 333] {
                 for v in [&data, &finite] {
                     let got = min_max_f32(&Values::F32(v), start, n, &mut buf);

@@ -500,7 +500,10 @@ unsafe fn dequantize_stream32_avx2(codes: &[i32], zp: f32, s: f32, out: &mut [f3
         unsafe {
             let c = _mm256_cvtepi32_ps(_mm256_loadu_si256(codes.as_ptr().add(i) as *const __m256i));
             // The same two roundings as dequantize_block32: (n − b), then ·s.
-            _mm256_stream_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(_mm256_sub_ps(c, zv), sv));
+            _mm256_stream_ps(
+                out.as_mut_ptr().add(i),
+                _mm256_mul_ps(_mm256_sub_ps(c, zv), sv),
+            );
         }
         i += 8;
     }
@@ -937,7 +940,16 @@ pub fn quantize_into_ahead(
                 .map(|(k, o)| {
                     let start = k * CHUNK;
                     let end = (start + CHUNK).min(n);
-                    run_chunk(opts, x, plan, r, start, end, PackSink { out: o, bits }, ahead)
+                    run_chunk(
+                        opts,
+                        x,
+                        plan,
+                        r,
+                        start,
+                        end,
+                        PackSink { out: o, bits },
+                        ahead,
+                    )
                 })
                 .sum()
         }

@@ -598,7 +598,9 @@ pub fn quantize_calibrated_into(
             // cache overlaps the two (a quarter less time for int8 rows).
             let next = (first + parts) * run;
             let ahead = x.ahead(next, next + xs.len());
-            Ok(kernel::quantize_into_ahead(xs, &sub, &r, opts, piece, ahead))
+            Ok(kernel::quantize_into_ahead(
+                xs, &sub, &r, opts, piece, ahead,
+            ))
         })
         .collect::<Result<Vec<u64>>>()?
         .into_iter()
