@@ -14,6 +14,9 @@ Divergences between next-token distributions::
 
 from __future__ import annotations
 
+import os
+import warnings
+
 from . import _core
 from ._errors import (
     DtypeError, FormatError, GpuError, GpuUnavailableError, InputError, QuantdriftError, ShapeError,
@@ -98,8 +101,22 @@ __all__ = [
 
 
 def isa() -> str:
-    """The instruction set the kernels use on this CPU (e.g. ``"avx512"``)."""
+    """The instruction set the kernels use on this CPU: ``"avx512"``,
+    ``"avx2+fma"``, ``"sse2"`` (x86-64), ``"neon"`` (aarch64) or
+    ``"scalar"``. Setting ``QUANTDRIFT_ISA`` to ``sse2``, ``avx2`` or
+    ``avx512`` before the first call caps it (to measure or test a narrower
+    build); every build computes the same bits."""
     return _core.isa()
+
+
+_ISA_CAPS = ("sse2", "baseline", "avx2", "avx2+fma", "avx512")
+if os.environ.get("QUANTDRIFT_ISA", "").strip() not in _ISA_CAPS + ("",):
+    warnings.warn(
+        f"QUANTDRIFT_ISA={os.environ['QUANTDRIFT_ISA']!r} is not one of sse2, avx2, avx512; "
+        "the widest instruction set of this CPU is used",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 
 
 def num_threads() -> int:

@@ -152,17 +152,18 @@ pub fn f16_to_f32(bits: u16) -> f32 {
 }
 
 /// Widens `N` float16 values (bit patterns) to float32, exactly: with the
-/// F16C conversion instruction where the CPU has it (every AVX2 CPU does),
-/// else with [`f16_to_f32`]. Call it from code that [`crate::simd::dispatch`]
+/// F16C conversion instruction where the kernels may use AVX2 (every AVX2
+/// CPU has F16C), else with [`f16_to_f32`]. Call it from code that [`crate::simd::dispatch`]
 /// inlines, so that the instruction is compiled in.
 #[inline(always)]
 pub fn f16_array_to_f32<const N: usize>(src: &[u16; N], out: &mut [f32; N]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if N.is_multiple_of(8) && std::is_x86_feature_detected!("f16c") {
+        if N.is_multiple_of(8) && crate::simd::has_avx2() {
             use std::arch::x86_64::{__m128i, _mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
             for c in 0..N / 8 {
-                // SAFETY: the CPU has F16C (checked above); c·8 + 8 ≤ N, so
+                // SAFETY: the CPU has AVX2 and F16C (checked above, and
+                // allowed by QUANTDRIFT_ISA); c·8 + 8 ≤ N, so
                 // both the 16-byte load and the 32-byte store stay inside
                 // the arrays.
                 unsafe {

@@ -28,7 +28,8 @@ pub trait Kernel {
     fn run(self) -> Self::Output;
 }
 
-/// The instruction set [`dispatch`] picks on this machine.
+/// The instruction set [`dispatch`] picks on this machine (see `level` for
+/// the `QUANTDRIFT_ISA` cap).
 pub fn isa_name() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     {
@@ -50,18 +51,59 @@ pub fn isa_name() -> &'static str {
     }
 }
 
+/// The x86-64 builds of a kernel, narrowest first.
 #[cfg(target_arch = "x86_64")]
-fn has_avx512() -> bool {
-    std::is_x86_feature_detected!("avx512f")
-        && std::is_x86_feature_detected!("avx512bw")
-        && std::is_x86_feature_detected!("avx512dq")
-        && std::is_x86_feature_detected!("avx512vl")
-        && std::is_x86_feature_detected!("fma")
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Level {
+    Baseline,
+    Avx2,
+    Avx512,
+}
+
+/// The widest build this CPU runs, capped by `QUANTDRIFT_ISA` (`sse2`,
+/// `avx2` or `avx512`, as [`isa_name`] reports them; read once) so that the narrower builds can be measured
+/// and tested on a machine that has the wider ones. A cap wider than the
+/// CPU, or an unknown name, changes nothing.
+#[cfg(target_arch = "x86_64")]
+fn level() -> Level {
+    static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let detected = if std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512dq")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+        {
+            Level::Avx512
+        } else if std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+        {
+            Level::Avx2
+        } else {
+            Level::Baseline
+        };
+        let cap = match std::env::var("QUANTDRIFT_ISA").as_deref().map(str::trim) {
+            Ok("sse2" | "baseline") => Level::Baseline,
+            Ok("avx2" | "avx2+fma") => Level::Avx2,
+            _ => Level::Avx512,
+        };
+        detected.min(cap)
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    level() == Level::Avx512
+}
+
+/// Whether kernels may use AVX2, FMA and F16C (the CPU has them and
+/// `QUANTDRIFT_ISA` allows them).
+#[cfg(target_arch = "x86_64")]
 pub(crate) fn has_avx2() -> bool {
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    level() >= Level::Avx2
 }
 
 #[cfg(target_arch = "x86_64")]
