@@ -157,13 +157,22 @@ pub fn f16_to_f32(bits: u16) -> f32 {
 /// inlines, so that the instruction is compiled in.
 #[inline(always)]
 pub fn f16_array_to_f32<const N: usize>(src: &[u16; N], out: &mut [f32; N]) {
+    f16_array_to_f32_with(src, out, crate::simd::has_avx2());
+}
+
+/// [`f16_array_to_f32`] with the instruction-set check done by the caller
+/// (`f16c`: the result of `simd::has_avx2()`), once per row rather than
+/// once per lane group: a check inside a hot loop is a load that keeps
+/// LLVM from holding the loop's accumulators in registers.
+#[inline(always)]
+pub fn f16_array_to_f32_with<const N: usize>(src: &[u16; N], out: &mut [f32; N], f16c: bool) {
     #[cfg(target_arch = "x86_64")]
     {
-        if N.is_multiple_of(8) && crate::simd::has_avx2() {
+        if N.is_multiple_of(8) && f16c {
             use std::arch::x86_64::{__m128i, _mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
             for c in 0..N / 8 {
-                // SAFETY: the CPU has AVX2 and F16C (checked above, and
-                // allowed by QUANTDRIFT_ISA); c·8 + 8 ≤ N, so
+                // SAFETY: the CPU has AVX2 and F16C (the caller checked
+                // with simd::has_avx2()); c·8 + 8 ≤ N, so
                 // both the 16-byte load and the 32-byte store stay inside
                 // the arrays.
                 unsafe {
@@ -174,6 +183,8 @@ pub fn f16_array_to_f32<const N: usize>(src: &[u16; N], out: &mut [f32; N]) {
             return;
         }
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = f16c;
     for i in 0..N {
         out[i] = f16_to_f32(src[i]);
     }

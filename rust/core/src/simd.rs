@@ -94,6 +94,16 @@ fn level() -> Level {
     })
 }
 
+/// Whether kernels may use the F16C conversions (with AVX2: see
+/// [`has_avx2`]); false off x86-64.
+#[inline]
+pub fn has_f16c() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return has_avx2();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 #[cfg(target_arch = "x86_64")]
 fn has_avx512() -> bool {
     level() == Level::Avx512

@@ -434,7 +434,7 @@ fn row_stats(
         }
         (Block::Dense(Rows::F16(a, _)), Block::Dense(Rows::F16(b, _))) => {
             let next = Prefetch::row(a, b, v, r + 1);
-            let (p, q) = (F16Row(&a[span.clone()]), F16Row(&b[span]));
+            let (p, q) = (F16Row::new(&a[span.clone()]), F16Row::new(&b[span]));
             pair(p, q, next, inv_t, token, sizes, exps, top)
         }
         (Block::Dense(Rows::Bf16(a, _)), Block::Dense(Rows::Bf16(b, _))) => {

@@ -22,7 +22,7 @@
 //! Rows whose intermediate values leave float32 range return `None` and are
 //! recomputed by the float64 reference.
 
-use crate::rows::{bf16_to_f32, f16_array_to_f32, f16_to_f32, Dtype, Rows};
+use crate::rows::{bf16_to_f32, f16_array_to_f32_with, f16_to_f32, Dtype, Rows};
 use crate::simd::{self, Kernel, LANES, V};
 
 use super::kinds::{
@@ -140,15 +140,25 @@ impl Load for &[f32] {
     }
 }
 
-/// A float16 row (bit patterns).
+/// A float16 row (bit patterns), with whether the F16C instruction may
+/// widen it (see [`F16Row::new`]).
 #[derive(Clone, Copy)]
-pub struct F16Row<'a>(pub &'a [u16]);
+pub struct F16Row<'a>(pub &'a [u16], bool);
+
+impl<'a> F16Row<'a> {
+    /// The row, with the instruction-set check made once here.
+    #[inline(always)]
+    pub fn new(bits: &'a [u16]) -> Self {
+        F16Row(bits, simd::has_f16c())
+    }
+}
+
 /// A bfloat16 row (bit patterns).
 #[derive(Clone, Copy)]
 pub struct Bf16Row<'a>(pub &'a [u16]);
 
 /// `Load` for a row of 16-bit float bit patterns widened by `$widen`
-/// (one value) and `$widen_array` (a lane group or block).
+/// (one value) and `$widen_array` (a lane group or block, given the row).
 macro_rules! load_16_bit_row {
     ($row:ident, $widen:ident, $widen_array:ident) => {
         impl Load for $row<'_> {
@@ -163,7 +173,7 @@ macro_rules! load_16_bit_row {
             #[inline(always)]
             fn full_group(self, start: usize) -> V {
                 let mut out = [0.0; LANES];
-                $widen_array(chunk(self.0, start), &mut out);
+                $widen_array(self, chunk(self.0, start), &mut out);
                 out
             }
             #[inline(always)]
@@ -171,7 +181,7 @@ macro_rules! load_16_bit_row {
                 let bits: &[u16; BLK] = self.0[start..start + BLK]
                     .try_into()
                     .expect("a whole block");
-                $widen_array(bits, out);
+                $widen_array(self, bits, out);
             }
         }
     };
@@ -179,13 +189,18 @@ macro_rules! load_16_bit_row {
 
 /// bfloat16 is the top half of a float32: a shift, which vectorises.
 #[inline(always)]
-fn bf16_array_to_f32<const N: usize>(src: &[u16; N], out: &mut [f32; N]) {
+fn bf16_array_to_f32<const N: usize>(_row: Bf16Row<'_>, src: &[u16; N], out: &mut [f32; N]) {
     for i in 0..N {
         out[i] = bf16_to_f32(src[i]);
     }
 }
 
-load_16_bit_row!(F16Row, f16_to_f32, f16_array_to_f32);
+#[inline(always)]
+fn f16_row_array_to_f32<const N: usize>(row: F16Row<'_>, src: &[u16; N], out: &mut [f32; N]) {
+    f16_array_to_f32_with(src, out, row.1);
+}
+
+load_16_bit_row!(F16Row, f16_to_f32, f16_row_array_to_f32);
 load_16_bit_row!(Bf16Row, bf16_to_f32, bf16_array_to_f32);
 
 /// What the scan pass learns about a pair of rows.
@@ -617,7 +632,7 @@ fn probs_row_to_logits(
     let v = rows.vocab();
     match *rows {
         Rows::F32(d, _) => probs_to_logits(&d[r * v..(r + 1) * v], tol, out),
-        Rows::F16(d, _) => probs_to_logits(F16Row(&d[r * v..(r + 1) * v]), tol, out),
+        Rows::F16(d, _) => probs_to_logits(F16Row::new(&d[r * v..(r + 1) * v]), tol, out),
         Rows::Bf16(d, _) => probs_to_logits(Bf16Row(&d[r * v..(r + 1) * v]), tol, out),
         Rows::F64(..) => unreachable!("float64 rows take the reference path"),
     }
@@ -671,8 +686,8 @@ pub fn row(
             exps,
         ),
         (Rows::F16(a, _), Rows::F16(b, _)) => run_pair(
-            F16Row(&a[span.clone()]),
-            F16Row(&b[span]),
+            F16Row::new(&a[span.clone()]),
+            F16Row::new(&b[span]),
             opts.kind,
             inv_t,
             Prefetch::row(a, b, v, r + 1),
