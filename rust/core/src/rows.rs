@@ -1,6 +1,7 @@
 //! Borrowed row-major matrices of next-token scores in any supported dtype.
 
 use crate::error::{CoreError, Result};
+use crate::simd::F16c;
 
 /// Storage type of a row matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,27 +153,21 @@ pub fn f16_to_f32(bits: u16) -> f32 {
 }
 
 /// Widens `N` float16 values (bit patterns) to float32, exactly: with the
-/// F16C conversion instruction where the kernels may use AVX2 (every AVX2
-/// CPU has F16C), else with [`f16_to_f32`]. Call it from code that [`crate::simd::dispatch`]
-/// inlines, so that the instruction is compiled in.
+/// F16C conversion instruction when given the proof that it may run, else
+/// with [`f16_to_f32`]. The caller detects once ([`F16c::detect`]), per row
+/// rather than per lane group: a check inside a hot loop is a load that
+/// keeps LLVM from holding the loop's accumulators in registers. Call it
+/// from code that [`crate::simd::dispatch`] inlines, so that the
+/// instruction is compiled in.
 #[inline(always)]
-pub fn f16_array_to_f32<const N: usize>(src: &[u16; N], out: &mut [f32; N]) {
-    f16_array_to_f32_with(src, out, crate::simd::has_avx2());
-}
-
-/// [`f16_array_to_f32`] with the instruction-set check done by the caller
-/// (`f16c`: the result of `simd::has_avx2()`), once per row rather than
-/// once per lane group: a check inside a hot loop is a load that keeps
-/// LLVM from holding the loop's accumulators in registers.
-#[inline(always)]
-pub fn f16_array_to_f32_with<const N: usize>(src: &[u16; N], out: &mut [f32; N], f16c: bool) {
+pub fn f16_array_to_f32<const N: usize>(src: &[u16; N], out: &mut [f32; N], f16c: Option<F16c>) {
     #[cfg(target_arch = "x86_64")]
     {
-        if N.is_multiple_of(8) && f16c {
+        if N.is_multiple_of(8) && f16c.is_some() {
             use std::arch::x86_64::{__m128i, _mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
             for c in 0..N / 8 {
-                // SAFETY: the CPU has AVX2 and F16C (the caller checked
-                // with simd::has_avx2()); c·8 + 8 ≤ N, so
+                // SAFETY: the CPU has AVX2 and F16C (an F16c exists only
+                // where F16c::detect found them); c·8 + 8 ≤ N, so
                 // both the 16-byte load and the 32-byte store stay inside
                 // the arrays.
                 unsafe {
@@ -236,15 +231,19 @@ mod tests {
             for (i, s) in src.iter_mut().enumerate() {
                 *s = (start + i) as u16;
             }
-            let mut out = [0.0f32; 64];
-            f16_array_to_f32(&src, &mut out);
-            for i in 0..64 {
-                let want = f16_to_f32(src[i]);
-                assert!(
-                    out[i].to_bits() == want.to_bits() || (out[i].is_nan() && want.is_nan()),
-                    "{:#06x}",
-                    src[i]
-                );
+            // both the instruction (where the CPU has it) and the portable path
+            for f16c in [F16c::detect(), None] {
+                let mut out = [0.0f32; 64];
+                f16_array_to_f32(&src, &mut out, f16c);
+                for i in 0..64 {
+                    let want = f16_to_f32(src[i]);
+                    assert!(
+                        out[i].to_bits() == want.to_bits() || (out[i].is_nan() && want.is_nan()),
+                        "{:#06x} (f16c: {})",
+                        src[i],
+                        f16c.is_some()
+                    );
+                }
             }
         }
     }

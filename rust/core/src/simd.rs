@@ -94,14 +94,23 @@ fn level() -> Level {
     })
 }
 
-/// Whether kernels may use the F16C conversions (with AVX2: see
-/// [`has_avx2`]); false off x86-64.
-#[inline]
-pub fn has_f16c() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return has_avx2();
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+/// Proof that kernels may use the F16C conversions (they come with AVX2:
+/// see `has_avx2`). Only [`F16c::detect`] makes one, so code holding one
+/// may run the instructions; checking once and passing the proof along
+/// keeps the check out of hot loops.
+#[derive(Debug, Clone, Copy)]
+pub struct F16c(());
+
+impl F16c {
+    /// The proof where this CPU (and `QUANTDRIFT_ISA`) allows F16C; none
+    /// off x86-64.
+    #[inline]
+    pub fn detect() -> Option<F16c> {
+        #[cfg(target_arch = "x86_64")]
+        return has_avx2().then_some(F16c(()));
+        #[cfg(not(target_arch = "x86_64"))]
+        None
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -306,30 +315,41 @@ const LN2_LO: f32 = -2.121_944_4e-4;
 /// Adding then subtracting 1.5·2^23 rounds to the nearest integer.
 const ROUND_MAGIC: f32 = 12_582_912.0;
 
-/// `e^x` for one lane; 0 below −87.34 (where float32 results turn
-/// subnormal), `+inf` above 88.37. Error about 1 ulp.
+/// The range reduction every exponential here shares: `clamped` =
+/// k·ln 2 + r with |r| ≤ ln 2 / 2, returned as (r, 2^k). Lane arithmetic
+/// with no float→int conversion, so it vectorises: k = round(x·log2 e) is
+/// read from the low mantissa bits of x·log2 e + 1.5·2^23, and 2^k is
+/// built from k's bits.
 #[inline(always)]
-pub fn exp(x: f32) -> f32 {
-    // Everything here is lane arithmetic with no float→int conversion, so it
-    // vectorises: k = round(x·log2 e) is read from the low mantissa bits of
-    // x·log2 e + 1.5·2^23, and 2^k is built from k's bits.
-    // max/min rather than clamp: clamp keeps NaN the same, but we want the
-    // two plain vector instructions (NaN is patched at the end anyway).
-    #[allow(clippy::manual_clamp)]
-    let clamped = x.max(EXP_LO).min(EXP_HI);
+fn reduce(clamped: f32) -> (f32, f32) {
     let t = clamped.mul_add(LOG2E, ROUND_MAGIC);
     let k = t - ROUND_MAGIC;
     let k_bits = t.to_bits().wrapping_sub(ROUND_MAGIC.to_bits()); // k as two's complement
     let r = k.mul_add(-LN2_LO, k.mul_add(-LN2_HI, clamped));
+    (r, f32::from_bits(k_bits.wrapping_add(127) << 23))
+}
+
+/// e^r for |r| ≤ ln 2 / 2, Cephes' polynomial (about 1 ulp).
+#[inline(always)]
+fn exp_reduced(r: f32) -> f32 {
     let mut p = 1.987_569_1e-4f32;
     p = p.mul_add(r, 1.398_199_9e-3);
     p = p.mul_add(r, 8.333_452e-3);
     p = p.mul_add(r, 4.166_579_6e-2);
     p = p.mul_add(r, 1.666_666_5e-1);
     p = p.mul_add(r, 0.5); // Cephes writes 5.0000001e-1, which is 0.5 in f32
-    let er = p.mul_add(r * r, r) + 1.0;
-    let two_k = f32::from_bits(k_bits.wrapping_add(127) << 23);
-    let y = er * two_k;
+    p.mul_add(r * r, r) + 1.0
+}
+
+/// `e^x` for one lane; 0 below −87.34 (where float32 results turn
+/// subnormal), `+inf` above 88.37. Error about 1 ulp.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    // max/min rather than clamp: clamp keeps NaN the same, but we want the
+    // two plain vector instructions (NaN is patched at the end anyway).
+    #[allow(clippy::manual_clamp)]
+    let (r, two_k) = reduce(x.max(EXP_LO).min(EXP_HI));
+    let y = exp_reduced(r) * two_k;
     let y = select(x > EXP_HI, f32::INFINITY, y);
     let y = select(x < EXP_LO, 0.0, y);
     select(x.is_nan(), x, y)
@@ -339,20 +359,8 @@ pub fn exp(x: f32) -> f32 {
 /// NaN and +inf): [`exp`] without the overflow and NaN patches.
 #[inline(always)]
 pub fn exp_nonpositive(x: f32) -> f32 {
-    let clamped = x.max(EXP_LO);
-    let t = clamped.mul_add(LOG2E, ROUND_MAGIC);
-    let k = t - ROUND_MAGIC;
-    let k_bits = t.to_bits().wrapping_sub(ROUND_MAGIC.to_bits());
-    let r = k.mul_add(-LN2_LO, k.mul_add(-LN2_HI, clamped));
-    let mut p = 1.987_569_1e-4f32;
-    p = p.mul_add(r, 1.398_199_9e-3);
-    p = p.mul_add(r, 8.333_452e-3);
-    p = p.mul_add(r, 4.166_579_6e-2);
-    p = p.mul_add(r, 1.666_666_5e-1);
-    p = p.mul_add(r, 0.5);
-    let er = p.mul_add(r * r, r) + 1.0;
-    let y = er * f32::from_bits(k_bits.wrapping_add(127) << 23);
-    select(x < EXP_LO, 0.0, y)
+    let (r, two_k) = reduce(x.max(EXP_LO));
+    select(x < EXP_LO, 0.0, exp_reduced(r) * two_k)
 }
 
 /// `e^x` for x ≤ 0 or −inf, as [`exp_nonpositive`] but with a degree-5
@@ -360,19 +368,14 @@ pub fn exp_nonpositive(x: f32) -> f32 {
 /// fewer multiply-adds. For weights whose sums are normalised anyway.
 #[inline(always)]
 pub fn exp_weight(x: f32) -> f32 {
-    let clamped = x.max(EXP_LO);
-    let t = clamped.mul_add(LOG2E, ROUND_MAGIC);
-    let k = t - ROUND_MAGIC;
-    let k_bits = t.to_bits().wrapping_sub(ROUND_MAGIC.to_bits());
-    let r = k.mul_add(-LN2_LO, k.mul_add(-LN2_HI, clamped));
+    let (r, two_k) = reduce(x.max(EXP_LO));
     let mut p = 8.297_655e-3f32;
     p = p.mul_add(r, 4.191_538_3e-2);
     p = p.mul_add(r, 1.666_757_5e-1);
     p = p.mul_add(r, 4.999_889_4e-1);
     p = p.mul_add(r, 9.999_997e-1);
     p = p.mul_add(r, 1.000_000_1);
-    let y = p * f32::from_bits(k_bits.wrapping_add(127) << 23);
-    select(x < EXP_LO, 0.0, y)
+    select(x < EXP_LO, 0.0, p * two_k)
 }
 
 const EXP_LO: f32 = -87.336_55;

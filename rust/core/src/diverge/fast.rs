@@ -22,8 +22,8 @@
 //! Rows whose intermediate values leave float32 range return `None` and are
 //! recomputed by the float64 reference.
 
-use crate::rows::{bf16_to_f32, f16_array_to_f32_with, f16_to_f32, Dtype, Rows};
-use crate::simd::{self, Kernel, LANES, V};
+use crate::rows::{bf16_to_f32, f16_array_to_f32, f16_to_f32, Dtype, Rows};
+use crate::simd::{self, F16c, Kernel, LANES, V};
 
 use super::kinds::{
     Chi2, CrossEntropy, Entropy, Evaluate, Hellinger, Js, Kl, Normalised, Renyi, ReverseKl, Tv,
@@ -140,16 +140,16 @@ impl Load for &[f32] {
     }
 }
 
-/// A float16 row (bit patterns), with whether the F16C instruction may
-/// widen it (see [`F16Row::new`]).
+/// A float16 row (bit patterns), with the proof, if any, that the F16C
+/// instruction may widen it (see [`F16Row::new`]).
 #[derive(Clone, Copy)]
-pub struct F16Row<'a>(pub &'a [u16], bool);
+pub struct F16Row<'a>(pub &'a [u16], Option<F16c>);
 
 impl<'a> F16Row<'a> {
     /// The row, with the instruction-set check made once here.
     #[inline(always)]
     pub fn new(bits: &'a [u16]) -> Self {
-        F16Row(bits, simd::has_f16c())
+        F16Row(bits, F16c::detect())
     }
 }
 
@@ -197,7 +197,7 @@ fn bf16_array_to_f32<const N: usize>(_row: Bf16Row<'_>, src: &[u16; N], out: &mu
 
 #[inline(always)]
 fn f16_row_array_to_f32<const N: usize>(row: F16Row<'_>, src: &[u16; N], out: &mut [f32; N]) {
-    f16_array_to_f32_with(src, out, row.1);
+    f16_array_to_f32(src, out, row.1);
 }
 
 load_16_bit_row!(F16Row, f16_to_f32, f16_row_array_to_f32);
