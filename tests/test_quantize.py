@@ -591,3 +591,55 @@ def test_recycled_outputs_of_quantize_and_dequantize_never_alias_live_arrays():
     s = third.scale.astype(np.float64)
     want = np.clip(np.rint(xs[2].reshape(512, 8, 128) / s[..., None]), -128, 127)
     np.testing.assert_array_equal(third.codes.reshape(512, 8, 128), want)
+
+
+def test_recycled_per_part_parameters_never_alias_live_arrays():
+    # 262144 groups of 4: the scales (float32) and zero-points (int32) of a
+    # fused calibration reach the 1 MiB from which buffers are recycled.
+    import gc
+
+    rng = np.random.default_rng(11)
+    xs = [rng.standard_normal((1024, 1024)).astype(np.float32) * (k + 1) for k in range(3)]
+    part = qd.groups(-1, 4)
+    first = qd.quantize(xs[0], bits=4, partition=part, symmetric=False)
+    assert first.scale.dtype == np.float32 and first.scale.shape == (1024, 256)
+    scale0, zero0 = first.scale.copy(), first.zero_point.copy()
+    y0 = first.dequantize()
+    second = qd.quantize(xs[1], bits=4, partition=part, symmetric=False)
+    second.dequantize()
+    del second
+    gc.collect()
+    third = qd.quantize(xs[2], bits=4, partition=part, symmetric=False)
+    np.testing.assert_array_equal(first.scale, scale0)
+    np.testing.assert_array_equal(first.zero_point, zero0)
+    np.testing.assert_array_equal(first.dequantize(), y0)
+    np.testing.assert_array_equal(y0, qd.fake_quantize(xs[0], bits=4, partition=part, symmetric=False))
+    np.testing.assert_array_equal(
+        third.dequantize(), qd.fake_quantize(xs[2], bits=4, partition=part, symmetric=False)
+    )
+
+
+def test_shared_integer_ranges_are_read_only():
+    # Scalar ranges of many parts are one shared array per (parts, value).
+    x = np.random.default_rng(12).standard_normal((64, 256)).astype(np.float32)
+    a = qd.quantize(x, bits=4, partition=qd.groups(-1, 2))
+    b = qd.quantize(x * 2, bits=4, partition=qd.groups(-1, 2))
+    assert not a.qmin.flags.writeable and not a.qmax.flags.writeable
+    with pytest.raises(ValueError):
+        a.qmin[0, 0] = 0
+    np.testing.assert_array_equal(b.qmin, -8)
+    np.testing.assert_array_equal(b.qmax, 7)
+
+
+@pytest.mark.parametrize("zdtype", [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.int64])
+@pytest.mark.parametrize("sdtype", [np.float32, np.float64])
+def test_dequantize_takes_parameters_in_any_stored_dtype(zdtype, sdtype):
+    import dataclasses
+
+    x = np.random.default_rng(13).standard_normal((96, 64)).astype(np.float32)
+    # zero-points in [0, 63]: every integer dtype holds them
+    qt = qd.quantize(x, bits=6, partition=qd.groups(-1, 16), symmetric=False, pack=False)
+    want = (qt.codes.reshape(96, 4, 16).astype(np.float64) - qt.zero_point[..., None]) * qt.scale[..., None]
+    other = dataclasses.replace(qt, scale=qt.scale.astype(sdtype), zero_point=qt.zero_point.astype(zdtype))
+    np.testing.assert_array_equal(other.dequantize(), want.astype(np.float32).reshape(96, 64))
+    np.testing.assert_array_equal(other.dequantize(), qt.dequantize())

@@ -211,7 +211,7 @@ def quant_quantize_calibrated(
     seed: int,
     arith: str,
     x16: str,
-) -> Optional[Tuple[_Codes, npt.NDArray[np.float64], npt.NDArray[np.int32], int]]: ...
+) -> Optional[Tuple[_Codes, Union[npt.NDArray[np.float32], npt.NDArray[np.float64]], npt.NDArray[np.int32], int]]: ...
 def quant_fake(
     x: _In,
     partition: _Part,
@@ -229,8 +229,8 @@ def quant_fake(
 def quant_dequantize(
     codes: _Codes,
     partition: _Part,
-    scale: npt.NDArray[np.float64],
-    zero_point: npt.NDArray[np.int32],
+    scale: npt.NDArray[np.float32] | npt.NDArray[np.float64],
+    zero_point: _Codes,
     *,
     packed_bits: Optional[int],
     signed: bool,

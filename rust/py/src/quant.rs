@@ -8,7 +8,7 @@
 use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use quantdrift_core::buffers::Buffer;
+use quantdrift_core::buffers::{Buffer, Plain};
 use quantdrift_core::lowp::{Rounded, Rounding, Values};
 use quantdrift_core::quant::{
     self, pack, Arith, Calibration, CodeType, Codes, CodesMut, CodesRef, Method, Options,
@@ -34,7 +34,7 @@ type PartSpec<'py> = (
 type ScalesAndZeros<'py> = (Bound<'py, PyArray1<f64>>, Bound<'py, PyArray1<i32>>);
 type CodesScalesZeros<'py> = (
     Bound<'py, PyAny>,
-    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyAny>,
     Bound<'py, PyArray1<i32>>,
     u64,
 );
@@ -279,6 +279,8 @@ fn codes_into_buffer<'py, R: Send>(
 /// Full-range calibration and quantization in one pass (see
 /// `quant::quantize_calibrated_into`): (codes, scale, zero_point, clipped),
 /// or None where it does not apply (the caller calibrates, then quantizes).
+/// The scales are float32 with `scale_f32` (their values are), else
+/// float64.
 #[pyfunction]
 #[pyo3(signature = (x, partition, qmin, qmax, *, code_type, symmetric, style, eps, scale_f32, rounding, seed, arith, x16))]
 #[allow(clippy::too_many_arguments)]
@@ -317,15 +319,28 @@ pub fn quant_quantize_calibrated<'py>(
         qmax: slice(&qmax, "qmax")?,
     };
     let ct = self::code_type(code_type)?;
-    let (codes, (s, b, clipped)) = codes_into_buffer(py, values.len(), ct, |out| {
-        quant::quantize_calibrated_into(values, &part, &ranges, &cal, &opts, out)
+    // Per-part outputs in recycled buffers too: 10^5–10^6 groups make
+    // megabytes, and fresh pages cost a fault each.
+    let k = ranges.qmin.len();
+    let (mut s, mut b) = (Buffer::<f64>::new(k), Buffer::<i32>::new(k));
+    let mut s32 = Buffer::<f32>::new(if scale_f32 { k } else { 0 });
+    let (codes, clipped) = codes_into_buffer(py, values.len(), ct, |out| {
+        let clipped = quant::quantize_calibrated_into(
+            values, &part, &ranges, &cal, &opts, out, &mut s, &mut b,
+        )?;
+        // float32 scales are float32 values: returned as such, they need
+        // no conversion in Python.
+        s32.iter_mut()
+            .zip(s.iter())
+            .for_each(|(t, &v)| *t = v as f32);
+        Ok(clipped)
     })?;
-    Ok(Some((
-        codes,
-        s.into_pyarray(py),
-        b.into_pyarray(py),
-        clipped,
-    )))
+    let scale = if scale_f32 {
+        buffer_into_pyarray(py, s32)?.into_any()
+    } else {
+        buffer_into_pyarray(py, s)?.into_any()
+    };
+    Ok(Some((codes, scale, buffer_into_pyarray(py, b)?, clipped)))
 }
 
 /// Q̃(Q(x)) (float32, float64 for float64 x) and the number of clipped elements.
@@ -372,6 +387,60 @@ pub fn quant_fake<'py>(
     Ok((rounded_to_py(py, y), clipped))
 }
 
+/// Scales as a QuantizedTensor stores them.
+#[derive(FromPyObject)]
+pub enum ScaleArray<'py> {
+    F64(PyReadonlyArray1<'py, f64>),
+    F32(PyReadonlyArray1<'py, f32>),
+}
+
+impl ScaleArray<'_> {
+    /// The scales in float64: float64 ones in place, float32 ones widened
+    /// into a recycled buffer (a fresh array per call of 10^5–10^6 groups
+    /// would fault in its pages one by one).
+    fn widen(&self) -> Result<Wide<'_, f64>, Error> {
+        Ok(match self {
+            ScaleArray::F64(a) => Wide::Borrowed(slice(a, "scale")?),
+            ScaleArray::F32(a) => Wide::widened(slice(a, "scale")?, f64::from),
+        })
+    }
+}
+
+/// Per-part values in place or widened into a recycled buffer.
+pub enum Wide<'a, T: Plain> {
+    Borrowed(&'a [T]),
+    Owned(Buffer<T>),
+}
+
+impl<T: Plain> Wide<'_, T> {
+    fn widened<S: Copy>(from: &[S], widen: impl Fn(S) -> T) -> Self {
+        let mut out = Buffer::<T>::new(from.len());
+        out.iter_mut().zip(from).for_each(|(o, &v)| *o = widen(v));
+        Wide::Owned(out)
+    }
+}
+
+impl<T: Plain> std::ops::Deref for Wide<'_, T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match self {
+            Wide::Borrowed(s) => s,
+            Wide::Owned(b) => b,
+        }
+    }
+}
+
+/// Integers of any code dtype as int32 (see [`ScaleArray::widen`]).
+fn widen_ints<'a>(a: &'a CodeArray<'_>, arg: &str) -> Result<Wide<'a, i32>, Error> {
+    Ok(match a {
+        CodeArray::I32(v) => Wide::Borrowed(slice(v, arg)?),
+        CodeArray::I8(v) => Wide::widened(slice(v, arg)?, i32::from),
+        CodeArray::U8(v) => Wide::widened(slice(v, arg)?, i32::from),
+        CodeArray::I16(v) => Wide::widened(slice(v, arg)?, i32::from),
+        CodeArray::U16(v) => Wide::widened(slice(v, arg)?, i32::from),
+    })
+}
+
 /// Integer codes as Python passes them.
 #[derive(FromPyObject)]
 pub enum CodeArray<'py> {
@@ -390,8 +459,8 @@ pub fn quant_dequantize<'py>(
     py: Python<'py>,
     codes: CodeArray<'py>,
     partition: PartSpec<'py>,
-    scale: PyReadonlyArray1<'py, f64>,
-    zero_point: PyReadonlyArray1<'py, i32>,
+    scale: ScaleArray<'py>,
+    zero_point: CodeArray<'py>,
     packed_bits: Option<u32>,
     signed: bool,
     length: usize,
@@ -415,7 +484,8 @@ pub fn quant_dequantize<'py>(
         (CodeArray::U16(a), None) => CodesRef::U16(slice(a, "codes")?),
         (CodeArray::I32(a), None) => CodesRef::I32(slice(a, "codes")?),
     };
-    let (s, b) = (slice(&scale, "scale")?, slice(&zero_point, "zero_point")?);
+    let (s, b) = (scale.widen()?, widen_ints(&zero_point, "zero_point")?);
+    let (s, b) = (&s[..], &b[..]);
     let y = if on_gpu(device)? {
         py.detach(|| quantdrift_gpu::quant::dequantize(c, &part, s, b, f64_out))
             .map_err(gpu_error)?
