@@ -509,7 +509,8 @@ class QuantizedTensor:
         scale: s_j per part, shaped like the partition's grid (float32;
             float64 for float64 input).
         zero_point: b_j per part (grid shape, smallest integer dtype).
-        qmin, qmax: the integer range per part (int32, grid shape).
+        qmin, qmax: the integer range per part (int32, grid shape; read-only
+            where one range serves every part, as the arrays are then shared).
         partition: the :class:`Partition`.
         shape: the original shape. dtype: the original dtype.
         packed_bits: bits per packed code, or None when unpacked.
