@@ -58,6 +58,35 @@ for name, bits, part in (("int8", 8, qd.per_axis(0)), ("int4", 4, qd.groups(-1, 
 qa = qd.quantize(x, bits=4, partition=qd.groups(-1, 64), symmetric=False, calibration="minmax")
 out["asym-codes"] = qa.int_repr()
 out["asym-deq"] = qa.dequantize()
+# groups that fuse calibration and quantization (equal runs of float32):
+# run lengths of 16 to 384, exact ties (s = 1 in the first rows), NaN,
+# ±inf, zero, constant, subnormal and huge groups, every code container
+g = (rng.standard_t(4, size=(48, 384)) * 0.05).astype(np.float32)
+g[0, :16] = np.arange(-7.5, 8.5, 1.0)[:16]
+g[0, 3] = 7.0
+g[1, :32] = np.tile(np.arange(-3.5, 4.5, 1.0), 4)
+g[1, 0] = 7.0
+g[2, 5] = np.nan
+g[3, 17] = np.inf
+g[4, 40] = -np.inf
+g[5, :] = 0.0
+g[6, :] = 0.3
+g[7, :] = 1e-41
+g[8, :] *= 1e30
+g[9, :64] = np.nan
+for size in (16, 32, 48, 64, 128, 192, 384):
+    for bits, sym in ((4, True), (4, False), (8, True), (8, False), (3, True)):
+        qt = qd.quantize(g, bits=bits, partition=qd.groups(-1, size), symmetric=sym)
+        key = f"groups-{size}-{bits}-{sym}"
+        out[key + "-codes"] = qt.int_repr()
+        out[key + "-scale"] = qt.scale
+        out[key + "-zero"] = qt.zero_point
+        out[key + "-clipped"] = np.array([qt.n_clipped])
+for compat in ("torch", "torchao"):
+    qt = qd.quantize(g[10:], bits=8, partition=qd.groups(-1, 128), compat=compat)
+    out[f"groups-{compat}-codes"], out[f"groups-{compat}-scale"] = qt.int_repr(), qt.scale
+    qt = qd.quantize(g[10:], bits=4, partition=qd.groups(-1, 64), symmetric=False, compat=compat)
+    out[f"groups-{compat}-asym-codes"], out[f"groups-{compat}-asym-zero"] = qt.int_repr(), qt.zero_point
 for fmt in ("bfloat16", "float16", "float8_e4m3fn", "float8_e5m2", "float4_e2m1fn"):
     out[f"round-{fmt}"] = np.asarray(qd.round_to(x, fmt)).astype(np.float32)
 codes, scales = qd.mx_encode(x, "fp4_e2m1")
