@@ -643,3 +643,33 @@ def test_dequantize_takes_parameters_in_any_stored_dtype(zdtype, sdtype):
     other = dataclasses.replace(qt, scale=qt.scale.astype(sdtype), zero_point=qt.zero_point.astype(zdtype))
     np.testing.assert_array_equal(other.dequantize(), want.astype(np.float32).reshape(96, 64))
     np.testing.assert_array_equal(other.dequantize(), qt.dequantize())
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(bits=4, partition=qd.groups(-1, 128)),
+        dict(bits=8, partition=qd.groups(-1, 64), symmetric=False),
+        dict(bits=8, partition=qd.per_axis(0)),
+        dict(bits=8, partition=qd.per_axis(1)),
+        dict(bits=4, partition=qd.blocks((64, 64)), symmetric=False),
+        dict(bits=8, partition=qd.groups(-1, 128), compat="torch"),
+        dict(bits=4, partition=qd.groups(-1, 128), calibration="mse"),
+    ],
+    ids=["int4-g128", "int8-g64-asym", "rows", "columns", "blocks", "torch", "mse"],
+)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_large_fake_quantize_equals_quantize_then_dequantize(kw, dtype):
+    # 12 MiB of float32 output: past the size from which outputs are written
+    # with non-temporal stores, and through the fused one-pass calibration
+    # where the partition has equal runs.
+    rng = np.random.default_rng(14)
+    x = (rng.standard_t(5, size=(2048, 1536)) * 0.02).astype(np.float32)
+    x[5, 7] = 0.5
+    x[9, :] = 0.0
+    if dtype == "bfloat16":
+        x = x.astype(ml_dtypes.bfloat16)
+    got = qd.fake_quantize(x, **kw)
+    want = qd.quantize(x, **kw).dequantize()
+    assert got.dtype == x.dtype
+    np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))

@@ -212,6 +212,21 @@ def quant_quantize_calibrated(
     arith: str,
     x16: str,
 ) -> Optional[Tuple[_Codes, Union[npt.NDArray[np.float32], npt.NDArray[np.float64]], npt.NDArray[np.int32], int]]: ...
+def quant_fake_calibrated(
+    x: _In,
+    partition: _Part,
+    qmin: npt.NDArray[np.int32],
+    qmax: npt.NDArray[np.int32],
+    *,
+    symmetric: bool,
+    style: str,
+    eps: float,
+    scale_f32: bool,
+    rounding: str,
+    seed: int,
+    arith: str,
+    x16: str,
+) -> Optional[Tuple[npt.NDArray[np.float32], int]]: ...
 def quant_fake(
     x: _In,
     partition: _Part,

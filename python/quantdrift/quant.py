@@ -356,8 +356,8 @@ class _Prepared:
     shape: Tuple[int, ...]
     dtype: np.dtype
     plan: _Plan
-    scale: np.ndarray  # float64, k
-    zero_point: np.ndarray  # int32, k
+    scale: Optional[np.ndarray]  # float64 (float32 from a fused quantize), k; None after a fused fake
+    zero_point: Optional[np.ndarray]  # int32, k; None after a fused fake
     qmin: np.ndarray
     qmax: np.ndarray
     scale_dtype: np.dtype
@@ -366,7 +366,8 @@ class _Prepared:
     seed: int
     symmetric: bool
     device: str
-    # Set when calibration and quantization ran as one pass (``fuse_pack``).
+    # Set when calibration and quantization ran as one pass: codes
+    # (``fuse_pack``) or fake-quantized values (``fuse_fake``).
     codes: Optional[np.ndarray] = None
     clipped: int = 0
 
@@ -390,12 +391,15 @@ def _prepare(
     compat: Optional[str],
     device: str,
     fuse_pack: Optional[bool] = None,
+    fuse_fake: bool = False,
 ) -> _Prepared:
     """Checks the options and resolves every part's parameters. With
     ``fuse_pack`` (quantize's ``pack``), full-range calibration on the CPU
     also quantizes, in the same pass over x, where the core can (equal runs
     of float32/16 data, deterministic rounding); the codes come back in
-    ``codes``."""
+    ``codes``. With ``fuse_fake``, it fake-quantizes instead, and the
+    float32 values come back in ``codes`` (scale and zero-point are then
+    None)."""
     arr, x16 = as_scores(x, "x")
     where = gpu.resolve(device, int(arr.size))
     dtype = arr.dtype if x16 == "float32" else (np.dtype(np.float16) if x16 == "float16" else BFLOAT16)
@@ -443,6 +447,18 @@ def _prepare(
                 raise ShapeError(f"importance of shape {wa.shape} does not broadcast to x's shape {shape}") from None
             w = np.ascontiguousarray(wa).reshape(-1)
         method = {"absmax": "range", "minmax": "range"}.get(calibration, calibration)
+        if fuse_fake and method == "range" and where == "cpu" and arr.dtype != np.float64:
+            fake = _core.quant_fake_calibrated(
+                flat, plan.spec, qmin, qmax, symmetric=bool(symmetric), style=style,
+                eps=float(np.finfo(np.float32).eps), scale_f32=scale_f32, rounding=rounding, seed=s, arith=arith,
+                x16=x16,
+            )
+            if fake is not None:
+                y, clipped = fake
+                return _Prepared(
+                    flat, x16, shape, np.dtype(dtype), plan, None, None, qmin, qmax, scale_dtype, arith, rounding,
+                    s, bool(symmetric), where, y, int(clipped),
+                )
         if fuse_pack is not None and method == "range" and where == "cpu" and arr.dtype != np.float64:
             # Calibrated zero-points lie in [qmin, qmax]: the ranges decide the container.
             lo, hi = int(min(qmin.min(initial=0), 0)), int(max(qmax.max(initial=0), 0))
@@ -777,11 +793,14 @@ def fake_quantize(
         x, bits=bits, max_int=max_int, qrange=qrange, partition=partition, symmetric=symmetric,
         scale=scale, zero_point=zero_point, calibration=calibration, importance=importance,
         rounding=rounding, seed=seed, percentile=percentile, restricted=restricted, compat=compat,
-        device=device,
+        device=device, fuse_fake=True,
     )
-    y, _ = _core.quant_fake(
-        p.flat, p.plan.spec, p.scale, p.zero_point, p.qmin, p.qmax, rounding=p.rounding, seed=p.seed,
-        arith=p.arith, x16=p.x16, device=p.device,
-    )
+    if p.codes is not None:
+        y = p.codes
+    else:
+        y, _ = _core.quant_fake(
+            p.flat, p.plan.spec, p.scale, p.zero_point, p.qmin, p.qmax, rounding=p.rounding, seed=p.seed,
+            arith=p.arith, x16=p.x16, device=p.device,
+        )
     y = y.reshape(p.shape)
     return y if y.dtype == p.dtype else y.astype(p.dtype)

@@ -37,8 +37,8 @@ mod _core {
     };
     #[pymodule_export]
     use super::quant::{
-        quant_calibrate, quant_dequantize, quant_error_sums, quant_fake, quant_pack,
-        quant_quantize, quant_quantize_calibrated, quant_unpack,
+        quant_calibrate, quant_dequantize, quant_error_sums, quant_fake, quant_fake_calibrated,
+        quant_pack, quant_quantize, quant_quantize_calibrated, quant_unpack,
     };
 
     use pyo3::prelude::*;

@@ -343,6 +343,58 @@ pub fn quant_quantize_calibrated<'py>(
     Ok(Some((codes, scale, buffer_into_pyarray(py, b)?, clipped)))
 }
 
+/// Full-range calibration and fake quantization in one pass (see
+/// `quant::fake_quantize_calibrated_into`): (float32 values, clipped), or
+/// None where it does not apply (the caller calibrates, then fake-quantizes).
+#[pyfunction]
+#[pyo3(signature = (x, partition, qmin, qmax, *, symmetric, style, eps, scale_f32, rounding, seed, arith, x16))]
+#[allow(clippy::too_many_arguments)]
+pub fn quant_fake_calibrated<'py>(
+    py: Python<'py>,
+    x: Input<'py>,
+    partition: PartSpec<'py>,
+    qmin: PyReadonlyArray1<'py, i32>,
+    qmax: PyReadonlyArray1<'py, i32>,
+    symmetric: bool,
+    style: &str,
+    eps: f32,
+    scale_f32: bool,
+    rounding: &str,
+    seed: u64,
+    arith: &str,
+    x16: &str,
+) -> PyResult<Option<(Bound<'py, PyAny>, u64)>> {
+    let part = self::partition(&partition)?;
+    let values = x.values(x16, "x")?;
+    let opts = options(rounding, seed, arith)?;
+    let cal = Calibration {
+        method: Method::Range,
+        style: self::style(style, eps)?,
+        symmetric,
+        scale_f32,
+        weights: None,
+        options: opts,
+    };
+    if !quant::fuses(&values, &part, &cal, &opts).map_err(Error)? {
+        return Ok(None);
+    }
+    let ranges = Ranges {
+        qmin: slice(&qmin, "qmin")?,
+        qmax: slice(&qmax, "qmax")?,
+    };
+    let k = ranges.qmin.len();
+    let (mut s, mut b) = (Buffer::<f64>::new(k), Buffer::<i32>::new(k));
+    let mut out = Buffer::<f32>::new(values.len());
+    let clipped = py
+        .detach(|| {
+            quant::fake_quantize_calibrated_into(
+                values, &part, &ranges, &cal, &opts, &mut out, &mut s, &mut b,
+            )
+        })
+        .map_err(Error)?;
+    Ok(Some((buffer_into_pyarray(py, out)?.into_any(), clipped)))
+}
+
 /// Q̃(Q(x)) (float32, float64 for float64 x) and the number of clipped elements.
 #[pyfunction]
 #[pyo3(signature = (x, partition, scale, zero_point, qmin, qmax, *, rounding, seed, arith, x16, device="cpu"))]

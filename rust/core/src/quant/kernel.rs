@@ -701,12 +701,18 @@ impl Sink for PackSink<'_> {
 struct DeqSink<'a, F> {
     out: &'a mut [F],
     fast: bool,
+    /// Write runs of one part with non-temporal stores (large float32
+    /// outputs; see [`STREAM_MIN_BYTES`]).
+    stream: bool,
 }
 impl<F: OutFloat> Sink for DeqSink<'_, F> {
     #[inline(always)]
     fn segment<P: Params>(&mut self, offset: usize, codes: &[i32], p: &P) {
         let out = &mut self.out[offset..offset + codes.len()];
         if self.fast {
+            if let (true, Some(out)) = (self.stream, F::as_f32_mut(out)) {
+                return dequantize_stream32(codes, p.zp32(0), p.s32(0), out);
+            }
             dequantize_block32(codes, p, out);
         } else {
             dequantize_block(codes, p, out);
@@ -977,7 +983,26 @@ pub fn fake_quantize_into<F: OutFloat>(
     opts: &Options,
     out: &mut [F],
 ) -> u64 {
+    let stream = std::mem::size_of_val(out) >= STREAM_MIN_BYTES;
+    fake_quantize_into_ahead(x, plan, r, opts, out, stream, Ahead::NONE)
+}
+
+/// [`fake_quantize_into`], with non-temporal stores where `stream` says
+/// and the output allows, prefetching `ahead` as [`quantize_into_ahead`]
+/// does.
+pub fn fake_quantize_into_ahead<F: OutFloat>(
+    x: Values<'_>,
+    plan: &Plan<'_>,
+    r: &Resolved<'_>,
+    opts: &Options,
+    out: &mut [F],
+    stream: bool,
+    ahead: Ahead,
+) -> u64 {
     crate::threads::init_pool();
+    // Runs of one part (segments) stream straight from registers, as in
+    // dequantization; gathered parameters are written plainly.
+    let stream = stream && F::IS_F32 && r.fast32 && plan.has_segments() && can_stream_direct();
     out.par_chunks_mut(CHUNK)
         .enumerate()
         .map(|(k, o)| {
@@ -986,8 +1011,15 @@ pub fn fake_quantize_into<F: OutFloat>(
             let sink = DeqSink {
                 out: o,
                 fast: F::IS_F32 && r.fast32,
+                stream,
             };
-            run_chunk(opts, x, plan, r, start, end, sink, Ahead::NONE)
+            let clipped = run_chunk(opts, x, plan, r, start, end, sink, ahead);
+            if stream {
+                // Non-temporal stores are weakly ordered: fence them before
+                // the pool hands the chunk to another thread.
+                simd::store_fence();
+            }
+            clipped
         })
         .sum()
 }
@@ -1005,7 +1037,7 @@ struct DeqChunk<'a, F> {
 /// float32 outputs from this size on are written past the cache: they do
 /// not stay in it anyway, and non-temporal stores skip reading each line
 /// before overwriting it (measured: 64 MiB in 2.5 ms instead of 5.6 ms).
-const STREAM_MIN_BYTES: usize = 8 << 20;
+pub(super) const STREAM_MIN_BYTES: usize = 8 << 20;
 
 #[inline(always)]
 fn load_codes(codes: &CodesRef<'_>, start: usize, out: &mut [i32]) {

@@ -549,13 +549,7 @@ pub fn quantize_calibrated_into(
     scale: &mut [f64],
     zero: &mut [i32],
 ) -> Result<u64> {
-    let plan = Plan::new(partition, x.len())?;
-    let Some(run) = fused_run(&x, &plan, c, opts) else {
-        return Err(CoreError::Value(
-            "quantize_calibrated_into needs full-range calibration of float32/16 input over equal runs, without stochastic rounding".into(),
-        ));
-    };
-    calibrate::check(x.len(), &plan, ranges, c)?;
+    let (plan, run) = fused_plan(&x, partition, ranges, c, opts, "quantize_calibrated_into")?;
     // Calibrated zero-points lie in [qmin, qmax], so the ranges decide
     // whether the container holds every code.
     check_code_type(
@@ -568,10 +562,97 @@ pub fn quantize_calibrated_into(
         out.code_type(),
     )?;
     out.check_holds(x.len())?;
-    check_lengths(&plan, &[("scale", scale.len()), ("zero_point", zero.len())])?;
     // Whole bytes of packed codes per task: a multiple of 8 codes.
     let parts_per_task = (kernel::CHUNK / run).max(1).next_multiple_of(8);
     let pieces = out.split(parts_per_task * run);
+    calibrated_tasks(
+        (x, &plan, run),
+        ranges,
+        c,
+        (parts_per_task, pieces),
+        (scale, zero),
+        |xs, sub, r, piece, ahead| kernel::quantize_into_ahead(xs, sub, r, opts, piece, ahead),
+    )
+}
+
+/// [`calibrate`] and then [`fake_quantize_into`], in one pass over x, as
+/// [`quantize_calibrated_into`] does for codes: the same scales,
+/// zero-points, values and clipped count; only where [`fuses`] says so.
+#[allow(clippy::too_many_arguments)]
+pub fn fake_quantize_calibrated_into(
+    x: Values<'_>,
+    partition: &Partition<'_>,
+    ranges: &Ranges<'_>,
+    c: &Calibration<'_>,
+    opts: &Options,
+    out: &mut [f32],
+    scale: &mut [f64],
+    zero: &mut [i32],
+) -> Result<u64> {
+    let (plan, run) = fused_plan(
+        &x,
+        partition,
+        ranges,
+        c,
+        opts,
+        "fake_quantize_calibrated_into",
+    )?;
+    if out.len() != x.len() {
+        return Err(CoreError::Shape(format!(
+            "the output buffer holds {} values, the input has {}",
+            out.len(),
+            x.len()
+        )));
+    }
+    let parts_per_task = (kernel::CHUNK / run).max(1);
+    // Large outputs stream past the cache, as one fake_quantize_into call
+    // over the whole tensor would decide.
+    let stream = std::mem::size_of_val(out) >= kernel::STREAM_MIN_BYTES;
+    let pieces: Vec<&mut [f32]> = out.chunks_mut(parts_per_task * run).collect();
+    calibrated_tasks(
+        (x, &plan, run),
+        ranges,
+        c,
+        (parts_per_task, pieces),
+        (scale, zero),
+        |xs, sub, r, piece, ahead| {
+            kernel::fake_quantize_into_ahead(xs, sub, r, opts, piece, stream, ahead)
+        },
+    )
+}
+
+/// The plan and run length of a fused calibration, after the checks both
+/// fused functions make.
+fn fused_plan<'a>(
+    x: &Values<'_>,
+    partition: &Partition<'a>,
+    ranges: &Ranges<'_>,
+    c: &Calibration<'_>,
+    opts: &Options,
+    name: &str,
+) -> Result<(Plan<'a>, usize)> {
+    let plan = Plan::new(partition, x.len())?;
+    let Some(run) = fused_run(x, &plan, c, opts) else {
+        return Err(CoreError::Value(format!(
+            "{name} needs full-range calibration of float32/16 input over equal runs, without stochastic rounding"
+        )));
+    };
+    calibrate::check(x.len(), &plan, ranges, c)?;
+    Ok((plan, run))
+}
+
+/// Runs `job` on batches of `parts_per_task` whole parts in parallel, each
+/// after calibrating its parts into `scale` and `zero`; `pieces` are the
+/// batches' outputs. Returns the summed clipped count.
+fn calibrated_tasks<O: Send>(
+    (x, plan, run): (Values<'_>, &Plan<'_>, usize),
+    ranges: &Ranges<'_>,
+    c: &Calibration<'_>,
+    (parts_per_task, pieces): (usize, Vec<O>),
+    (scale, zero): (&mut [f64], &mut [i32]),
+    job: impl Fn(Values<'_>, &Plan<'_>, &Resolved<'_>, O, crate::simd::Ahead) -> u64 + Sync,
+) -> Result<u64> {
+    check_lengths(plan, &[("scale", scale.len()), ("zero_point", zero.len())])?;
     crate::threads::init_pool();
     let clipped = pieces
         .into_par_iter()
@@ -603,9 +684,7 @@ pub fn quantize_calibrated_into(
             // cache overlaps the two (a quarter less time for int8 rows).
             let next = (first + parts) * run;
             let ahead = x.ahead(next, next + xs.len());
-            Ok(kernel::quantize_into_ahead(
-                xs, &sub, &r, opts, piece, ahead,
-            ))
+            Ok(job(xs, &sub, &r, piece, ahead))
         })
         .collect::<Result<Vec<u64>>>()?
         .into_iter()
@@ -984,9 +1063,29 @@ mod tests {
                 &mut z2,
             )
             .unwrap();
-            assert_eq!((s2, z2, clipped), (scale, zero, want_clipped));
+            assert_eq!((&s2, &z2, clipped), (&scale, &zero, want_clipped));
             assert_eq!(got, want);
             let _ = want.as_mut();
+            // The fake-quantized values: the same as fake_quantize_into
+            // with the calibrated parameters, bit for bit.
+            let mut fake_want = vec![0f32; x.len()];
+            let fake_clipped = fake_quantize_into(xs, &part, &qp, &opts, &mut fake_want).unwrap();
+            let mut fake_got = vec![-1f32; x.len()];
+            let (mut s3, mut z3) = (vec![-1.0; scale.len()], vec![-1; zero.len()]);
+            let clipped = fake_quantize_calibrated_into(
+                xs,
+                &part,
+                &ranges,
+                &c,
+                &opts,
+                &mut fake_got,
+                &mut s3,
+                &mut z3,
+            )
+            .unwrap();
+            assert_eq!((&s3, &z3, clipped), (&scale, &zero, fake_clipped));
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&fake_got), bits(&fake_want));
         }
         // Stochastic rounding and labels do not fuse.
         let part = Partition::Tiles {
