@@ -447,7 +447,10 @@ def _prepare(
                 raise ShapeError(f"importance of shape {wa.shape} does not broadcast to x's shape {shape}") from None
             w = np.ascontiguousarray(wa).reshape(-1)
         method = {"absmax": "range", "minmax": "range"}.get(calibration, calibration)
-        if fuse_fake and method == "range" and where == "cpu" and arr.dtype != np.float64:
+        # one pass for full-range calibration on the CPU (the core says
+        # whether the partition and dtype allow it)
+        one_pass = method == "range" and where == "cpu" and arr.dtype != np.float64
+        if fuse_fake and one_pass:
             fake = _core.quant_fake_calibrated(
                 flat, plan.spec, qmin, qmax, symmetric=bool(symmetric), style=style,
                 eps=float(np.finfo(np.float32).eps), scale_f32=scale_f32, rounding=rounding, seed=s, arith=arith,
@@ -459,7 +462,7 @@ def _prepare(
                     flat, x16, shape, np.dtype(dtype), plan, None, None, qmin, qmax, scale_dtype, arith, rounding,
                     s, bool(symmetric), where, y, int(clipped),
                 )
-        if fuse_pack is not None and method == "range" and where == "cpu" and arr.dtype != np.float64:
+        if fuse_pack is not None and one_pass:
             # Calibrated zero-points lie in [qmin, qmax]: the ranges decide the container.
             lo, hi = int(min(qmin.min(initial=0), 0)), int(max(qmax.max(initial=0), 0))
             fused = _core.quant_quantize_calibrated(

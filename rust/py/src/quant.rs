@@ -276,6 +276,27 @@ fn codes_into_buffer<'py, R: Send>(
     }
 }
 
+/// Full-range (absmax/minmax) calibration and the options it quantizes
+/// with: what the fused functions below run.
+fn range_calibration(
+    style: &str,
+    eps: f32,
+    symmetric: bool,
+    scale_f32: bool,
+    (rounding, seed, arith): (&str, u64, &str),
+) -> PyResult<(Calibration<'static>, Options)> {
+    let opts = options(rounding, seed, arith)?;
+    let cal = Calibration {
+        method: Method::Range,
+        style: self::style(style, eps)?,
+        symmetric,
+        scale_f32,
+        weights: None,
+        options: opts,
+    };
+    Ok((cal, opts))
+}
+
 /// Full-range calibration and quantization in one pass (see
 /// `quant::quantize_calibrated_into`): (codes, scale, zero_point, clipped),
 /// or None where it does not apply (the caller calibrates, then quantizes).
@@ -302,15 +323,7 @@ pub fn quant_quantize_calibrated<'py>(
 ) -> PyResult<Option<CodesScalesZeros<'py>>> {
     let part = self::partition(&partition)?;
     let values = x.values(x16, "x")?;
-    let opts = options(rounding, seed, arith)?;
-    let cal = Calibration {
-        method: Method::Range,
-        style: self::style(style, eps)?,
-        symmetric,
-        scale_f32,
-        weights: None,
-        options: opts,
-    };
+    let (cal, opts) = range_calibration(style, eps, symmetric, scale_f32, (rounding, seed, arith))?;
     if !quant::fuses(&values, &part, &cal, &opts).map_err(Error)? {
         return Ok(None);
     }
@@ -366,15 +379,7 @@ pub fn quant_fake_calibrated<'py>(
 ) -> PyResult<Option<(Bound<'py, PyAny>, u64)>> {
     let part = self::partition(&partition)?;
     let values = x.values(x16, "x")?;
-    let opts = options(rounding, seed, arith)?;
-    let cal = Calibration {
-        method: Method::Range,
-        style: self::style(style, eps)?,
-        symmetric,
-        scale_f32,
-        weights: None,
-        options: opts,
-    };
+    let (cal, opts) = range_calibration(style, eps, symmetric, scale_f32, (rounding, seed, arith))?;
     if !quant::fuses(&values, &part, &cal, &opts).map_err(Error)? {
         return Ok(None);
     }

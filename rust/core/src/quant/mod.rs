@@ -1154,6 +1154,49 @@ mod tests {
                 .contains(&format!("scale has {} values", lo.len() - 1)),
             "{err}"
         );
+        // The fake-quantizing twin checks the same, and its output's length.
+        let mut y = vec![0f32; x.len()];
+        let (mut s, mut z) = (vec![0.0; lo.len()], vec![0; lo.len()]);
+        let err = fake_quantize_calibrated_into(
+            Values::F32(&x),
+            &part,
+            &ranges,
+            &c,
+            &stochastic,
+            &mut y,
+            &mut s,
+            &mut z,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("fake_quantize_calibrated_into needs full-range calibration"),
+            "{err}"
+        );
+        let err = fake_quantize_calibrated_into(
+            Values::F32(&x),
+            &part,
+            &ranges,
+            &c,
+            &Options::default(),
+            &mut y[1..],
+            &mut s,
+            &mut z,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("the output buffer holds"), "{err}");
+        let err = fake_quantize_calibrated_into(
+            Values::F32(&x),
+            &part,
+            &ranges,
+            &c,
+            &Options::default(),
+            &mut y,
+            &mut s,
+            &mut z[1..],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("zero_point has"), "{err}");
         assert!(!fuses(
             &Values::F64(&[1.0; 64]),
             &Partition::Tiles {
