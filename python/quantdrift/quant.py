@@ -360,6 +360,8 @@ class _Prepared:
     zero_point: Optional[np.ndarray]  # int32, k; None after a fused fake
     qmin: np.ndarray
     qmax: np.ndarray
+    # (min qmin, max qmax), each widened to include 0
+    qspan: Tuple[int, int]
     scale_dtype: np.dtype
     arith: str
     rounding: str
@@ -416,6 +418,12 @@ def _prepare(
     s = _seed(seed, rounding)
     plan = _plan(partition, shape)
     qmin, qmax = _ranges(bits, max_int, qrange, bool(symmetric), bool(restricted), plan)
+    # one scalar range is known without a pass over 10^5–10^6 per-part values
+    default_bits = 8 if bits is None and max_int is None and qrange is None else bits
+    scalar = _scalar_ranges(default_bits, max_int, qrange, bool(symmetric), bool(restricted))
+    if scalar is None:
+        scalar = (int(qmin.min(initial=0)), int(qmax.max(initial=0)))
+    qspan = (min(scalar[0], 0), max(scalar[1], 0))
     arith, style = "divide", "lecture"
     scale_f32 = arr.dtype != np.float64
     store_f64 = not scale_f32
@@ -459,21 +467,20 @@ def _prepare(
             if fake is not None:
                 y, clipped = fake
                 return _Prepared(
-                    flat, x16, shape, np.dtype(dtype), plan, None, None, qmin, qmax, scale_dtype, arith, rounding,
+                    flat, x16, shape, np.dtype(dtype), plan, None, None, qmin, qmax, qspan, scale_dtype, arith, rounding,
                     s, bool(symmetric), where, y, int(clipped),
                 )
         if fuse_pack is not None and one_pass:
             # Calibrated zero-points lie in [qmin, qmax]: the ranges decide the container.
-            lo, hi = int(min(qmin.min(initial=0), 0)), int(max(qmax.max(initial=0), 0))
             fused = _core.quant_quantize_calibrated(
-                flat, plan.spec, qmin, qmax, code_type=_code_type(lo, hi, fuse_pack)[0],
+                flat, plan.spec, qmin, qmax, code_type=_code_type(*qspan, fuse_pack)[0],
                 symmetric=bool(symmetric), style=style, eps=float(np.finfo(np.float32).eps),
                 scale_f32=scale_f32, rounding=rounding, seed=s, arith=arith, x16=x16,
             )
             if fused is not None:
                 codes, sc, zp, clipped = fused
                 return _Prepared(
-                    flat, x16, shape, np.dtype(dtype), plan, sc, zp, qmin, qmax, scale_dtype, arith, rounding,
+                    flat, x16, shape, np.dtype(dtype), plan, sc, zp, qmin, qmax, qspan, scale_dtype, arith, rounding,
                     s, bool(symmetric), where, codes, int(clipped),
                 )
         sc, zp = _core.quant_calibrate(
@@ -507,7 +514,7 @@ def _prepare(
             zp = _per_part(zero_point, plan, "zero_point", np.int32)
     return _Prepared(
         flat, x16, shape, np.dtype(dtype), plan, np.ascontiguousarray(sc, dtype=np.float64),
-        np.ascontiguousarray(zp, dtype=np.int32), qmin, qmax, scale_dtype, arith, rounding, s, bool(symmetric),
+        np.ascontiguousarray(zp, dtype=np.int32), qmin, qmax, qspan, scale_dtype, arith, rounding, s, bool(symmetric),
         where,
     )
 
@@ -723,8 +730,8 @@ def quantize(
         rounding=rounding, seed=seed, percentile=percentile, restricted=restricted, compat=compat,
         device=device, fuse_pack=bool(pack),
     )
-    lo = int(min(p.qmin.min(initial=0), p.zero_point.min(initial=0)))
-    hi = int(max(p.qmax.max(initial=0), p.zero_point.max(initial=0)))
+    zlo, zhi = int(p.zero_point.min(initial=0)), int(p.zero_point.max(initial=0))
+    lo, hi = min(p.qspan[0], zlo), max(p.qspan[1], zhi)
     code_type, width, signed = _code_type(lo, hi, pack)
     if p.codes is not None:
         codes, clipped = p.codes, p.clipped
@@ -735,7 +742,6 @@ def quantize(
         )
     if width is None:
         codes = codes.reshape(p.shape)
-    zlo, zhi = int(p.zero_point.min(initial=0)), int(p.zero_point.max(initial=0))
     grid = p.plan.grid
     return QuantizedTensor(
         codes=codes,
