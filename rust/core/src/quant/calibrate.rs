@@ -167,27 +167,62 @@ pub(super) fn calibrate_batch(
         run,
         out: &mut min_max,
     });
-    let widen = |(lo, hi): (f32, f32)| {
-        if lo <= hi {
-            (lo as f64, hi as f64)
-        } else {
-            (0.0, 0.0) // no finite value
-        }
-    };
-    // The style is decided once per batch, so that the per-part formulas
-    // inline into a plain loop (10^5 parts of 128 elements each).
-    match c.style {
-        Style::Lecture => {
-            lecture_params_batch(&min_max, qmin, qmax, c.symmetric, c.scale_f32, scale, zero)
-        }
-        Style::Torchao { eps } => {
-            for (j, &m) in min_max.iter().enumerate() {
-                let (lo, hi) = widen(m);
-                (scale[j], zero[j]) = torchao_params(lo, hi, qmin[j], qmax[j], c.symmetric, eps);
+    crate::simd::dispatch(FormulaBatch {
+        min_max: &min_max,
+        qmin,
+        qmax,
+        c,
+        scale,
+        zero,
+    });
+    Ok(())
+}
+
+/// The calibration's formulas ([`lecture_params`] or [`torchao_params`])
+/// for a batch of parts from their finite ranges (lo > hi: none, taken as
+/// [0, 0]), compiled per instruction set: in the baseline build the
+/// rounding is a software routine and the loop stays scalar, and the
+/// formulas then cost as much as finding the range of a group of 32.
+struct FormulaBatch<'a> {
+    min_max: &'a [(f32, f32)],
+    qmin: &'a [i32],
+    qmax: &'a [i32],
+    c: &'a Calibration<'a>,
+    scale: &'a mut [f64],
+    zero: &'a mut [i32],
+}
+
+impl crate::simd::Kernel for FormulaBatch<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let (symmetric, scale_f32) = (self.c.symmetric, self.c.scale_f32);
+        // zipped, not indexed: bounds checks would keep the loop scalar
+        let ranges = self.min_max.iter().zip(self.qmin.iter().zip(self.qmax));
+        let parts = ranges.zip(self.scale.iter_mut().zip(self.zero.iter_mut()));
+        let widen = |(lo, hi): (f32, f32)| {
+            let some = lo <= hi;
+            (
+                if some { lo as f64 } else { 0.0 },
+                if some { hi as f64 } else { 0.0 },
+            )
+        };
+        // the style decided once per batch, outside the loops
+        match self.c.style {
+            Style::Lecture => {
+                for ((&m, (&qlo, &qhi)), (s, b)) in parts {
+                    let (lo, hi) = widen(m);
+                    (*s, *b) = lecture_params(lo, hi, qlo, qhi, symmetric, scale_f32);
+                }
+            }
+            Style::Torchao { eps } => {
+                for ((&m, (&qlo, &qhi)), (s, b)) in parts {
+                    let (lo, hi) = widen(m);
+                    (*s, *b) = torchao_params(lo, hi, qlo, qhi, symmetric, eps);
+                }
             }
         }
     }
-    Ok(())
 }
 
 /// The checks [`calibrate`] makes before touching the data: per-part
@@ -334,8 +369,12 @@ pub(super) fn params(
     }
 }
 
-/// The module's float64 formulas.
-#[inline]
+/// The module's float64 formulas, written without branches (selects,
+/// and an arithmetic shift for ⌊(qlo + qhi + 1)/2⌋) so that the loop over
+/// a batch of parts in [`calibrate_batch`] vectorises: with branches, a
+/// clamp's check and an integer division, the formulas cost as much as
+/// finding the range of a group of 32.
+#[inline(always)]
 pub fn lecture_params(
     lo: f64,
     hi: f64,
@@ -344,93 +383,46 @@ pub fn lecture_params(
     symmetric: bool,
     scale_f32: bool,
 ) -> (f64, i32) {
-    let (mut s, mn) = if symmetric {
-        let b = mid(qlo, qhi);
-        let half = (b - qlo as i64).min(qhi as i64 - b) as f64;
-        (lo.abs().max(hi.abs()) / half, 0.0)
+    let (qlo, qhi) = (qlo as i64, qhi as i64);
+    let mid = (qlo + qhi + 1) >> 1;
+    // min(lo, 0) and max(hi, 0) as selects (NaN gives 0, as f64::min and
+    // max do; a −0 instead of +0 changes neither s nor b)
+    let mn = if lo < 0.0 { lo } else { 0.0 };
+    let s = if symmetric {
+        let half = (mid - qlo).min(qhi - mid) as f64;
+        // max(|lo|, |hi|), ignoring a NaN as f64::max does
+        let (a, c) = (lo.abs(), hi.abs());
+        (if a >= c || c.is_nan() { a } else { c }) / half
     } else {
-        let (mn, mx) = (lo.min(0.0), hi.max(0.0));
-        ((mx - mn) / (qhi as f64 - qlo as f64), mn)
+        (if hi > 0.0 { hi } else { 0.0 } - mn) / (qhi - qlo) as f64
     };
-    if !(s > 0.0 && s.is_finite()) {
-        s = 1.0;
-    }
-    if scale_f32 {
-        s = (s as f32).clamp(f32::MIN_POSITIVE, f32::MAX) as f64;
-    }
+    let s = if s > 0.0 && s < f64::INFINITY { s } else { 1.0 };
+    let s = if scale_f32 {
+        let t = s as f32;
+        let t = if t < f32::MIN_POSITIVE {
+            f32::MIN_POSITIVE
+        } else {
+            t
+        };
+        (if t > f32::MAX { f32::MAX } else { t }) as f64
+    } else {
+        s
+    };
     let b = if symmetric {
-        mid(qlo, qhi) as i32
+        mid as i32
     } else {
         let b = qlo as f64 - (mn / s).round_ties_even();
-        b.clamp(qlo as f64, qhi as f64) as i32
+        let b = if b < qlo as f64 { qlo as f64 } else { b };
+        let b = if b > qhi as f64 { qhi as f64 } else { b };
+        // SAFETY: b is finite (mn is, s is positive and finite) and lies
+        // within [qlo, qhi], both i32 values.
+        unsafe { b.to_int_unchecked::<i32>() }
     };
     (s, b)
 }
 
-/// [`lecture_params`] of each part's finite range `min_max[j]` (lo > hi:
-/// none, taken as [0, 0]), as one branch-free loop over the batch, which
-/// vectorises: part by part, the formulas' branches and conversions cost
-/// as much as finding the range of a group of 32.
-fn lecture_params_batch(
-    min_max: &[(f32, f32)],
-    qmin: &[i32],
-    qmax: &[i32],
-    symmetric: bool,
-    scale_f32: bool,
-    scale: &mut [f64],
-    zero: &mut [i32],
-) {
-    let n = min_max.len().min(qmin.len()).min(qmax.len());
-    let (scale, zero) = (&mut scale[..n], &mut zero[..n]);
-    for j in 0..n {
-        let (lo, hi) = min_max[j];
-        let some = lo <= hi;
-        let (lo, hi) = (
-            if some { lo as f64 } else { 0.0 },
-            if some { hi as f64 } else { 0.0 },
-        );
-        let (qlo, qhi) = (qmin[j] as i64, qmax[j] as i64);
-        // ⌊(qlo + qhi + 1)/2⌋ (an arithmetic shift is div_euclid by 2)
-        let b = (qlo + qhi + 1) >> 1;
-        // mn: min(lo, 0) for the asymmetric zero-point (a −0 or +0 here
-        // gives the same scale and zero-point)
-        let mn = if lo < 0.0 { lo } else { 0.0 };
-        let s = if symmetric {
-            let half = (b - qlo).min(qhi - b) as f64;
-            let (a, c) = (lo.abs(), hi.abs());
-            (if a > c { a } else { c }) / half
-        } else {
-            let mx = if hi > 0.0 { hi } else { 0.0 };
-            (mx - mn) / (qhi - qlo) as f64
-        };
-        let s = if s > 0.0 && s < f64::INFINITY { s } else { 1.0 };
-        let s = if scale_f32 {
-            let t = s as f32;
-            let t = if t < f32::MIN_POSITIVE {
-                f32::MIN_POSITIVE
-            } else {
-                t
-            };
-            (if t > f32::MAX { f32::MAX } else { t }) as f64
-        } else {
-            s
-        };
-        scale[j] = s;
-        zero[j] = if symmetric {
-            b as i32
-        } else {
-            let z = qlo as f64 - (mn / s).round_ties_even();
-            let z = if z < qlo as f64 { qlo as f64 } else { z };
-            let z = if z > qhi as f64 { qhi as f64 } else { z };
-            // SAFETY: z is an integer-valued float within [qlo, qhi],
-            // both i32 values.
-            unsafe { z.to_int_unchecked::<i32>() }
-        };
-    }
-}
-
 /// torchao's `choose_qparams_affine` in float32.
-#[inline]
+#[inline(always)]
 pub fn torchao_params(
     lo: f64,
     hi: f64,
@@ -822,10 +814,43 @@ mod tests {
             })
     }
 
+    /// The lecture formulas written plainly (branches, f64::clamp,
+    /// div_euclid), as the module docs state them.
+    fn plain_lecture_params(
+        lo: f64,
+        hi: f64,
+        qlo: i32,
+        qhi: i32,
+        symmetric: bool,
+        scale_f32: bool,
+    ) -> (f64, i32) {
+        let mid = (qlo as i64 + qhi as i64 + 1).div_euclid(2);
+        let (mut s, mn) = if symmetric {
+            let half = (mid - qlo as i64).min(qhi as i64 - mid) as f64;
+            (lo.abs().max(hi.abs()) / half, 0.0)
+        } else {
+            let (mn, mx) = (lo.min(0.0), hi.max(0.0));
+            ((mx - mn) / (qhi as f64 - qlo as f64), mn)
+        };
+        if !(s > 0.0 && s.is_finite()) {
+            s = 1.0;
+        }
+        if scale_f32 {
+            s = (s as f32).clamp(f32::MIN_POSITIVE, f32::MAX) as f64;
+        }
+        let b = if symmetric {
+            mid as i32
+        } else {
+            let b = qlo as f64 - (mn / s).round_ties_even();
+            b.clamp(qlo as f64, qhi as f64) as i32
+        };
+        (s, b)
+    }
+
     #[test]
-    fn batched_lecture_params_equal_part_by_part() {
+    fn branch_free_lecture_params_equal_the_plain_formulas() {
         let values = [
-            0.0f32,
+            0.0,
             -0.0,
             1e-45,
             -1e-45,
@@ -838,8 +863,8 @@ mod tests {
             1e30,
             -3.4e38,
             3.4e38,
-            f32::INFINITY, // (no finite value: lo > hi with the next)
-            f32::NEG_INFINITY,
+            1e300,
+            f64::NAN,
         ];
         let ranges = [
             (-8, 7),
@@ -850,42 +875,25 @@ mod tests {
             (-1, 1),
             (3, 9),
             (-(1 << 15), (1 << 15) - 1),
+            (i32::MIN, i32::MAX),
         ];
-        let mut min_max = Vec::new();
-        let (mut qmin, mut qmax) = (Vec::new(), Vec::new());
         for &lo in &values {
             for &hi in &values {
-                for &(a, b) in &ranges {
-                    min_max.push((lo, hi));
-                    qmin.push(a);
-                    qmax.push(b);
-                }
-            }
-        }
-        let k = min_max.len();
-        for symmetric in [false, true] {
-            for scale_f32 in [false, true] {
-                let (mut s, mut z) = (vec![0f64; k], vec![0i32; k]);
-                lecture_params_batch(&min_max, &qmin, &qmax, symmetric, scale_f32, &mut s, &mut z);
-                for j in 0..k {
-                    let (lo, hi) = min_max[j];
-                    let (lo, hi) = if lo <= hi {
-                        (lo as f64, hi as f64)
-                    } else {
-                        (0.0, 0.0)
-                    };
-                    if symmetric && (qmin[j], qmax[j]) == (3, 9) {
-                        continue; // not a symmetric range (check() refuses it)
+                for &(qlo, qhi) in &ranges {
+                    for symmetric in [false, true] {
+                        if symmetric && (qlo, qhi) == (3, 9) {
+                            continue; // not a symmetric range (check() refuses it)
+                        }
+                        for scale_f32 in [false, true] {
+                            let got = lecture_params(lo, hi, qlo, qhi, symmetric, scale_f32);
+                            let want = plain_lecture_params(lo, hi, qlo, qhi, symmetric, scale_f32);
+                            assert_eq!(
+                                (got.0.to_bits(), got.1),
+                                (want.0.to_bits(), want.1),
+                                "[{lo}, {hi}] in [{qlo}, {qhi}] symmetric={symmetric} scale_f32={scale_f32}"
+                            );
+                        }
                     }
-                    let want = lecture_params(lo, hi, qmin[j], qmax[j], symmetric, scale_f32);
-                    assert_eq!(
-                        (s[j].to_bits(), z[j]),
-                        (want.0.to_bits(), want.1),
-                        "part {j}: {:?} in [{}, {}] symmetric={symmetric} scale_f32={scale_f32}",
-                        min_max[j],
-                        qmin[j],
-                        qmax[j]
-                    );
                 }
             }
         }
