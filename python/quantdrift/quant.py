@@ -237,6 +237,8 @@ def _per_part(value: Any, plan: _Plan, name: str, dtype: Any) -> np.ndarray:
 
 
 def _ranges(bits, max_int, qrange, symmetric: bool, restricted: bool, plan: _Plan):
+    """(qmin, qmax, span): per-part int32 ranges, and (min qmin, max qmax)
+    widened to include 0."""
     given = [n for n, v in (("bits", bits), ("max_int", max_int), ("qrange", qrange)) if v is not None]
     if len(given) > 1:
         raise InputError(f"give one of bits, max_int or qrange, got {' and '.join(given)}")
@@ -247,7 +249,7 @@ def _ranges(bits, max_int, qrange, symmetric: bool, restricted: bool, plan: _Pla
         # one range for every part: two fills instead of per-part arithmetic
         # (which for 10^5 groups costs more than the quantization's setup)
         lo, hi = scalar
-        return _filled(plan.parts, lo), _filled(plan.parts, hi)
+        return _filled(plan.parts, lo), _filled(plan.parts, hi), (min(lo, 0), max(hi, 0))
     if bits is not None:
         b = _per_part(bits, plan, "bits", np.int64)
         if b.size and (b.min() < 2 or b.max() > 16):
@@ -272,7 +274,8 @@ def _ranges(bits, max_int, qrange, symmetric: bool, restricted: bool, plan: _Pla
         if np.any(qmin >= qmax):
             j = int(np.argmax(qmin >= qmax))
             raise InputError(f"qrange: part {j} has qmin {qmin[j]} ≥ qmax {qmax[j]}")
-    return np.ascontiguousarray(qmin, dtype=np.int32), np.ascontiguousarray(qmax, dtype=np.int32)
+    qmin, qmax = np.ascontiguousarray(qmin, dtype=np.int32), np.ascontiguousarray(qmax, dtype=np.int32)
+    return qmin, qmax, (int(qmin.min(initial=0)), int(qmax.max(initial=0)))
 
 
 # Parts up to which _filled shares its arrays (16 MiB each at most).
@@ -417,13 +420,8 @@ def _prepare(
         raise InputError(f"calibration must be one of {', '.join(map(repr, CALIBRATIONS))}, got {calibration!r}")
     s = _seed(seed, rounding)
     plan = _plan(partition, shape)
-    qmin, qmax = _ranges(bits, max_int, qrange, bool(symmetric), bool(restricted), plan)
-    # one scalar range is known without a pass over 10^5–10^6 per-part values
-    default_bits = 8 if bits is None and max_int is None and qrange is None else bits
-    scalar = _scalar_ranges(default_bits, max_int, qrange, bool(symmetric), bool(restricted))
-    if scalar is None:
-        scalar = (int(qmin.min(initial=0)), int(qmax.max(initial=0)))
-    qspan = (min(scalar[0], 0), max(scalar[1], 0))
+    # the span comes from a scalar range without a pass over 10^5–10^6 per-part values
+    qmin, qmax, qspan = _ranges(bits, max_int, qrange, bool(symmetric), bool(restricted), plan)
     arith, style = "divide", "lecture"
     scale_f32 = arr.dtype != np.float64
     store_f64 = not scale_f32
