@@ -47,6 +47,19 @@ def test_version_and_usage_errors():
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
 
 
+def test_import_and_help_leave_ml_dtypes_unloaded():
+    # ml_dtypes can take a second to import; only bfloat16/float8 work loads it
+    code = ("import sys, quantdrift\n"
+            "from quantdrift.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'ml_dtypes' not in sys.modules, 'ml_dtypes was imported'\n"
+            "import numpy as np\n"
+            "q = quantdrift.quantize(np.ones((2, 4), np.float32), bits=8, partition=quantdrift.per_tensor())\n"
+            "assert q.dequantize(dtype='bfloat16').dtype.name == 'bfloat16'\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
 def test_bad_input_is_exit_2_with_one_line(capsys, monkeypatch):
     def broken(args):
         raise qd.InputError("p row 3 contains NaN or +inf")

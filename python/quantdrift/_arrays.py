@@ -3,18 +3,43 @@ copying when they already are."""
 
 from __future__ import annotations
 
+import sys
+from functools import lru_cache
 from typing import Any, Tuple
 
 import numpy as np
 
 from ._errors import DtypeError
 
-try:  # ml_dtypes gives numpy its bfloat16 and float8 dtypes
+
+@lru_cache(maxsize=None)
+def bfloat16() -> np.dtype:
+    """ml_dtypes' bfloat16 dtype.
+
+    ml_dtypes (which gives numpy its bfloat16 and float8 dtypes) is imported
+    here, on first use, rather than with quantdrift: it can take a second to
+    import, and most calls and CLI commands never need it.
+    """
     import ml_dtypes
 
-    BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
-except ImportError:  # pragma: no cover - ml_dtypes is a dependency
-    BFLOAT16 = None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def as_dtype(spec: Any) -> np.dtype:
+    """``np.dtype(spec)``, also for ml_dtypes' names ("bfloat16",
+    "float8_e4m3fn", ...) before ml_dtypes is imported."""
+    try:
+        return np.dtype(spec)
+    except TypeError:
+        import ml_dtypes  # noqa: F401  (registers its dtypes with numpy)
+
+        return np.dtype(spec)
+
+
+def is_bfloat16(dtype: np.dtype) -> bool:
+    """Whether ``dtype`` is ml_dtypes' bfloat16. Imports nothing: no array
+    can have that dtype before ml_dtypes is imported."""
+    return "ml_dtypes" in sys.modules and dtype == bfloat16()
 
 SCORE_DTYPES = "float32, float64, float16 or bfloat16"
 
@@ -30,7 +55,7 @@ def as_scores(x: Any, name: str) -> Tuple[np.ndarray, str]:
         return arr, "float32"
     if arr.dtype == np.float16:
         return arr.view(np.uint16), "float16"
-    if BFLOAT16 is not None and arr.dtype == BFLOAT16:
+    if is_bfloat16(arr.dtype):
         return arr.view(np.uint16), "bfloat16"
     if arr.dtype.kind in "iub" and not isinstance(x, np.ndarray):
         return arr.astype(np.float64), "float32"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import functools
 import io
 import json
 import math
@@ -29,10 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-import ml_dtypes
 import numpy as np
 
 from . import _core, gpu
+from ._arrays import is_bfloat16
 from ._errors import InputError, QuantdriftError
 from .formats import FORMATS, get as get_format
 from .lowp import decode, encode, mx_decode, mx_encode, nvfp4_decode, nvfp4_encode
@@ -53,14 +54,11 @@ PathLike = Union[str, "os.PathLike[str]"]
 METADATA_KEY = "quantdrift"
 LAYOUT_VERSION = 1
 
-# safetensors dtype names <-> numpy
-_ST_DTYPES: Dict[str, np.dtype] = {
+# safetensors dtype names <-> numpy's own dtypes
+_PLAIN_ST_DTYPES: Dict[str, np.dtype] = {
     "F64": np.dtype(np.float64),
     "F32": np.dtype(np.float32),
     "F16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
-    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
     "I64": np.dtype(np.int64),
     "I32": np.dtype(np.int32),
     "I16": np.dtype(np.int16),
@@ -71,7 +69,22 @@ _ST_DTYPES: Dict[str, np.dtype] = {
     "U8": np.dtype(np.uint8),
     "BOOL": np.dtype(np.bool_),
 }
-_NP_TO_ST = {v: k for k, v in _ST_DTYPES.items()}
+_NP_TO_ST = {v: k for k, v in _PLAIN_ST_DTYPES.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _st_dtypes() -> Dict[str, np.dtype]:
+    """Every safetensors dtype name this module reads and writes, with
+    ml_dtypes' bfloat16 and float8 types (imported on first use, as in
+    ``_arrays.bfloat16``)."""
+    import ml_dtypes
+
+    return {
+        **_PLAIN_ST_DTYPES,
+        "BF16": np.dtype(ml_dtypes.bfloat16),
+        "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+        "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
+    }
 _FLOAT_ST = {"F64", "F32", "F16", "BF16"}
 
 # Elements per chunk of rows (float32 temporaries stay around 16 MiB).
@@ -138,9 +151,9 @@ class _File:
                 dtype, shape, (b, e) = info["dtype"], tuple(int(s) for s in info["shape"]), info["data_offsets"]
             except (KeyError, TypeError, ValueError):
                 raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry {info!r}") from None
-            if dtype not in _ST_DTYPES:
+            if dtype not in _st_dtypes():
                 raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}")
-            want = math.prod(shape) * _ST_DTYPES[dtype].itemsize
+            want = math.prod(shape) * _st_dtypes()[dtype].itemsize
             if not (0 <= b <= e) or e - b != want:
                 raise CheckpointError(
                     f"{path}: tensor {name!r} has data_offsets [{b}, {e}] but shape {list(shape)} of {dtype} needs {want} bytes"
@@ -156,7 +169,7 @@ class _File:
             self._mm = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ)
 
     def view(self, e: _Entry) -> np.ndarray:
-        dt = _ST_DTYPES[e.dtype]
+        dt = _st_dtypes()[e.dtype]
         if e.nbytes == 0 or self._mm is None:
             return np.zeros(e.shape, dtype=dt)
         return np.frombuffer(self._mm, dtype=dt, count=e.nbytes // dt.itemsize, offset=e.start).reshape(e.shape)
@@ -483,7 +496,7 @@ class _Out:
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * _ST_DTYPES[self.dtype].itemsize
+        return math.prod(self.shape) * _st_dtypes()[self.dtype].itemsize
 
 
 def _layout(name: str, dtype: str, shape: Tuple[int, ...], scheme: Scheme) -> Tuple[List[_Out], Dict[str, Any]]:
@@ -548,7 +561,7 @@ def _as_core(x: np.ndarray) -> Tuple[np.ndarray, str]:
     flat = np.ascontiguousarray(x).reshape(-1)
     if flat.dtype == np.float16:
         return flat.view(np.uint16), "float16"
-    if flat.dtype == ml_dtypes.bfloat16:
+    if is_bfloat16(flat.dtype):
         return flat.view(np.uint16), "bfloat16"
     return flat, "float32"
 
@@ -715,7 +728,7 @@ def _encode_chunk(xc: np.ndarray, scheme: Scheme, meta: Dict[str, Any], state: D
     if scheme.kind == "cast":
         codes = encode(xc, scheme.fmt, device=device) if scheme.fmt != "float32" else xc.astype(np.float32)
         w.write(name, r0 * cols * codes.dtype.itemsize, codes)
-        y = codes.view(_ST_DTYPES[_CASTS[scheme.fmt or ""]])
+        y = codes.view(_st_dtypes()[_CASTS[scheme.fmt or ""]])
         return codes, y
     if scheme.kind == "float":
         s = state["scale"]
@@ -766,7 +779,7 @@ def _encode_int(entry: _Entry, m: np.ndarray, scheme: Scheme, outs: List[_Out], 
     )
     w.write(meta["scale"], 0, scale.astype(np.float32))
     if "zero_point" in meta:
-        w.write(meta["zero_point"], 0, zp.astype(_ST_DTYPES[outs[2].dtype]))
+        w.write(meta["zero_point"], 0, zp.astype(_st_dtypes()[outs[2].dtype]))
     width = meta["packed_bits"]
     code_type = _code_type(qmin, qmax, True)[0]
     itemsize = np.dtype(code_type).itemsize if width is None else 0
@@ -807,7 +820,7 @@ def fake_quantize_tensor(x: Any, scheme: Union[str, Scheme]) -> np.ndarray:
         return fake_quantize(arr, qrange=(qmin, qmax), partition=_int_partition(sc, arr.ndim),
                              symmetric=sc.symmetric, calibration=sc.calibration)
     if sc.kind == "cast":
-        return arr.astype(_ST_DTYPES[_CASTS[sc.fmt or ""]]).astype(arr.dtype)
+        return arr.astype(_st_dtypes()[_CASTS[sc.fmt or ""]]).astype(arr.dtype)
     rows, cols = _matrix_shape(arr.shape, sc)
     m = arr.reshape(rows, cols)
     if sc.kind == "float":
@@ -1110,7 +1123,7 @@ def dequantize_file(src: PathLike, dst: PathLike, *, progress: Optional[bool] = 
                     raise CheckpointError(f"{src}: tensor {name!r}: stored tensor {e} is missing") from None
                 except (QuantdriftError, ValueError) as err:
                     raise type(err)(f"tensor {name!r}: {err}") from None
-                bar.update(math.prod(meta["shape"]) * _ST_DTYPES[meta["dtype"]].itemsize)
+                bar.update(math.prod(meta["shape"]) * _st_dtypes()[meta["dtype"]].itemsize)
             w.commit()
         except BaseException:
             w.abort()
@@ -1123,7 +1136,7 @@ def _decode_tensor(ck: _Checkpoint, name: str, meta: Dict[str, Any], w: _Writer,
     kind = meta["kind"]
     shape = tuple(meta["shape"])
     device = gpu.resolve(device, math.prod(shape))
-    out_dt = _ST_DTYPES[meta["dtype"]]
+    out_dt = _st_dtypes()[meta["dtype"]]
     codes_e = ck.entries[meta["codes"]]
     codes = codes_e.array()
     try:

@@ -27,7 +27,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _core, gpu
-from ._arrays import BFLOAT16, as_scores
+from ._arrays import as_dtype, as_scores, bfloat16
 from ._errors import DtypeError, InputError, ShapeError
 from .lowp import _seed
 from .stats import ErrorStats, error_stats
@@ -407,7 +407,7 @@ def _prepare(
     None)."""
     arr, x16 = as_scores(x, "x")
     where = gpu.resolve(device, int(arr.size))
-    dtype = arr.dtype if x16 == "float32" else (np.dtype(np.float16) if x16 == "float16" else BFLOAT16)
+    dtype = arr.dtype if x16 == "float32" else (np.dtype(np.float16) if x16 == "float16" else bfloat16())
     shape = tuple(arr.shape)
     flat = np.ascontiguousarray(arr).reshape(-1)
     if partition is None:
@@ -623,7 +623,7 @@ class QuantizedTensor:
             codes, self._spec, sc, zp, packed_bits=self.packed_bits, signed=self.signed,
             length=self.size, f64_out=f64, device=where,
         ).reshape(self.shape)
-        want = self.dtype if dtype is None else np.dtype(dtype)
+        want = self.dtype if dtype is None else as_dtype(dtype)
         return y if y.dtype == want else y.astype(want)
 
     def error(self, x: Any) -> ErrorStats:

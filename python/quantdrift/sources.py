@@ -36,7 +36,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _core
-from ._arrays import BFLOAT16
+from ._arrays import bfloat16, is_bfloat16
 from ._errors import DtypeError, FormatError, InputError, ShapeError
 from ._files import atomic_path
 
@@ -524,8 +524,8 @@ def _dense(arr: np.ndarray, dtype: Optional[str], values: str, name: str, fmt: s
            mapped: Optional[_Mapped] = None, offset: int = 0) -> LogitSource:
     """A dense source over a 2-D or 3-D array, naming its dtype."""
     have = arr.dtype
-    if have == np.float32 or have == np.float64 or have == np.float16 or (BFLOAT16 is not None and have == BFLOAT16):
-        stored = "bfloat16" if have == BFLOAT16 else have.name
+    if have == np.float32 or have == np.float64 or have == np.float16 or is_bfloat16(have):
+        stored = "bfloat16" if is_bfloat16(have) else have.name
         if dtype is not None and dtype != stored:
             raise DtypeError(f"{name}: the data is {stored}, but dtype={dtype!r} was given "
                              "(dtype= only names what uint16 data holds)")
@@ -769,7 +769,7 @@ def _dense_f32(source: LogitSource, block: Any) -> np.ndarray:
     if source.layout == "llamacpp":
         return _core.llamacpp_decode(block, source.vocab)
     if source.dtype == "bfloat16":
-        return block.view(BFLOAT16).astype(np.float32)
+        return block.view(bfloat16()).astype(np.float32)
     return block.astype(np.float32, copy=False)
 
 
@@ -926,7 +926,7 @@ def write_llamacpp_base(path: PathLike, logits: Any, tokens: Any, n_ctx: Optiona
         for c in range(w.n_chunk):
             src.prefetch(c * stride + lo, c * stride + hi)
             block = src.block(c * stride + lo, c * stride + hi)
-            w.write_rows(block.view(BFLOAT16) if src.dtype == "bfloat16" else block)
+            w.write_rows(block.view(bfloat16()) if src.dtype == "bfloat16" else block)
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -1063,8 +1063,8 @@ def write_npy(path: PathLike, source: Any, *, dtype: Optional[str] = None) -> No
     if src.layout == "topk":
         raise InputError(f"{src.name} is a top-k dump; it has no dense rows to write")
     shape = src.shape if src.layout == "dense" else (src.n_rows, src.vocab)
-    np_dtype = {"float32": np.float32, "float64": np.float64, "float16": np.float16,
-                "bfloat16": BFLOAT16}[src.dtype if src.layout == "dense" else "float32"]
+    stored = src.dtype if src.layout == "dense" else "float32"
+    np_dtype = bfloat16() if stored == "bfloat16" else np.dtype(stored)
     with atomic_path(path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np_dtype, shape=tuple(shape))
         target = out.reshape(src.n_rows, src.vocab)
