@@ -413,9 +413,10 @@ fn quantize_block32<R: Round, P: Params>(
     codes: &mut [i32],
 ) -> (u64, bool) {
     let mut clipped = 0u32;
-    // All ones in the lanes that saw a near or NaN quotient: a compare and
-    // an integer or per step (a bool would be narrowed lane by lane).
-    let mut redo = 0i32;
+    // How many quotients were near a boundary or NaN: counted like
+    // `clipped` (a compare and an integer subtract per vector), since an
+    // or-ed flag gets narrowed lane by lane.
+    let mut redo = 0u32;
     let n = x.len().min(codes.len());
     for i in 0..n {
         let t = x[i] * p.a32(i);
@@ -427,7 +428,7 @@ fn quantize_block32<R: Round, P: Params>(
         } else {
             !(t - t == 0.0)
         };
-        redo |= if odd { -1 } else { 0 };
+        redo += odd as u32;
         let q = r + p.zp32(i);
         // Compare-and-select, one instruction each; q is not NaN here
         // unless the run is redone.
