@@ -41,6 +41,7 @@ def is_bfloat16(dtype: np.dtype) -> bool:
     can have that dtype before ml_dtypes is imported."""
     return "ml_dtypes" in sys.modules and dtype == bfloat16()
 
+
 SCORE_DTYPES = "float32, float64, float16 or bfloat16"
 
 

@@ -85,6 +85,8 @@ def _st_dtypes() -> Dict[str, np.dtype]:
         "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
         "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
     }
+
+
 _FLOAT_ST = {"F64", "F32", "F16", "BF16"}
 
 # Elements per chunk of rows (float32 temporaries stay around 16 MiB).
