@@ -114,9 +114,11 @@ impl Kl {
     /// scores (exact when they are within a factor of two of each other).
     ///
     /// `TEMPERED`: whether 1/τ differs from 1 (the common τ = 1 saves a
-    /// multiply per element).
+    /// multiply per element). `W`: the width of the lane sums, [`LANES`] or
+    /// half of it where a register holds only half a lane group (see
+    /// [`simd::lane_group_fits_register`]).
     #[inline(always)]
-    fn simple_block<P: Load, Q: Load, const TEMPERED: bool>(
+    fn simple_block<P: Load, Q: Load, const TEMPERED: bool, const W: usize>(
         p: P,
         q: Q,
         start: usize,
@@ -124,30 +126,44 @@ impl Kl {
         inv_t: f32,
         centre: f32,
     ) -> Option<[V; 3]> {
-        let mut sums = [[0.0f32; LANES]; 3];
-        // Lanes that left the simple form, counted (an add, where a max
-        // would cost NaN handling).
-        let mut outside = [0.0f32; LANES];
+        let mut sums = [[0.0f32; W]; 3];
         for g in 0..BLOCK {
             let pv = p.full_group(start + g * LANES);
             let qv = q.full_group(start + g * LANES);
-            for i in 0..LANES {
-                let (a, u) = if TEMPERED {
-                    let a = (pv[i] - max_p) * inv_t;
-                    (a, (pv[i] - qv[i]).mul_add(inv_t, centre))
-                } else {
-                    (pv[i] - max_p, (pv[i] - qv[i]) + centre)
-                };
-                let w = simd::exp_weight(a);
-                let w_u = w * u;
-                sums[0][i] += w;
-                sums[1][i] += w_u;
-                sums[2][i] += (w_u * u) * exp_neg_remainder_ratio(u);
-                let simple = (w > 0.0) & (u.abs() <= SERIES_LIMIT);
-                outside[i] += simd::select(simple, 0.0, 1.0);
+            for part in 0..LANES / W {
+                for i in 0..W {
+                    let (x, y) = (pv[part * W + i], qv[part * W + i]);
+                    let (a, u) = if TEMPERED {
+                        ((x - max_p) * inv_t, (x - y).mul_add(inv_t, centre))
+                    } else {
+                        (x - max_p, (x - y) + centre)
+                    };
+                    // h(u)/w = u²·(h(u)/u²) does not wait for w, whose
+                    // exponential is the long dependency chain here. A lane
+                    // outside the series' range poisons it with NaN (a
+                    // blend, where counting such lanes costs an accumulator
+                    // and five more instructions); |u| ≤ the limit also
+                    // rules out P = 0, where u is −inf or NaN.
+                    let h = simd::select(
+                        u.abs() <= SERIES_LIMIT,
+                        (u * u) * exp_neg_remainder_ratio(u),
+                        f32::NAN,
+                    );
+                    let w = simd::exp_weight(a);
+                    sums[0][i] += w;
+                    sums[1][i] = w.mul_add(u, sums[1][i]);
+                    sums[2][i] = w.mul_add(h, sums[2][i]);
+                }
             }
         }
-        outside.iter().all(|&o| o == 0.0).then_some(sums)
+        if sums[2].iter().any(|s| s.is_nan()) {
+            return None;
+        }
+        let mut out = [[0.0f32; LANES]; 3];
+        for k in 0..3 {
+            out[k][..W].copy_from_slice(&sums[k]);
+        }
+        Some(out)
     }
 
     /// Every element of a block in the general form, adding Σw, Σv, Σw·u
@@ -206,6 +222,7 @@ impl Evaluate for Kl {
         // Whether Σ e^b covers every block; it is only needed if the robust
         // form turns out ill-conditioned.
         let mut sq_complete = true;
+        let full_width = simd::lane_group_fits_register();
         let n = p.len();
         let mut start = 0;
         while start < n {
@@ -213,12 +230,21 @@ impl Evaluate for Kl {
             // Most blocks of near-equal models have P > 0 and small u
             // everywhere: then one exponential per element does, the series
             // giving w·h(u). Otherwise the block takes the general form.
-            let simple = if !(robust && start + BLK <= n) {
-                None
-            } else if inv_t == 1.0 {
-                Kl::simple_block::<P, Q, false>(p, q, start, s.max_p, inv_t, centre)
-            } else {
-                Kl::simple_block::<P, Q, true>(p, q, start, s.max_p, inv_t, centre)
+            const HALF: usize = LANES / 2;
+            let simple = match (robust && start + BLK <= n, inv_t == 1.0, full_width) {
+                (false, ..) => None,
+                (true, true, true) => {
+                    Kl::simple_block::<P, Q, false, LANES>(p, q, start, s.max_p, inv_t, centre)
+                }
+                (true, true, false) => {
+                    Kl::simple_block::<P, Q, false, HALF>(p, q, start, s.max_p, inv_t, centre)
+                }
+                (true, false, true) => {
+                    Kl::simple_block::<P, Q, true, LANES>(p, q, start, s.max_p, inv_t, centre)
+                }
+                (true, false, false) => {
+                    Kl::simple_block::<P, Q, true, HALF>(p, q, start, s.max_p, inv_t, centre)
+                }
             };
             if let Some([ws, wus, rems]) = simple {
                 totals.add_lanes(0, &ws);
