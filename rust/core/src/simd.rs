@@ -329,21 +329,22 @@ pub fn select(cond: bool, a: f32, b: f32) -> f32 {
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_359_4;
 const LN2_LO: f32 = -2.121_944_4e-4;
-/// Adding then subtracting 1.5·2^23 rounds to the nearest integer.
-const ROUND_MAGIC: f32 = 12_582_912.0;
+/// Adding then subtracting 1.5·2^23 + 127 rounds to the nearest integer
+/// and leaves k + 127, the biased exponent of 2^k, in the low bits.
+const ROUND_MAGIC: f32 = 12_583_039.0;
 
 /// The range reduction every exponential here shares: `clamped` =
 /// k·ln 2 + r with |r| ≤ ln 2 / 2, returned as (r, 2^k). Lane arithmetic
 /// with no float→int conversion, so it vectorises: k = round(x·log2 e) is
-/// read from the low mantissa bits of x·log2 e + 1.5·2^23, and 2^k is
-/// built from k's bits.
+/// read from the low mantissa bits of t = x·log2 e + 1.5·2^23 + 127, which
+/// hold k + 127, so that shifting t's bits left by 23 leaves exactly the
+/// bits of 2^k (for the clamped range, −126 ≤ k ≤ 127).
 #[inline(always)]
 fn reduce(clamped: f32) -> (f32, f32) {
     let t = clamped.mul_add(LOG2E, ROUND_MAGIC);
     let k = t - ROUND_MAGIC;
-    let k_bits = t.to_bits().wrapping_sub(ROUND_MAGIC.to_bits()); // k as two's complement
     let r = k.mul_add(-LN2_LO, k.mul_add(-LN2_HI, clamped));
-    (r, f32::from_bits(k_bits.wrapping_add(127) << 23))
+    (r, f32::from_bits(t.to_bits() << 23))
 }
 
 /// e^r for |r| ≤ ln 2 / 2, Cephes' polynomial (about 1 ulp).

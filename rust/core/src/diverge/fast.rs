@@ -475,10 +475,10 @@ impl<const K: usize> Totals<K> {
             self.0[k][i] += lanes[i] as f64;
         }
     }
-    /// Adds float32 lane sums, which move to float64 here.
+    /// Adds float32 sums of the first `W` lanes, which move to float64 here.
     #[inline(always)]
-    pub(super) fn add_lanes(&mut self, k: usize, lanes: &V) {
-        for i in 0..LANES {
+    pub(super) fn add_lanes<const W: usize>(&mut self, k: usize, lanes: &[f32; W]) {
+        for i in 0..W {
             self.0[k][i] += lanes[i] as f64;
         }
     }

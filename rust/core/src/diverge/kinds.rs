@@ -8,7 +8,7 @@ use super::fast::{
     first_index_of, store_exps, stored_block, Blocks, Load, Scan, Totals, BLK, BLOCK,
 };
 use super::finish;
-use crate::simd::{self, LANES, V};
+use crate::simd::{self, LANES};
 
 /// Where [`exp_neg_remainder`] is used instead of e^(−u) − 1 + u computed
 /// directly (which cancels for small u).
@@ -104,10 +104,10 @@ pub(super) fn exp_neg_remainder_ratio(u: f32) -> f32 {
 pub(super) struct Kl;
 
 impl Kl {
-    /// The lane sums [Σw, Σw·u, Σw·h(u)] of the whole block at `start`, if
-    /// every element in it has P > 0 and |u| ≤ [`SERIES_LIMIT`] (most
-    /// blocks of near-equal models); `None` sends the block to
-    /// [`Kl::general_block`].
+    /// Adds the lane sums Σw, Σw·u and Σw·h(u) of the whole block at
+    /// `start` to `totals` (0, 2 and 3) if every element in it has P > 0 and
+    /// |u| ≤ [`SERIES_LIMIT`] (most blocks of near-equal models); `false`
+    /// (nothing added) sends the block to [`Kl::general_block`].
     ///
     /// Written for speed: the loads, shifts and sums are fused, and
     /// u = (p − q)/τ + `centre` is taken from the difference of the raw
@@ -125,7 +125,8 @@ impl Kl {
         max_p: f32,
         inv_t: f32,
         centre: f32,
-    ) -> Option<[V; 3]> {
+        totals: &mut Totals<4>,
+    ) -> bool {
         let mut sums = [[0.0f32; W]; 3];
         for g in 0..BLOCK {
             let pv = p.full_group(start + g * LANES);
@@ -157,13 +158,12 @@ impl Kl {
             }
         }
         if sums[2].iter().any(|s| s.is_nan()) {
-            return None;
+            return false;
         }
-        let mut out = [[0.0f32; LANES]; 3];
-        for k in 0..3 {
-            out[k][..W].copy_from_slice(&sums[k]);
-        }
-        Some(out)
+        totals.add_lanes(0, &sums[0]);
+        totals.add_lanes(2, &sums[1]);
+        totals.add_lanes(3, &sums[2]);
+        true
     }
 
     /// Every element of a block in the general form, adding Σw, Σv, Σw·u
@@ -231,25 +231,24 @@ impl Evaluate for Kl {
             // everywhere: then one exponential per element does, the series
             // giving w·h(u). Otherwise the block takes the general form.
             const HALF: usize = LANES / 2;
-            let simple = match (robust && start + BLK <= n, inv_t == 1.0, full_width) {
-                (false, ..) => None,
-                (true, true, true) => {
-                    Kl::simple_block::<P, Q, false, LANES>(p, q, start, s.max_p, inv_t, centre)
-                }
-                (true, true, false) => {
-                    Kl::simple_block::<P, Q, false, HALF>(p, q, start, s.max_p, inv_t, centre)
-                }
-                (true, false, true) => {
-                    Kl::simple_block::<P, Q, true, LANES>(p, q, start, s.max_p, inv_t, centre)
-                }
-                (true, false, false) => {
-                    Kl::simple_block::<P, Q, true, HALF>(p, q, start, s.max_p, inv_t, centre)
-                }
-            };
-            if let Some([ws, wus, rems]) = simple {
-                totals.add_lanes(0, &ws);
-                totals.add_lanes(2, &wus);
-                totals.add_lanes(3, &rems);
+            let (max_p, t) = (s.max_p, &mut totals);
+            let simple = robust
+                && start + BLK <= n
+                && match (inv_t == 1.0, full_width) {
+                    (true, true) => {
+                        Kl::simple_block::<P, Q, false, LANES>(p, q, start, max_p, inv_t, centre, t)
+                    }
+                    (true, false) => {
+                        Kl::simple_block::<P, Q, false, HALF>(p, q, start, max_p, inv_t, centre, t)
+                    }
+                    (false, true) => {
+                        Kl::simple_block::<P, Q, true, LANES>(p, q, start, max_p, inv_t, centre, t)
+                    }
+                    (false, false) => {
+                        Kl::simple_block::<P, Q, true, HALF>(p, q, start, max_p, inv_t, centre, t)
+                    }
+                };
+            if simple {
                 sq_complete = false;
             } else {
                 p.shifted_block(start, s.max_p, inv_t, &mut a);
