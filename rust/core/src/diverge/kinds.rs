@@ -139,7 +139,7 @@ impl Kl {
                     } else {
                         (x - max_p, (x - y) + centre)
                     };
-                    // h(u)/w = u²·(h(u)/u²) does not wait for w, whose
+                    // h(u) = u²·(h(u)/u²) does not wait for w, whose
                     // exponential is the long dependency chain here. A lane
                     // outside the series' range poisons it with NaN (a
                     // blend, where counting such lanes costs an accumulator
