@@ -128,6 +128,8 @@ impl Kl {
         totals: &mut Totals<4>,
     ) -> bool {
         let mut sums = [[0.0f32; W]; 3];
+        // All ones in a lane that met an element outside the series' range.
+        let mut outside = [0u32; W];
         for g in 0..BLOCK {
             let pv = p.full_group(start + g * LANES);
             let qv = q.full_group(start + g * LANES);
@@ -140,16 +142,19 @@ impl Kl {
                         (x - max_p, (x - y) + centre)
                     };
                     // h(u) = u²·(h(u)/u²) does not wait for w, whose
-                    // exponential is the long dependency chain here. A lane
-                    // outside the series' range poisons it with NaN (a
-                    // blend, where counting such lanes costs an accumulator
-                    // and five more instructions); |u| ≤ the limit also
-                    // rules out P = 0, where u is −inf or NaN.
-                    let h = simd::select(
-                        u.abs() <= SERIES_LIMIT,
-                        (u * u) * exp_neg_remainder_ratio(u),
-                        f32::NAN,
-                    );
+                    // exponential is the long dependency chain here. The
+                    // range test reuses u² (u² ≤ limit² is |u| ≤ limit for
+                    // the limit 1, with no absolute value and one constant
+                    // less) and is or-ed into a mask: a compare and an or,
+                    // measured a few percent faster with AVX2 than a blend
+                    // poisoning the sum with NaN. u² ≤ 1 also rules out
+                    // P = 0, where u is −inf or NaN.
+                    let u2 = u * u;
+                    // Negated so that NaN counts as outside.
+                    #[allow(clippy::neg_cmp_op_on_partial_ord)]
+                    let out = !(u2 <= SERIES_LIMIT * SERIES_LIMIT);
+                    outside[i] |= (out as u32).wrapping_neg();
+                    let h = u2 * exp_neg_remainder_ratio(u);
                     let w = simd::exp_weight(a);
                     sums[0][i] += w;
                     sums[1][i] = w.mul_add(u, sums[1][i]);
@@ -157,7 +162,7 @@ impl Kl {
                 }
             }
         }
-        if sums[2].iter().any(|s| s.is_nan()) {
+        if outside.iter().any(|&lane| lane != 0) {
             return false;
         }
         totals.add_lanes(0, &sums[0]);
@@ -581,6 +586,38 @@ mod tests {
             })
         } else {
             ((-u).exp_m1() + u) / (u * u)
+        }
+    }
+
+    /// Whether `Kl::simple_block` takes a block whose elements all have
+    /// u = 0 but the one at `at`, which has u = `u` (or P given by a p of
+    /// `p_at`), in both lane-sum widths (they must agree).
+    fn simple_takes(at: usize, u: f32, p_at: f32) -> bool {
+        let mut p: Vec<f32> = (0..BLK).map(|i| -((i % 37) as f32) / 4.0).collect();
+        let mut q = p.clone();
+        // u = (p − q) + centre with centre 0: exact with p = 0 here.
+        (p[at], q[at]) = (p_at, -u);
+        let (mut half, mut full) = (Totals::<4>::new(), Totals::<4>::new());
+        let (p, q) = (&p[..], &q[..]);
+        let a = Kl::simple_block::<_, _, false, { LANES / 2 }>(p, q, 0, 0.0, 1.0, 0.0, &mut half);
+        let b = Kl::simple_block::<_, _, false, LANES>(p, q, 0, 0.0, 1.0, 0.0, &mut full);
+        assert_eq!(a, b, "u = {u}, p = {p_at} at {at}");
+        a
+    }
+
+    #[test]
+    fn the_simple_block_takes_exactly_the_series_range() {
+        let above = f32::from_bits(SERIES_LIMIT.to_bits() + 1);
+        for at in [0, 7, 8, 15, 16, BLK - 1] {
+            for u in [0.0, 0.5, SERIES_LIMIT, -SERIES_LIMIT] {
+                assert!(simple_takes(at, u, 0.0), "u = {u} at {at}");
+            }
+            for u in [above, -above, 3.0, f32::INFINITY, f32::NEG_INFINITY] {
+                assert!(!simple_takes(at, u, 0.0), "u = {u} at {at}");
+            }
+            // P = 0 (p = −inf) or a NaN score sends the block away.
+            assert!(!simple_takes(at, 0.0, f32::NEG_INFINITY));
+            assert!(!simple_takes(at, 0.0, f32::NAN));
         }
     }
 
