@@ -121,6 +121,42 @@ def test_entropy_needs_no_q_and_renyi_order_one_is_kl():
     np.testing.assert_allclose(near, qd.kl(p, q), rtol=1e-3)
 
 
+def renyi_exact(p: np.ndarray, q: np.ndarray, alpha: float) -> float:
+    """Rényi of order alpha between softmax(p) and softmax(q), with 40
+    significant digits (decimal): float64 loses ln Σ P^α Q^(1−α) / (α − 1)
+    to cancellation as α → 1."""
+    import decimal
+
+    with decimal.localcontext() as ctx:
+        ctx.prec = 40
+        D = decimal.Decimal
+        a = [D(float(x)) for x in p if np.isfinite(x)]
+        b = [D(float(x)) for x in q if np.isfinite(x)]
+        lse_p = sum((x.exp() for x in a), D(0)).ln()
+        lse_q = sum((x.exp() for x in b), D(0)).ln()
+        al = D(float(alpha))
+        s = D(0)
+        for x, y in zip(p, q):
+            if np.isfinite(x) and np.isfinite(y):
+                s += (al * (D(float(x)) - lse_p) + (1 - al) * (D(float(y)) - lse_q)).exp()
+        return float(s.ln() / (al - 1))
+
+
+@pytest.mark.parametrize("alpha", [1e-3, 0.1, 0.5, 0.9, 1 - 1e-6, 1 + 1e-9, 1 + 1e-6, 1.1, 2.0, 5.0])
+def test_renyi_keeps_its_digits_for_near_equal_models_and_orders_near_0_and_1(alpha):
+    rng = np.random.default_rng(int(alpha * 1000) + 3)
+    vocab = 300
+    p = rng.standard_normal((4, vocab)) * 2
+    spread = np.array([1e-3, 3e-2, 0.3, 2.0])[:, None]  # near-equal to far apart
+    q = p + rng.standard_normal((4, vocab)) * spread
+    p, q = p.astype(np.float32), q.astype(np.float32)
+    got = qd.divergence(p, q, "renyi", alpha=alpha)
+    want = np.array([renyi_exact(p[r].astype(np.float64), q[r].astype(np.float64), alpha) for r in range(4)])
+    # The nearest rows (values ~1e-7) meet the bar's absolute part, far
+    # inside it: float32 logits carry ~2e-7 of rounding into ln(Q/P) ~ 1e-3.
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-11)
+
+
 def test_empty_inputs_give_empty_results():
     for shape in [(0, 10), (0, 3, 10)]:
         empty = np.zeros(shape, dtype=np.float32)
@@ -144,3 +180,4 @@ def test_extreme_logits_and_conventions():
     assert qd.kl(p, q) == pytest.approx(math.log(2), rel=1e-12)
     assert qd.divergence(q, p, "chi2") == np.inf
     assert qd.divergence(p, q, "renyi", alpha=0.5) == pytest.approx(-2 * math.log(2 * math.sqrt(0.125)), rel=1e-12)
+

@@ -87,6 +87,19 @@ def test_conventions_and_extreme_logits(gpu):
     np.testing.assert_array_equal(qd.divergence(p, q, "renyi", alpha=1.0, device="gpu"), qd.kl(p, q, device="gpu"))
 
 
+@pytest.mark.parametrize("alpha", [1e-3, 0.5, 1 - 1e-6, 1 + 1e-9, 5.0])
+def test_renyi_keeps_its_digits_for_near_equal_models_and_orders_near_0_and_1(gpu, alpha):
+    from test_divergence import renyi_exact
+
+    rng = np.random.default_rng(int(alpha * 1000) + 3)
+    p = (rng.standard_normal((4, 300)) * 2).astype(np.float32)
+    q = (p + rng.standard_normal((4, 300)) * np.array([1e-3, 3e-2, 0.3, 2.0])[:, None]).astype(np.float32)
+    got, cpu = both(p, q, "renyi", alpha=alpha)
+    want = [renyi_exact(p[r].astype(np.float64), q[r].astype(np.float64), alpha) for r in range(4)]
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-11)
+    np.testing.assert_allclose(got, cpu, rtol=RTOL, atol=1e-11)
+
+
 def test_vocab_one_empty_inputs_and_shapes(gpu):
     one = np.array([[3.0], [-1.0]], dtype=np.float32)
     for kind, alpha in KINDS:

@@ -25,8 +25,8 @@
 //!   scores per row).
 
 use quantdrift_core::diverge::{
-    self, fast, finish, probs_tolerance, reference, Inputs, Kind, Options, RowIssue, RowResult,
-    Side,
+    self, fast, finish, probs_tolerance, reference, renyi_reach, renyi_series, Inputs, Kind,
+    Options, RowIssue, RowResult, Side,
 };
 use quantdrift_core::{simd, CoreError, Dtype, Rows};
 
@@ -65,7 +65,9 @@ struct Params {
     one: f32,
     magic_a: f32,
     magic_b: f32,
-    _pad1: f32,
+    reach: f32,
+    small_alpha: u32,
+    renyi_series: [[f32; 4]; 3],
 }
 
 /// One divergence value per row, in nats, computed on the GPU: the same
@@ -270,7 +272,16 @@ impl<'a> Job<'a> {
             one: 1.0,
             magic_a: ROUND_MAGIC,
             magic_b: ROUND_MAGIC,
-            _pad1: 0.0,
+            reach: renyi_reach(alpha),
+            small_alpha: u32::from(alpha <= 0.5),
+            renyi_series: {
+                let c = renyi_series(alpha);
+                [
+                    [c[0], c[1], c[2], c[3]],
+                    [c[4], c[5], c[6], c[7]],
+                    [c[8], c[9], c[10], c[11]],
+                ]
+            },
         });
         let count = (end - start) * SLOTS;
         let out = gpu.storage(4 * count as u64);
@@ -415,11 +426,10 @@ impl<'a> Job<'a> {
                 Some(finish::chi2(pair(8)))
             }
             Kind::Renyi(alpha) => {
-                let alpha = alpha as f32;
                 if alpha > 1.0 && outside {
                     return Ok(f64::INFINITY);
                 }
-                finish::renyi(pair(8), alpha)
+                finish::renyi(pair(8), alpha - 1.0)
             }
         };
         match value.filter(|v| v.is_finite() && !nan) {

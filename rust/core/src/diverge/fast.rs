@@ -699,17 +699,7 @@ fn run_pair<P: Load, Q: Load>(
         Kind::Tv => go(p, q, Normalised(Tv), inv_t, next, work),
         Kind::Hellinger => go(p, q, Normalised(Hellinger), inv_t, next, work),
         Kind::Chi2 => go(p, q, Normalised(Chi2), inv_t, next, work),
-        Kind::Renyi(alpha) => go(
-            p,
-            q,
-            Normalised(Renyi {
-                alpha: alpha as f32,
-                beta: (1.0 - alpha) as f32,
-            }),
-            inv_t,
-            next,
-            work,
-        ),
+        Kind::Renyi(alpha) => go(p, q, Normalised(Renyi::new(alpha)), inv_t, next, work),
     }
 }
 

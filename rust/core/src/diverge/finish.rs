@@ -61,12 +61,13 @@ pub fn chi2(total: f64) -> f64 {
     total.max(0.0)
 }
 
-/// Rényi of order `alpha` (the float32 order the kernels use) from
-/// Σ P[(Q/P)^β − 1 − β(Q/P − 1)], β = 1 − α.
-pub fn renyi(total: f64, alpha: f32) -> Option<f64> {
+/// Rényi of order α from Σ P[(Q/P)^β − 1 − β(Q/P − 1)], β = 1 − α, and
+/// `alpha_minus_one` = α − 1 in float64 (orders within 6e-8 of 1 are 1 in
+/// float32, and the quotient needs their distance from 1).
+pub fn renyi(total: f64, alpha_minus_one: f64) -> Option<f64> {
     // NaN fails `total > -0.5` and goes to the reference too.
     if total.partial_cmp(&-0.5) != Some(std::cmp::Ordering::Greater) || !total.is_finite() {
         return None;
     }
-    Some((total.ln_1p() / (alpha as f64 - 1.0)).max(0.0))
+    Some((total.ln_1p() / alpha_minus_one).max(0.0))
 }

@@ -545,11 +545,103 @@ impl Term for Chi2 {
     }
 }
 
-/// Rényi of order α: ln(1 + Σ P[(Q/P)^β − 1 − β(Q/P − 1)]) / (α − 1), β = 1 − α.
+/// Rényi of order α: ln(1 + Σ P·B(y)) / (α − 1), with y = ln(Q/P),
+/// β = 1 − α and the bracket B(y) = (Q/P)^β − 1 − β(Q/P − 1).
+///
+/// B is evaluated in the form that keeps its digits: both of its direct
+/// forms subtract terms of size ~|y| to leave a value of size ~y²·|αβ|,
+/// which near-equal models (small y) and orders near 0 or 1 (small α or β)
+/// would lose to float32 rounding. So:
+/// - |y| ≤ [`Renyi::reach`]: the series Σ_{k≥2} (β^k − β) y^k / k!, whose
+///   coefficients are computed once per call in float64;
+/// - else, for α ≤ ½: Q/P·(e^(−αy) − 1) + α(e^y − 1), whose terms are of
+///   size α (the form with β loses them as α → 0);
+/// - else: (e^(βy) − 1) − β(e^y − 1), whose terms are of size β.
 #[derive(Clone, Copy)]
 pub(super) struct Renyi {
     pub(super) alpha: f32,
     pub(super) beta: f32,
+    /// (β^k − β)/k! for k = 2..=13.
+    series: [f32; RENYI_TERMS],
+    /// 1/max(1, |β|): where the series is used; there every omitted term is
+    /// below 3e-10 of the first (see [`Renyi::new`]).
+    reach: f32,
+    /// Whether the direct form is the one with α (α ≤ ½).
+    small_alpha: bool,
+    /// α > 1 (in float64: α = 1 + 1e-9 is 1 in float32).
+    above_one: bool,
+    /// α − 1 in float64, the divisor of the logarithm.
+    alpha_minus_one: f64,
+}
+
+/// Terms of [`Renyi`]'s series, k = 2..=13.
+pub const RENYI_TERMS: usize = 12;
+
+/// The coefficients (β^k − β)/k!, k = 2..=13, of the series of the Rényi
+/// bracket B(y) = Σ_k (β^k − β) y^k / k! for order `alpha`, β = 1 − α,
+/// computed in float64 (the GPU kernels take them too).
+pub fn renyi_series(alpha: f64) -> [f32; RENYI_TERMS] {
+    let beta = 1.0 - alpha;
+    let mut series = [0.0f32; RENYI_TERMS];
+    let mut factorial = 1.0f64;
+    for (j, c) in series.iter_mut().enumerate() {
+        let k = j as i32 + 2;
+        factorial *= k as f64;
+        // β^k − β = β·(β^(k−1) − 1); for 0 < β < 1 the bracket cancels as
+        // β → 1 (α → 0), so it is e^((k−1)·ln β) − 1 with ln β = ln(1 − α)
+        // taken from α.
+        let power_minus_one = if beta > 0.0 {
+            ((k - 1) as f64 * (-alpha).ln_1p()).exp_m1()
+        } else {
+            beta.powi(k - 1) - 1.0
+        };
+        *c = (beta * power_minus_one / factorial) as f32;
+    }
+    series
+}
+
+/// |y| up to which the Rényi series is used: 1/max(1, |β|) (see
+/// [`Renyi::new`]).
+pub fn renyi_reach(alpha: f64) -> f32 {
+    (1.0 / (1.0 - alpha).abs().max(1.0)) as f32
+}
+
+impl Renyi {
+    /// The evaluation for order `alpha` (> 0, ≠ 1).
+    ///
+    /// With |y| ≤ 1/max(1, |β|), term k over term 2 is
+    /// (1 + β + … + β^(k−2))·y^(k−2)·2/k!, at most 2(k−1)/k!: for the first
+    /// omitted term, k = 14, 3e-10.
+    pub(super) fn new(alpha: f64) -> Renyi {
+        Renyi {
+            alpha: alpha as f32,
+            beta: (1.0 - alpha) as f32,
+            series: renyi_series(alpha),
+            reach: renyi_reach(alpha),
+            small_alpha: alpha <= 0.5,
+            above_one: alpha > 1.0,
+            alpha_minus_one: alpha - 1.0,
+        }
+    }
+
+    /// B(y) for ln(Q/P) = `y` with P > 0.
+    #[inline(always)]
+    fn bracket(self, y: f32) -> f32 {
+        let mut s = self.series[RENYI_TERMS - 1];
+        for k in (0..RENYI_TERMS - 1).rev() {
+            s = s.mul_add(y, self.series[k]);
+        }
+        let series = s * y * y;
+        let direct = if self.small_alpha {
+            // Q/P·(e^(−αy) − 1) is 0 where Q is (y = −inf: 0·inf otherwise).
+            let scaled = simd::exp(y) * simd::expm1(-self.alpha * y);
+            let scaled = simd::select(y == f32::NEG_INFINITY, 0.0, scaled);
+            scaled + self.alpha * simd::expm1(y)
+        } else {
+            simd::expm1(self.beta * y) - self.beta * simd::expm1(y)
+        };
+        simd::select(y.abs() <= self.reach, series, direct)
+    }
 }
 
 impl Term for Renyi {
@@ -558,7 +650,7 @@ impl Term for Renyi {
         let (pp, qq) = (w * n.inv_sp, v * n.inv_sq);
         let beta = self.beta;
         let y = b - a + n.log_ratio_shift; // ln(Q/P)
-        let bracket = simd::expm1(beta * y) - beta * simd::expm1(y);
+        let bracket = self.bracket(y);
         // Where P underflowed, P^α Q^(1−α) may still count.
         let log_q = b - (n.log_sp - n.log_ratio_shift);
         let tiny = simd::exp(self.alpha * (a - n.log_sp) + beta * log_q) - beta * qq;
@@ -566,10 +658,10 @@ impl Term for Renyi {
         simd::select(w > 0.0, pp * bracket, tiny)
     }
     fn finish(self, total: f64) -> Option<f64> {
-        finish::renyi(total, self.alpha)
+        finish::renyi(total, self.alpha_minus_one)
     }
     fn infinite_outside_q(self) -> bool {
-        self.alpha > 1.0
+        self.above_one
     }
 }
 

@@ -32,6 +32,7 @@ pub mod distill;
 pub mod fast;
 pub mod finish;
 mod kinds;
+pub use kinds::{renyi_reach, renyi_series, RENYI_TERMS};
 pub mod reference;
 
 use rayon::prelude::*;

@@ -34,7 +34,9 @@ struct Params {
     one: f32,
     magic_a: f32,
     magic_b: f32,
-    _pad1: f32,
+    reach: f32,          // |y| up to which the Rényi bracket takes its series
+    small_alpha: u32,    // 1: the Rényi bracket's direct form is the one with α (α ≤ ½)
+    renyi_series: array<vec4<f32>, 3>, // (β^k − β)/k!, k = 2..13 (kinds.rs)
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -442,6 +444,26 @@ const KIND_HELLINGER: u32 = 2u;
 const KIND_CHI2: u32 = 3u;
 const KIND_RENYI: u32 = 4u;
 
+// The Rényi bracket (Q/P)^β − 1 − β(Q/P − 1) for y = ln(Q/P), in the form
+// that keeps its digits (kinds.rs, Renyi::bracket): the series near y = 0,
+// else the direct form whose terms are of size min(α, β).
+fn renyi_bracket(y: f32) -> f32 {
+    var s = params.renyi_series[2][3];
+    for (var k: i32 = 10; k >= 0; k = k - 1) {
+        s = fma(s, y, params.renyi_series[u32(k) / 4u][u32(k) % 4u]);
+    }
+    let series = s * y * y;
+    var direct: f32;
+    if params.small_alpha == 1u {
+        // Q/P·(e^(−αy) − 1) is 0 where Q is (y = −inf: 0·inf otherwise).
+        let scaled = select(qd_exp(y) * qd_expm1(-params.alpha * y), 0.0, is_neg_inf(y));
+        direct = scaled + params.alpha * qd_expm1(y);
+    } else {
+        direct = qd_expm1(params.beta * y) - params.beta * qd_expm1(y);
+    }
+    return select(direct, series, abs(y) <= params.reach);
+}
+
 fn term(kind: u32, a: f32, b: f32, w: f32, v: f32, n: Norm) -> f32 {
     let pp = w * n.inv_sp;
     let qq = v * n.inv_sq;
@@ -471,7 +493,7 @@ fn term(kind: u32, a: f32, b: f32, w: f32, v: f32, n: Norm) -> f32 {
         default: {
             let beta = params.beta;
             let y = b - a + n.log_ratio_shift; // ln(Q/P)
-            let bracket = qd_expm1(beta * y) - beta * qd_expm1(y);
+            let bracket = renyi_bracket(y);
             let log_q = b - (n.log_sp - n.log_ratio_shift);
             var tiny = qd_exp(params.alpha * (a - n.log_sp) + beta * log_q) - beta * qq;
             tiny = select(tiny, -beta * qq, is_neg_inf(a));
