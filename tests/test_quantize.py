@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
+import warnings
 from fractions import Fraction
 
 import ml_dtypes
@@ -474,6 +476,12 @@ def test_errors_name_the_problem():
         qd.quantize(x, partition=qd.per_axis(0), scale=[1.0, 2.0])
     with pytest.raises(qd.InputError, match="scale of part 1"):
         qd.quantize(x, partition=qd.per_axis(0), scale=[1.0, 0.0, 1.0, 1.0])
+    # a scale that float32 cannot hold is named as given, with what it became
+    for given, became in ((1e39, "inf"), (1e-50, "0")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(qd.InputError, match=re.escape(f"part 2 is {given:g}, which is {became} in float32")):
+                qd.quantize(x, partition=qd.per_axis(0), scale=[1.0, 1.0, given, 1.0])
     with pytest.raises(qd.ShapeError, match="axis 2"):
         qd.quantize(x, partition=qd.per_axis(2))
     with pytest.raises(qd.ShapeError):

@@ -49,9 +49,14 @@ def as_scores(x: Any, name: str) -> Tuple[np.ndarray, str]:
     """Returns ``(array, dtype16)``: float32/float64 arrays as they are, and
     float16/bfloat16 arrays as uint16 views named by ``dtype16``.
 
-    Integer and other inputs raise DtypeError; lists become float64.
+    Integer and other inputs raise DtypeError; lists become float64;
+    big-endian arrays are byte-swapped into native copies.
     """
     arr = np.asarray(x)
+    if not arr.dtype.isnative:
+        # Big-endian data (read from a file written on another machine): the
+        # kernels read native floats, so it is byte-swapped into a copy.
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     if arr.dtype == np.float32 or arr.dtype == np.float64:
         return arr, "float32"
     if arr.dtype == np.float16:

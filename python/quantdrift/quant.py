@@ -501,11 +501,21 @@ def _prepare(
             device=where,
         )
     else:
-        sc = _per_part(scale, plan, "scale", np.float64).astype(scale_dtype).astype(np.float64)
+        given = _per_part(scale, plan, "scale", np.float64)
+        # Checked as given and again in the scale dtype (float32 for all but
+        # float64 input), so that the message names the value passed and says
+        # when it is the float32 rounding that over- or underflows.
+        with np.errstate(over="ignore", under="ignore"):
+            sc = given.astype(scale_dtype).astype(np.float64)
         bad = ~(np.isfinite(sc) & (sc > 0))
         if np.any(bad):
             j = int(np.argmax(bad))
-            raise InputError(f"scale of part {j} is {sc[j]}; scales must be positive and finite")
+            if np.isfinite(given[j]) and given[j] > 0:
+                raise InputError(
+                    f"scale of part {j} is {given[j]:g}, which is {sc[j]:g} in {np.dtype(scale_dtype).name} "
+                    f"(the scale dtype of {np.dtype(dtype).name} input); scales must be positive and finite there"
+                )
+            raise InputError(f"scale of part {j} is {given[j]}; scales must be positive and finite")
         if zero_point is None:
             zp = ((qmin.astype(np.int64) + qmax + 1) // 2).astype(np.int32)
         else:
