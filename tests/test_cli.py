@@ -70,3 +70,19 @@ def test_bad_input_is_exit_2_with_one_line(capsys, monkeypatch):
     assert main(["demo"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["quantdrift demo: error: p row 3 contains NaN or +inf"]
+
+
+def test_bad_tokens_file_and_missing_output_folder_name_the_users_paths(tmp_path, capsys):
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.zeros((6, 5), np.float32))
+    np.save(tmp_path / "t.npy", np.zeros(6, np.int64))
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "t.npy").read_bytes()[:-4])
+    assert main(["convert", str(tmp_path / "x.npy"), str(tmp_path / "y.topk"), "--to", "topk", "--k", "2",
+                 "--tokens", str(tmp_path / "cut.npy")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--tokens file" in err[0] and "cut.npy: truncated" in err[0]
+    target = tmp_path / "missing" / "y.npy"
+    assert main(["convert", str(tmp_path / "x.npy"), str(target)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(target) in err[0] and ".tmp" not in err[0]

@@ -270,3 +270,126 @@ def test_percentile_on_a_sample_next_to_infinity_is_that_sample():
     assert got["median"] == 1.0
     assert got["max"] == math.inf
     assert got["q75"] == math.inf  # halfway between 1.0 and +inf
+
+
+# ------------------------------------------------------- infinite perplexity
+def test_ppl_beyond_float64_range_is_inf_not_an_error(tmp_path):
+    # token 0 at temperature 1e-3: NLL = 2/T = 2000 nats on both sides, far past exp's range
+    base = np.array([[0.0, 1.0, 2.0]] * 4, np.float32)
+    other = np.array([[0.0, 2.0, 1.0]] * 4, np.float32)
+    r = qd.compare(base, other, tokens=np.zeros(4, int), temperature=1e-3, progress=False)
+    s = r.summary()
+    assert s["ppl_other"]["value"] == math.inf and s["ppl_base"]["value"] == math.inf
+    # the means agree exactly: ln ratio 0, ratio 1, difference 0 (inf − inf would be NaN)
+    assert s["ln_ppl_ratio"]["mean"] == 0.0
+    assert s["ppl_ratio"]["value"] == 1.0
+    assert s["ppl_diff"]["value"] == 0.0
+    assert "inf" in str(r)
+    d = json.loads(r.to_json(tmp_path / "r.json"))  # valid JSON: non-finite numbers are null
+    assert d["ppl_other"]["value"] is None and d["ppl_ratio"]["value"] == 1.0
+
+    # 30 tokens, mean NLLs of ~800 (other) and ~2 (base): PPL(Q) overflows, PPL(base) does not
+    rng = np.random.default_rng(31)
+    base = rng.standard_normal((30, 6))
+    other = base.copy()
+    other[:, 0] -= 800 + rng.standard_normal(30)
+    tokens = np.zeros(30, int)
+    r = qd.compare(base, other, tokens=tokens, progress=False)
+    s = r.summary()
+    nq = -log_probs(other)[:, 0]
+    nb = -log_probs(base)[:, 0]
+    mq, mb = math.fsum(nq) / 30, math.fsum(nb) / 30
+    assert s["ppl_other"]["value"] == math.inf
+    assert s["ppl_base"]["value"] == pytest.approx(math.exp(mb), rel=1e-5)
+    assert s["ln_ppl_ratio"]["mean"] == pytest.approx(mq - mb, rel=1e-6)
+    assert math.isfinite(s["ln_ppl_ratio"]["se"]) and math.isfinite(s["nll_correlation"])
+    assert s["ppl_ratio"]["value"] == math.inf and s["ppl_diff"]["value"] == math.inf
+    str(r)
+    r.to_json()
+
+
+def test_a_token_the_other_model_rules_out_makes_ppl_infinite():
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((20, 8))
+    other = base + 0.1 * rng.standard_normal((20, 8))
+    other[0, 3] = -np.inf  # the other model gives row 0's actual token probability 0
+    tokens = np.full(20, 3)
+    r = qd.compare(base, other, tokens=tokens, progress=False)
+    s = r.summary()
+    assert r.nll_other[0] == np.inf
+    assert "tokens_with_both_nll" not in s  # every token has both NLLs: none is left out
+    assert s["ppl_other"]["value"] == math.inf  # llama.cpp: exp(mean NLL)
+    nb = -log_probs(base)[:, 3]
+    assert s["ppl_base"]["value"] == pytest.approx(math.exp(math.fsum(nb) / 20), rel=1e-6)
+    assert s["ln_ppl_ratio"]["mean"] == math.inf and s["ppl_ratio"]["value"] == math.inf
+    # Δp of the ruled-out token is 0 − p_base: finite, and counted
+    p = np.exp(log_probs(other)[:, 3])
+    dp = p - np.exp(-nb)
+    assert dp[0] == pytest.approx(-math.exp(-nb[0]))
+    assert s["delta_p"]["mean"] == pytest.approx(math.fsum(dp) / 20, rel=1e-5)
+    assert s["delta_p"]["min"] == pytest.approx(dp.min(), rel=1e-5)
+    # shards merge to the same report, the infinite token included
+    parts = [qd.compare(base[a:b], other[a:b], tokens=tokens[a:b], progress=False) for a, b in ((0, 7), (7, 20))]
+    one, merged = json.loads(r.to_json()), json.loads(Report.merge(parts).to_json())
+    for key in ("base", "other"):
+        one.pop(key), merged.pop(key)
+    assert one == merged
+
+
+# ------------------------------------------------------ argument validation
+def test_sequences_of_a_3d_array_must_agree_with_its_shape():
+    base, other = pair(rows=8, vocab=10, seed=17)
+    b3, o3 = base.reshape(2, 4, 10), other.reshape(2, 4, 10)
+    with pytest.raises(qd.InputError, match=r"sequences=2 .* brings its own .*3-D shape: 2 sequences of 4 rows"):
+        qd.compare(b3, o3, sequences=2, progress=False)
+    with pytest.raises(qd.InputError, match="brings its own"):
+        qd.compare(b3, other, sequences=[3, 5], prompt_lengths=2, progress=False)
+    # the same split, said twice, is fine; ids and positions follow it
+    r = qd.compare(b3, o3, sequences=[4, 4], prompt_lengths=2, progress=False)
+    np.testing.assert_array_equal(r.rows, [1, 2, 3, 5, 6, 7])
+    np.testing.assert_array_equal(r.sequence, [0, 0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(r.position, [1, 2, 3, 1, 2, 3])
+    # 2-D data split by sequences=: positions count from each sequence's start
+    r = qd.compare(base, other, sequences=2, prompt_lengths=2, progress=False)
+    np.testing.assert_array_equal(r.rows, [1, 3, 5, 7])
+    np.testing.assert_array_equal(r.position, [1, 1, 1, 1])
+    with pytest.raises(qd.InputError, match="sequence mismatch"):
+        qd.compare(b3, other.reshape(4, 2, 10), progress=False)
+
+
+def test_sequences_and_prompt_lengths_must_be_whole_numbers():
+    base, other = pair(rows=8, vocab=10, seed=18)
+    for bad in (2.5, 4.0, True, [4.0, 4.0], [[4, 4]]):
+        with pytest.raises(qd.InputError, match="sequences must be one int"):
+            qd.compare(base, other, sequences=bad, progress=False)
+    with pytest.raises(qd.InputError, match="prompt_lengths must be >= 0.*-1"):
+        qd.compare(base, other, sequences=4, prompt_lengths=-1, progress=False)
+    with pytest.raises(qd.InputError, match="got -3 for sequence 1"):
+        qd.compare(base, other, sequences=4, prompt_lengths=[1, -3], progress=False)
+    with pytest.raises(qd.InputError, match="prompt_lengths must be one int"):
+        qd.compare(base, other, sequences=4, prompt_lengths=1.5, progress=False)
+    # 0 context tokens: every row is scored
+    assert qd.compare(base, other, sequences=4, prompt_lengths=0, progress=False).n_tokens == 8
+
+
+def test_merge_refuses_reports_of_different_settings():
+    base, other = pair(rows=30, vocab=12, seed=19)
+    a = qd.compare(base[:15], other[:15], progress=False)
+    for kwargs, what in ((dict(temperature=2.0), "temperature"), (dict(topk=(1, 3)), "top-k overlap sizes"),
+                         (dict(metrics=("kl",)), "metrics"), (dict(tokens=np.zeros(15, int)), "token ids")):
+        b = qd.compare(base[15:], other[15:], progress=False, **kwargs)
+        with pytest.raises(qd.InputError, match=f"different settings: {what}.*report 1"):
+            Report.merge([a, b])
+    with pytest.raises(qd.InputError, match="vocab"):
+        Report.merge([a, qd.compare(base[:, :11], other[:, :11], progress=False)])
+
+
+def test_json_to_a_missing_folder_names_that_path(tmp_path):
+    base, other = pair(rows=20, vocab=10, seed=20)
+    r = qd.compare(base, other, progress=False)
+    target = tmp_path / "missing" / "r.json"
+    with pytest.raises(FileNotFoundError) as e:
+        r.to_json(target)
+    assert e.value.filename == str(target) and ".tmp" not in str(e.value)
+    assert "missing" in str(e.value)
+    assert list(tmp_path.iterdir()) == []

@@ -185,3 +185,93 @@ def test_plot(tmp_path):
     r = qd.compare(base, other, sequences=25, progress=False)
     r.plot(tmp_path / "r.png")
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_topk_dump_of_the_whole_vocabulary_equals_the_dense_comparison(tmp_path):
+    # k = vocab: the dump is the whole distribution, no rest bucket on either side
+    rng = np.random.default_rng(16)
+    base = (2.5 * rng.standard_normal((20, 100))).astype(np.float32)
+    other = base + (0.3 * rng.standard_normal((20, 100))).astype(np.float32)
+    tokens = rng.integers(0, 100, 20)
+    for rest in (True, False):
+        path = tmp_path / f"full{rest}.safetensors"
+        qd.write_topk(path, base, k=100, rest=rest)
+        r = qd.compare(str(path), other, tokens=tokens, topk=(1, 5), progress=False)
+        b64, o64 = base.astype(np.float64), other.astype(np.float64)
+        for kind in ("kl", "reverse_kl", "js"):
+            np.testing.assert_allclose(getattr(r, kind), divergence(b64, o64, kind), rtol=1e-4, atol=1e-7,
+                                       err_msg=f"{kind}, rest={rest}")
+        lp = log_probs(b64)
+        np.testing.assert_array_equal(r.top1_base, np.argmax(lp, 1))
+        np.testing.assert_allclose(r.nll_base, -lp[np.arange(20), tokens], rtol=1e-5, atol=1e-6)
+        assert r.base_layout == "topk"
+    with pytest.raises(qd.InputError, match="re-tempered"):
+        qd.compare(str(tmp_path / "fullTrue.safetensors"), other, temperature=2.0, progress=False)
+
+
+@pytest.mark.parametrize("argument", ["tokens", "mask"])
+def test_bad_tokens_and_mask_files_name_the_argument_and_file(tmp_path, argument):
+    base, other = logits(4, 5, 3)
+    good = np.zeros(4, np.int64) if argument == "tokens" else np.ones(4, bool)
+    np.save(tmp_path / "good.npy", good)
+    raw = (tmp_path / "good.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(raw[:-2])
+    (tmp_path / "junk.npy").write_bytes(b"junk")
+    (tmp_path / "header.npy").write_bytes(raw[:10] + b"{'descr': oops" + raw[24:])
+    np.save(tmp_path / "objects.npy", np.array([1, "a", None, 2.0], dtype=object), allow_pickle=True)
+    cases = [("cut.npy", qd.FormatError, "truncated"), ("junk.npy", qd.FormatError, "bad magic"),
+             ("header.npy", qd.FormatError, "corrupt .npy header"), ("objects.npy", qd.DtypeError, "holds pickled")]
+    for name, error, what in cases:
+        with pytest.raises(error, match=f"{argument} file .*{name}: {what}"):
+            qd.compare(base, other, progress=False, **{argument: str(tmp_path / name)})
+    with pytest.raises(FileNotFoundError, match=f"{argument} file .*missing.npy"):
+        qd.compare(base, other, progress=False, **{argument: str(tmp_path / "missing.npy")})
+    r = qd.compare(base, other, progress=False, **{argument: tmp_path / "good.npy"})
+    assert r.n_tokens == 4
+    # the command: exit 2, one line naming the file
+    np.save(tmp_path / "b.npy", base)
+    np.save(tmp_path / "o.npy", other)
+    for name in ("cut.npy", "junk.npy", "objects.npy"):
+        out = run_cli("compare", str(tmp_path / "b.npy"), str(tmp_path / "o.npy"), f"--{argument}",
+                      str(tmp_path / name), "--no-progress")
+        assert out.returncode == 2, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1 and f"{argument} file" in out.stderr and name in out.stderr
+
+
+def test_cli_output_to_a_missing_folder_fails_first_naming_it(tmp_path):
+    base, other = logits(30, 8, 5)
+    np.save(tmp_path / "b.npy", base)
+    np.save(tmp_path / "o.npy", other)
+    for flag in ("--json", "--columns"):
+        target = tmp_path / "missing" / "out.x"
+        out = run_cli("compare", str(tmp_path / "b.npy"), str(tmp_path / "o.npy"), flag, str(target), "--no-progress")
+        assert out.returncode == 2
+        assert out.stdout == ""  # found before the comparison
+        assert len(out.stderr.strip().splitlines()) == 1 and str(target) in out.stderr and ".tmp" not in out.stderr
+
+
+def test_cli_reports_an_infinite_perplexity(tmp_path):
+    np.save(tmp_path / "b.npy", np.array([[0.0, 1.0, 2.0]] * 4, np.float32))
+    np.save(tmp_path / "o.npy", np.array([[0.0, 2.0, 1.0]] * 4, np.float32))
+    np.save(tmp_path / "t.npy", np.zeros(4, np.int64))
+    out = run_cli("compare", str(tmp_path / "b.npy"), str(tmp_path / "o.npy"), "--tokens", str(tmp_path / "t.npy"),
+                  "--temperature", "1e-3", "--json", str(tmp_path / "r.json"), "--no-progress")
+    assert out.returncode == 0, out.stderr
+    assert "Mean PPL(Q)                   :        inf" in out.stdout
+    assert json.loads((tmp_path / "r.json").read_text())["ppl_other"]["value"] is None
+
+
+def test_ppl_against_a_topk_base_leaves_out_unlisted_tokens_and_says_so(tmp_path):
+    base, other = logits(30, 50, 10)
+    tokens = np.random.default_rng(11).integers(0, 50, 30)
+    qd.write_topk(tmp_path / "top.safetensors", base, 5)
+    r = qd.compare(str(tmp_path / "top.safetensors"), other, tokens=tokens, progress=False)
+    lp, lq = log_probs(base.astype(np.float64)), log_probs(other.astype(np.float64))
+    listed = np.array([t in np.argsort(-lp[i], kind="stable")[:5] for i, t in enumerate(tokens)])
+    assert 0 < listed.sum() < 30
+    s = r.summary()
+    assert s["tokens_with_both_nll"] == listed.sum()
+    rows = np.flatnonzero(listed)
+    assert s["ppl_base"]["value"] == pytest.approx(np.exp(-lp[rows, tokens[rows]].mean()), rel=1e-5)
+    assert s["ppl_other"]["value"] == pytest.approx(np.exp(-lq[rows, tokens[rows]].mean()), rel=1e-5)
+    assert f"PPL and Δp over {listed.sum()} of 30 tokens" in str(r)

@@ -496,6 +496,11 @@ def test_topk_approximation_is_a_lower_bound_whose_error_shrinks_with_k(tmp_path
         previous = approx
         errors[k] = 1 - approx.mean() / exact.mean()
     assert errors[vocab] == pytest.approx(0, abs=1e-9)
+    # and compare on the k = vocab dump gives the full-vocabulary values, both
+    # directions (no rest bucket that rounding could leave on one side only)
+    r = qd.compare(str(tmp_path / f"top{vocab}.safetensors"), other, progress=False)
+    np.testing.assert_allclose(r.kl, exact, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(r.reverse_kl, (np.exp(ol) * (ol - bl)).sum(1), rtol=1e-4, atol=1e-7)
     assert errors[1] > errors[8] > errors[64] > errors[256]
     # measured on these rows: k=64 keeps most of the divergence, k=1 little of it
     assert errors[64] < 0.8 and errors[1] > 0.5

@@ -5,6 +5,7 @@ final name."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from typing import Iterator, Union
@@ -17,10 +18,17 @@ def atomic_path(path: PathLike) -> Iterator[str]:
     """Yields a temporary path beside ``path``; on a clean exit the file
     written there is fsynced and renamed to ``path``, on an exception it is
     removed and ``path`` is left as it was. The file gets the permissions a
-    new file would (mkstemp's are 0600)."""
+    new file would (mkstemp's are 0600).
+
+    An OSError about the temporary file (a missing folder, no permission, a
+    full disk) is raised naming ``path``: the temporary name means nothing
+    to whoever asked for ``path``."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise _naming(e, path, folder) from None
     os.close(fd)
     try:
         mask = os.umask(0)
@@ -33,10 +41,21 @@ def atomic_path(path: PathLike) -> Iterator[str]:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename == tmp:
+            raise _naming(e, path, folder) from None
         raise
+
+
+def _naming(error: OSError, path: str, folder: str) -> OSError:
+    """``error`` again (same class and errno), about ``path``."""
+    if error.errno == errno.ENOENT and not os.path.isdir(folder):
+        reason = f"the folder {folder} does not exist"
+    else:
+        reason = error.strerror or str(error)
+    return OSError(error.errno, reason, path)  # OSError picks the subclass of the errno
 
 
 def write_text_atomic(path: PathLike, text: str) -> None:

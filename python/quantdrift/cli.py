@@ -7,6 +7,8 @@ Exit codes: 0 success, 2 bad input (a one-line message, no traceback),
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from typing import List, Optional
 
@@ -101,20 +103,19 @@ def _trajectory(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     """Converts logits between formats (e.g. .npy + token ids -> llama.cpp base file)."""
-    import numpy as np
-
     from . import sources
 
     to = args.to or {".npy": "npy", ".safetensors": "safetensors"}.get(args.dst[args.dst.rfind("."):])
     if to is None:
         raise ValueError(f"cannot tell the output format from {args.dst!r}; give --to llamacpp|npy|safetensors|topk")
     with sources.open_source(args.src, dtype=args.dtype, tensor=args.tensor) as src:
+        tokens = None if args.tokens is None else sources.read_npy(args.tokens, f"--tokens file {args.tokens}")
         if to == "llamacpp":
-            if args.tokens is None:
+            if tokens is None:
                 raise ValueError("--to llamacpp needs --tokens F (a .npy of the text's token ids)")
-            sources.write_llamacpp_base(args.dst, src, np.load(args.tokens), args.n_ctx)
+            sources.write_llamacpp_base(args.dst, src, tokens, args.n_ctx)
         elif to == "topk":
-            sources.write_topk(args.dst, src, args.k, tokens=None if args.tokens is None else np.load(args.tokens))
+            sources.write_topk(args.dst, src, args.k, tokens=tokens)
         else:
             getattr(sources, f"write_{to}")(args.dst, src)
     print(f"wrote {args.dst} ({to})")
@@ -128,6 +129,11 @@ def _compare(args: argparse.Namespace) -> int:
     from .compare import compare
     from .sources import open_source
 
+    # A missing output folder is found before the comparison, not after it.
+    for flag, path in (("--json", args.json), ("--plot", args.plot), ("--columns", args.columns)):
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if folder is not None and not os.path.isdir(folder):
+            raise FileNotFoundError(errno.ENOENT, f"{flag}: the folder {folder} does not exist", path)
     opts = dict(
         sequences=args.sequences,
         prompt_lengths=args.prompt_length,
@@ -148,8 +154,8 @@ def _compare(args: argparse.Namespace) -> int:
     else:
         base = open_source(args.base, tensor=args.base_tensor, dtype=args.base_dtype)
         other = open_source(args.other, tensor=args.other_tensor, dtype=args.other_dtype)
-        mask = np.load(args.mask) if args.mask else None
-        report = compare(base, other, tokens=args.tokens, mask=mask, progress=not args.no_progress,
+        # paths, not arrays: compare checks the files and names them in errors
+        report = compare(base, other, tokens=args.tokens, mask=args.mask, progress=not args.no_progress,
                          device=args.device, **opts)
     print(report)
     if args.json:

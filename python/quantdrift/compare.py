@@ -3,6 +3,7 @@ distributions, streamed from arrays or dumped files in bounded memory."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any, Iterable, Optional, Sequence, Tuple, Union
@@ -13,7 +14,7 @@ from . import _core, gpu
 from ._arrays import as_scores
 from ._errors import InputError, ShapeError
 from .report import Report
-from .sources import LogitSource, check_pair, open_source
+from .sources import LogitSource, check_pair, open_source, read_npy
 
 #: Rows of both sources read per step stay under this many bytes by default.
 DEFAULT_CHUNK_BYTES = 512 * 1024 * 1024
@@ -55,10 +56,12 @@ def compare(
       path); taken from a llama.cpp base file when it has them. Enables PPL,
       Δp and the NLL columns.
     * ``sequences``: sequence lengths in rows (an int array summing to the
-      row count, or one int for equal lengths); 3-D arrays and llama.cpp
-      files bring their own.
-    * ``mask``: a boolean per row, True where the row is scored.
-    * ``prompt_lengths``: per sequence (or one int), the number of context
+      row count, or one int for equal lengths); 3-D arrays, llama.cpp files
+      and dumps with ``sequence_starts`` bring their own, which
+      ``sequences`` may only repeat.
+    * ``mask``: a boolean per row, True where the row is scored (array or
+      ``.npy`` path).
+    * ``prompt_lengths``: per sequence (or one int ≥ 0), the number of context
       tokens: row ``i`` of a sequence predicts token ``i + 1``, so rows
       ``i < prompt_length − 1`` are not scored (the lecture's Def 4.7).
     * ``metrics``: which of ``"kl"``, ``"reverse_kl"``, ``"js"`` the text
@@ -74,6 +77,10 @@ def compare(
       float64 reference are computed on the CPU.
 
     Raises:
+        InputError: an invalid option, sources that do not pair up, a bad
+            row (naming the file and row); a ``tokens``/``mask`` file that
+            is not a sound ``.npy`` is a FormatError naming the argument and
+            the file.
         GpuUnavailableError: ``device="gpu"`` without a GPU adapter.
     """
     unknown = [m for m in metrics if m not in METRICS]
@@ -91,8 +98,8 @@ def compare(
     n = b.n_rows
     where = gpu.resolve(device, n * b.vocab)
     token_ids = _tokens(tokens, b, o, n)
-    starts = _sequence_starts(sequences, b, o, n)
-    seq_of_row, pos_of_row = _sequence_index(starts, b, o, n)
+    starts, stored = _sequence_starts(sequences, b, o, n)
+    seq_of_row, pos_of_row = _sequence_index(starts, stored, b, o, n)
     scored = _scored(mask, prompt_lengths, starts, pos_of_row, n)
 
     row_bytes = _row_bytes(b) + _row_bytes(o)
@@ -182,8 +189,6 @@ def _name(obj: Any, default: str) -> str:
     if isinstance(obj, LogitSource):
         return obj.name
     if isinstance(obj, (str, bytes)) or hasattr(obj, "__fspath__"):
-        import os
-
         return os.fspath(obj) if not isinstance(obj, bytes) else obj.decode()
     return default
 
@@ -217,43 +222,83 @@ def _tokens(tokens: Any, b: LogitSource, o: LogitSource, n: int) -> Optional[np.
             if getattr(src, "tokens", None) is not None:
                 return np.ascontiguousarray(src.tokens, dtype=np.int32)
         return None
-    if isinstance(tokens, (str, bytes)) or hasattr(tokens, "__fspath__"):
-        tokens = np.load(tokens, mmap_mode="r")
-    arr = np.asarray(tokens)
+    arr, what = _array_argument(tokens, "tokens")
     if arr.dtype.kind not in "iu":
-        raise InputError(f"tokens must be integer token ids, got dtype {arr.dtype}")
+        raise InputError(f"{what} must be integer token ids, got dtype {arr.dtype}")
     arr = arr.reshape(-1)
     if arr.size != n:
-        raise ShapeError(f"tokens: need one token id per row ({n} rows in {b.name}), got {arr.size}")
+        raise ShapeError(f"{what}: need one token id per row ({n} rows in {b.name}), got {arr.size}")
     if arr.size and (arr.min() < 0 or arr.max() >= b.vocab):
         bad = int(np.flatnonzero((arr < 0) | (arr >= b.vocab))[0])
-        raise InputError(f"tokens: id {int(arr[bad])} at row {bad} is outside the vocabulary of {b.vocab}")
+        raise InputError(f"{what}: id {int(arr[bad])} at row {bad} is outside the vocabulary of {b.vocab}")
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 
-def _sequence_starts(sequences: Any, b: LogitSource, o: LogitSource, n: int) -> Optional[np.ndarray]:
+def _array_argument(value: Any, argument: str) -> Tuple[np.ndarray, str]:
+    """An array argument given as an array or a .npy path, and how errors
+    name it ("tokens", or "tokens file next.npy")."""
+    if isinstance(value, (str, bytes)) or hasattr(value, "__fspath__"):
+        path = os.fsdecode(value)
+        what = f"{argument} file {path}"
+        return read_npy(path, what), what
+    return np.asarray(value), argument
+
+
+def _sequence_starts(sequences: Any, b: LogitSource, o: LogitSource, n: int) -> Tuple[Optional[np.ndarray], bool]:
+    """Row offsets where sequences start, and whether they are the sources' own."""
+    have = [src for src in (b, o) if getattr(src, "sequence_starts", None) is not None]
+    own, owner = (np.asarray(have[0].sequence_starts, dtype=np.int64), have[0]) if have else (None, None)
+    if len(have) == 2 and not np.array_equal(own, have[1].sequence_starts):
+        raise InputError(
+            f"sequence mismatch: {b.name} has {b.sequence_starts.size} sequences, {o.name} "
+            f"{o.sequence_starts.size}, starting at rows {_few(np.asarray(b.sequence_starts))} and "
+            f"{_few(np.asarray(o.sequence_starts))}: the two sides split the rows differently"
+        )
     if sequences is None:
-        for src in (b, o):
-            starts = getattr(src, "sequence_starts", None)
-            if starts is not None:
-                return np.asarray(starts, dtype=np.int64)
-        return None
-    if np.ndim(sequences) == 0:
-        length = int(sequences)
+        return own, own is not None
+    given = np.asarray(sequences)
+    if given.dtype.kind not in "iu" or given.ndim > 1:
+        got = repr(sequences) if given.ndim == 0 else f"a {given.ndim}-D array of dtype {given.dtype}"
+        raise InputError(
+            f"sequences must be one int (rows per sequence) or a 1-D int array of sequence lengths, got {got}")
+    if given.ndim == 0:
+        length = int(given)
         if length <= 0 or n % length:
             raise InputError(f"sequences={length}: {n} rows are not a whole number of sequences of that length")
-        return np.arange(0, n, length, dtype=np.int64)
-    lengths = np.asarray(sequences)
-    if lengths.dtype.kind not in "iu" or lengths.ndim != 1:
-        raise InputError("sequences must be one int or a 1-D int array of sequence lengths")
-    if np.any(lengths <= 0) or int(lengths.sum()) != n:
+        starts = np.arange(0, n, length, dtype=np.int64)
+    else:
+        if np.any(given <= 0) or int(given.sum()) != n:
+            raise InputError(
+                f"sequences: lengths must be positive and sum to the row count {n}, got a sum of {int(given.sum())}"
+            )
+        starts = np.concatenate([[0], np.cumsum(given)[:-1]]).astype(np.int64)
+    if own is None:
+        return starts, False
+    # A 3-D array, a llama.cpp file or a dump that stores sequences fixes both
+    # the boundaries and each row's position (llama.cpp's start at n_ctx/2):
+    # another split would give sequence ids and positions that disagree.
+    if not np.array_equal(starts, own):
+        lengths = np.diff(np.append(own, n))
+        each = f"of {int(lengths[0])} rows" if np.all(lengths == lengths[0]) else f"of lengths {_few(lengths)}"
+        origin = {"llamacpp": "its chunks", "topk": "its stored sequence_starts",
+                  "shards": "its shards"}.get(owner.format, "its 3-D shape")
         raise InputError(
-            f"sequences: lengths must be positive and sum to the row count {n}, got a sum of {int(lengths.sum())}"
+            f"sequences={_few(given)} splits the {n} rows into {starts.size} sequences, but {owner.name} "
+            f"brings its own from {origin}: {own.size} sequences {each}; leave sequences out "
+            "(or give the data as [rows, vocab] to split it differently)"
         )
-    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    return own, True
 
 
-def _sequence_index(starts, b, o, n) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+def _few(values: np.ndarray) -> str:
+    """An int, or the first values of an array, for messages."""
+    if values.ndim == 0:
+        return str(int(values))
+    head = ", ".join(str(int(v)) for v in values[:4])
+    return f"[{head}{', ...' if values.size > 4 else ''}]"
+
+
+def _sequence_index(starts, stored, b, o, n) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
     positions = None
     for src in (b, o):
         if getattr(src, "positions", None) is not None:
@@ -265,7 +310,9 @@ def _sequence_index(starts, b, o, n) -> Tuple[Optional[np.ndarray], Optional[np.
     if starts.size > 1:
         seq[starts[1:]] = 1
         seq = np.cumsum(seq)
-    if positions is None:
+    if positions is None or not stored:
+        # Stored positions go with the sources' own sequences; boundaries
+        # from sequences= alone count positions from each start.
         positions = (np.arange(n, dtype=np.int64) - starts[seq]).astype(np.int32)
     return seq, positions
 
@@ -273,23 +320,29 @@ def _sequence_index(starts, b, o, n) -> Tuple[Optional[np.ndarray], Optional[np.
 def _scored(mask, prompt_lengths, starts, positions, n) -> Optional[np.ndarray]:
     scored = None
     if mask is not None:
-        if isinstance(mask, (str, bytes)) or hasattr(mask, "__fspath__"):
-            mask = np.load(mask)
-        m = np.asarray(mask)
+        m, what = _array_argument(mask, "mask")
         if m.dtype != np.bool_:
-            raise InputError(f"mask must be a boolean array (True = scored), got dtype {m.dtype}")
+            raise InputError(f"{what} must be a boolean array (True = scored), got dtype {m.dtype}")
         m = m.reshape(-1)
         if m.size != n:
-            raise ShapeError(f"mask: need one value per row ({n}), got {m.size}")
+            raise ShapeError(f"{what}: need one value per row ({n}), got {m.size}")
         scored = m
     if prompt_lengths is not None:
         if starts is None or positions is None:
             raise InputError("prompt_lengths needs sequence boundaries: pass sequences= (or a 3-D array)")
-        lengths = np.asarray(prompt_lengths, dtype=np.int64)
+        lengths = np.asarray(prompt_lengths)
+        if lengths.dtype.kind not in "iu":
+            got = repr(prompt_lengths) if lengths.ndim == 0 else f"an array of dtype {lengths.dtype}"
+            raise InputError(f"prompt_lengths must be one int or an int per sequence, got {got}")
+        lengths = lengths.astype(np.int64)
         if lengths.ndim == 0:
             lengths = np.full(starts.size, int(lengths))
         if lengths.shape != (starts.size,):
             raise ShapeError(f"prompt_lengths: need one length per sequence ({starts.size}), got {lengths.size}")
+        if lengths.size and lengths.min() < 0:
+            bad = int(np.argmax(lengths < 0))
+            raise InputError(f"prompt_lengths must be >= 0 (context tokens), got {int(lengths[bad])} "
+                             f"for sequence {bad}")
         seq = np.zeros(n, dtype=np.int64)
         if starts.size > 1:
             seq[starts[1:]] = 1

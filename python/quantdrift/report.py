@@ -26,6 +26,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ._errors import InputError
+
 #: Percentile levels of KL and JS, as llama.cpp prints them (fractions).
 KL_LEVELS: Tuple[Tuple[str, float], ...] = (
     ("max", 1.0),
@@ -81,6 +83,28 @@ def _cov(a: np.ndarray, b: np.ndarray) -> float:
         return 0.0
     sa, sb, sab = float(a.sum()), float(b.sum()), float((a * b).sum())
     return (sab / n - (sa / n) * (sb / n)) / (n - 1)
+
+
+def _exp(x: float) -> float:
+    """exp(x) as a float: +inf past float64's range (math.exp raises there;
+    a mean NLL above ~709 nats is a PPL beyond float64, not an error)."""
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
+
+
+def _expm1(x: float) -> float:
+    try:
+        return math.expm1(x)
+    except OverflowError:
+        return math.inf
+
+
+def _clamp0(x: float) -> float:
+    """max(x, 0) that keeps NaN: a variance made of infinite terms is
+    undefined, not 0."""
+    return x if math.isnan(x) else max(x, 0.0)
 
 
 def percentiles(values: np.ndarray, levels: Sequence[Tuple[str, float]]) -> Dict[str, float]:
@@ -203,7 +227,11 @@ class Report:
     def _token_statistics(self) -> Dict[str, Any]:
         nq = self.nll_other.astype(np.float64)
         nb = self.nll_base.astype(np.float64)
-        known = np.isfinite(nq) & np.isfinite(nb)
+        # An NLL is unknown (NaN) only where a top-k base does not list the
+        # token; such tokens are left out of PPL and Δp. An NLL of +inf (the
+        # model gives the actual token probability 0) is known and stays in:
+        # PPL = exp(mean NLL) is then +inf, as in llama.cpp.
+        known = ~(np.isnan(nq) | np.isnan(nb))
         out: Dict[str, Any] = {}
         if not np.all(known):
             out["tokens_with_both_nll"] = int(known.sum())
@@ -211,22 +239,30 @@ class Report:
         n = nq.size
         if n == 0:
             return out
-        mq, sq = mean_se(nq)
-        mb, sb = mean_se(nb)
-        cov = _cov(nq, nb)
-        ppl_q, ppl_b = math.exp(mq), math.exp(mb)
+        with np.errstate(invalid="ignore", over="ignore"):
+            mq, sq = mean_se(nq)
+            mb, sb = mean_se(nb)
+            cov = _cov(nq, nb)
+        ppl_q, ppl_b = _exp(mq), _exp(mb)
         cor = cov / (sq * sb) if sq > 0 and sb > 0 else math.nan
         ratio = mq - mb
-        ratio_se = math.sqrt(max(sq * sq + sb * sb - 2 * cov, 0.0))
+        ratio_se = math.sqrt(_clamp0(sq * sq + sb * sb - 2 * cov))
         u_q, u_b = ppl_q * sq, ppl_b * sb
+        if math.isfinite(ppl_q) and math.isfinite(ppl_b):
+            diff = ppl_q - ppl_b  # llama.cpp's form, bit for bit
+        else:
+            # One of the PPLs overflowed float64 (mean NLL > ~709): their
+            # difference is exp(m_B)·(exp(m_Q − m_B) − 1), exactly 0 where
+            # the means agree; inf − inf would give NaN.
+            diff = 0.0 if ratio == 0 else _exp(mb) * _expm1(ratio)
         out["ppl_other"] = {"value": ppl_q, "se": u_q}
         out["ppl_base"] = {"value": ppl_b, "se": u_b}
         out["nll_correlation"] = cor
         out["ln_ppl_ratio"] = {"mean": ratio, "se": ratio_se}
-        out["ppl_ratio"] = {"value": math.exp(ratio), "se": math.exp(ratio) * ratio_se}
+        out["ppl_ratio"] = {"value": _exp(ratio), "se": _exp(ratio) * ratio_se}
         out["ppl_diff"] = {
-            "value": ppl_q - ppl_b,
-            "se": math.sqrt(max(u_q * u_q + u_b * u_b - 2 * ppl_q * ppl_b * cov, 0.0)),
+            "value": diff,
+            "se": math.sqrt(_clamp0(u_q * u_q + u_b * u_b - 2 * ppl_q * ppl_b * cov)),
         }
         dp = self.delta_p[known].astype(np.float64)
         dp_mean, dp_se = mean_se(dp)
@@ -300,16 +336,27 @@ class Report:
         one concatenated source (rows and sequences renumbered in order)."""
         reports = list(reports)
         if not reports:
-            raise ValueError("merge needs at least one report")
+            raise InputError("merge needs at least one report")
         first = reports[0]
-        for r in reports[1:]:
-            if r.vocab != first.vocab:
-                raise ValueError(
-                    f"cannot merge reports of vocabularies {first.vocab} ({first.base_name}) "
-                    f"and {r.vocab} ({r.base_name})"
-                )
-            if sorted(r.overlap) != sorted(first.overlap) or r.has_tokens != first.has_tokens:
-                raise ValueError("cannot merge reports computed with different options")
+        # Settings under which the columns were computed: columns of reports
+        # that differ in any of them measure different things, and a merged
+        # report could state only one of them.
+        settings = {
+            "vocab": lambda r: r.vocab,
+            "temperature": lambda r: r.temperature,
+            "top-k overlap sizes": lambda r: sorted(r.overlap),
+            "token ids (PPL, Δp)": lambda r: "given" if r.has_tokens else "not given",
+            "base layout": lambda r: r.base_layout,
+            "metrics": lambda r: list(r.metrics),
+        }
+        for i, r in enumerate(reports[1:], start=1):
+            for what, of in settings.items():
+                if of(r) != of(first):
+                    raise InputError(
+                        f"cannot merge reports computed with different settings: {what} {of(first)} in "
+                        f"report 0 ({first.base_name} vs {first.other_name}) but {of(r)} in report {i} "
+                        f"({r.base_name} vs {r.other_name})"
+                    )
         row_base, seq_base = 0, 0
         rows, seqs = [], []
         for r in reports:
@@ -429,8 +476,13 @@ def render(report: Report) -> str:
     ]
     if report.has_tokens and "ppl_other" in s:
         pq, pb = s["ppl_other"], s["ppl_base"]
+        lines.append("====== Perplexity statistics ======")
+        if "tokens_with_both_nll" in s:
+            lines.append(
+                f"PPL and Δp over {s['tokens_with_both_nll']} of {s['tokens']} tokens: for the rest the "
+                "top-k base does not list the actual token, so its NLL is unknown"
+            )
         lines += [
-            "====== Perplexity statistics ======",
             f"Mean PPL(Q)                   : {pq['value']:10.6f} ± {pq['se']:10.6f}",
             f"Mean PPL(base)                : {pb['value']:10.6f} ± {pb['se']:10.6f}",
             f"Cor(ln(PPL(Q)), ln(PPL(base))): {100 * s['nll_correlation']:6.2f}%",

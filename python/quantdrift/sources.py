@@ -554,10 +554,16 @@ def _dense(arr: np.ndarray, dtype: Optional[str], values: str, name: str, fmt: s
     return _Dense(data, kind, values, name, fmt, shape, mapped, offset)
 
 
-def _open_npy(path: str, dtype, values, name) -> LogitSource:
+def _npy_header(path: str, name: str) -> Tuple[Tuple[int, ...], bool, np.dtype, int]:
+    """(shape, fortran order, dtype, data offset) of a .npy file, with its
+    magic, header and size checked against each other."""
     fmt = np.lib.format
     size = os.path.getsize(path)
     with open(path, "rb") as f:
+        head = f.read(len(NPY_MAGIC))
+        if head != NPY_MAGIC:
+            raise FormatError(f"{name}: bad magic: a .npy file starts with {NPY_MAGIC!r}, found {head!r}")
+        f.seek(0)
         try:
             version = fmt.read_magic(f)
             if version == (1, 0):
@@ -567,18 +573,49 @@ def _open_npy(path: str, dtype, values, name) -> LogitSource:
         except (ValueError, SyntaxError, EOFError) as e:
             raise FormatError(f"{name}: corrupt .npy header: {e}") from None
         offset = f.tell()
-    if descr.hasobject:
-        raise DtypeError(f"{name}: object arrays are not scores")
     expected = offset + int(np.prod(shape, dtype=np.int64)) * descr.itemsize
-    if size != expected:
+    if not descr.hasobject and size != expected:
         what = "truncated" if size < expected else "has trailing bytes"
         raise FormatError(f"{name}: {what}: the header (shape {shape}, {descr}) needs "
                           f"{expected} bytes, the file has {size}")
+    return shape, fortran, descr, offset
+
+
+def _open_npy(path: str, dtype, values, name) -> LogitSource:
+    shape, fortran, descr, offset = _npy_header(path, name)
+    if descr.hasobject:
+        raise DtypeError(f"{name}: object arrays are not scores")
     mapped = _Mapped(path)
     arr = mapped.array(descr, offset, shape[::-1] if fortran else shape)
     if fortran:
         arr = arr.T
     return _dense(arr, dtype, values or "logits", name, "npy", mapped, offset)
+
+
+def read_npy(path: PathLike, name: str) -> np.ndarray:
+    """Reads a small .npy file (token ids, a mask) whole, with the checks
+    :func:`open_source` makes: ``np.load`` would fail on a truncated or
+    foreign file with a message that names neither.
+
+    Args:
+        path: the file.
+        name: what the file is for, as error messages should name it
+            (e.g. ``"tokens file next.npy"``).
+
+    Raises:
+        FileNotFoundError: no such file (the message names ``name``).
+        FormatError: bad magic, a corrupt header, a size the header disagrees with.
+        DtypeError: an object (pickled) array.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(2, f"{name}: no such file", path)
+    shape, fortran, descr, offset = _npy_header(path, name)
+    if descr.hasobject:
+        raise DtypeError(f"{name}: holds pickled Python objects (dtype {descr}), which quantdrift does not load")
+    count = int(np.prod(shape, dtype=np.int64))
+    data = np.fromfile(path, dtype=descr, count=count, offset=offset)
+    return data.reshape(shape[::-1]).T if fortran else data.reshape(shape)
 
 
 def _read_safetensors_header(path: str, name: str) -> Tuple[Dict[str, Any], Dict[str, str], int]:

@@ -202,6 +202,8 @@ struct Scratch {
     q64: Vec<f64>,
     exps: Vec<f32>,
     top: [Vec<(f32, u32)>; 2],
+    /// Which tokens a top-k row lists.
+    listed: Vec<bool>,
 }
 
 thread_local! {
@@ -468,7 +470,7 @@ fn row_stats(
             out.kl = simd::dispatch(LlamacppKl {
                 lpb: &scratch.p32,
                 q: &scratch.q32,
-                log_norm_q: out.log_norm_q as f32,
+                log_norm_q: out.log_norm_q,
             });
             if let Some(t) = token {
                 out.nll[0] = -scratch.p32[t];
@@ -484,7 +486,7 @@ fn row_stats(
 struct LlamacppKl<'a> {
     lpb: &'a [f32],
     q: &'a [f32],
-    log_norm_q: f32,
+    log_norm_q: f64,
 }
 
 impl Kernel for LlamacppKl<'_> {
@@ -493,6 +495,14 @@ impl Kernel for LlamacppKl<'_> {
     #[inline(always)]
     fn run(self) -> f64 {
         let LlamacppKl { lpb, q, log_norm_q } = self;
+        // log_norm_q (the other row's max + log-sum-exp, ~30–40 for LLM
+        // logits) rounded to float32 is off by up to 2e-6, an error every
+        // term shares; near-equal models have KL per token of ~1e-4, so that
+        // alone cost 1e-2 relative. So it is split into a float32 head and a
+        // small tail: x − b + head is exact where x − b and head are within
+        // a factor of two (Sterbenz), and the tail adds its digits last.
+        let head = log_norm_q as f32;
+        let tail_lnq = (log_norm_q - head as f64) as f32;
         let n = lpb.len();
         let full = n - n % BLK;
         let mut totals = Totals::<1>::new();
@@ -503,7 +513,7 @@ impl Kernel for LlamacppKl<'_> {
             let b: &[f32; BLK] = q[start..start + BLK].try_into().expect("a whole block");
             for i in 0..BLK {
                 let x = a[i];
-                let term = simd::exp(x.min(0.0)) * (x - (b[i] - log_norm_q));
+                let term = simd::exp(x.min(0.0)) * ((x - (b[i] - head)) + tail_lnq);
                 terms[i] = simd::select(x > LLAMACPP_CUTOFF, term, 0.0);
             }
             totals.add(0, &terms);
@@ -513,7 +523,7 @@ impl Kernel for LlamacppKl<'_> {
         for i in start..n {
             let x = lpb[i] as f64;
             if lpb[i] > LLAMACPP_CUTOFF {
-                tail += x.exp() * (x - (q[i] as f64 - log_norm_q as f64));
+                tail += x.exp() * (x - (q[i] as f64 - log_norm_q));
             }
         }
         totals.finish()[0] + tail
@@ -956,7 +966,7 @@ fn reference_row(
             out.kl = LlamacppKl {
                 lpb: &lpb,
                 q: &q,
-                log_norm_q: out.log_norm_q as f32,
+                log_norm_q: out.log_norm_q,
             }
             .run();
             if let Some(t) = token {
@@ -1000,7 +1010,13 @@ fn top_k_row(
         unreachable!("called for top-k bases only")
     };
     let (idx, lp) = (&indices[r * k..(r + 1) * k], &logprobs[r * k..(r + 1) * k]);
-    let Scratch { q32, p64, q64, .. } = scratch;
+    let Scratch {
+        q32,
+        p64,
+        q64,
+        listed,
+        ..
+    } = scratch;
     widen(other, r, q32);
     if q32.iter().any(|x| x.is_nan() || *x == f32::INFINITY) {
         return Err((Side::Q, RowIssue::NotFinite));
@@ -1012,20 +1028,33 @@ fn top_k_row(
     // Buckets: the k listed tokens, then the rest.
     p64.clear();
     q64.clear();
-    let mut listed_q = 0.0f64;
+    listed.clear();
+    listed.resize(q32.len(), false);
     let mut listed_p = 0.0f64;
     for (&i, &l) in idx.iter().zip(lp) {
         p64.push(l as f64);
-        let lqi = lq.at(q32[i as usize]);
-        q64.push(lqi);
-        listed_q += lqi.exp();
+        q64.push(lq.at(q32[i as usize]));
+        listed[i as usize] = true;
         listed_p += (l as f64).exp();
     }
+    // The other model's rest is summed over the tokens the row leaves out,
+    // not taken as 1 − Σ listed: that difference cancels to a few ulps
+    // where the list covers (nearly) everything, and a rest of 1e-16 against
+    // the base's 0 made reverse KL +inf.
+    let rest_q: f64 = q32
+        .iter()
+        .zip(listed.iter())
+        .filter(|(_, &l)| !l)
+        .map(|(&x, _)| lq.at(x).exp())
+        .sum();
+    let complete = listed.iter().all(|&l| l);
+    // A list of every token leaves nothing for the rest, whatever rounding
+    // the dump's stored rest holds.
     let rest_p = match rest {
+        _ if complete => 0.0,
         Some(rest) => (rest[r] as f64).exp(),
         None => (1.0 - listed_p).max(0.0),
     };
-    let rest_q = (1.0 - listed_q).max(0.0);
     p64.push(rest_p.ln());
     q64.push(rest_q.ln());
     let opts_of = |kind| Options {
@@ -1136,5 +1165,48 @@ mod tests {
                 "O({u}) = {o}, want {odd}"
             );
         }
+    }
+
+    /// llama.cpp's KL of near-equal rows whose other-model logits sit near
+    /// 30 (as LLM logits do), against the same sum in float64 from the same
+    /// float32 inputs: the normaliser's float32 rounding used to leave ~1e-2.
+    #[test]
+    fn llamacpp_kl_keeps_its_digits_with_large_logits() {
+        let vocab = 3 * BLK + 5; // whole blocks and a tail
+        let mut state = 7u64;
+        let mut noise = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f64 / (1u64 << 24) as f64) - 0.5
+        };
+        let base: Vec<f64> = (0..vocab)
+            .map(|i| 28.0 + 4.0 * noise() - (i % 13) as f64)
+            .collect();
+        let other: Vec<f32> = base.iter().map(|&x| (x + 0.01 * noise()) as f32).collect();
+        let norm = |v: &mut dyn Iterator<Item = f64>| {
+            let v: Vec<f64> = v.collect();
+            let m = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            m + v.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
+        };
+        let log_norm_p = norm(&mut base.iter().cloned());
+        let lpb: Vec<f32> = base.iter().map(|&x| (x - log_norm_p) as f32).collect();
+        let log_norm_q = norm(&mut other.iter().map(|&x| x as f64));
+        let want: f64 = lpb
+            .iter()
+            .zip(&other)
+            .filter(|(&a, _)| a > LLAMACPP_CUTOFF)
+            .map(|(&a, &b)| (a as f64).exp() * (a as f64 - (b as f64 - log_norm_q)))
+            .sum();
+        let got = simd::dispatch(LlamacppKl {
+            lpb: &lpb,
+            q: &other,
+            log_norm_q,
+        });
+        assert!(
+            want > 0.0 && want < 1e-3,
+            "test rows should be near-equal: {want}"
+        );
+        assert!((got - want).abs() <= 1e-5 * want, "got {got}, want {want}");
     }
 }
