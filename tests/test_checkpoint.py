@@ -326,3 +326,330 @@ def test_cli(tmp_path):
     r = run("quantize", tmp_path / "missing.safetensors", tmp_path / "x.safetensors")
     assert r.returncode == 2 and "missing.safetensors" in r.stderr
     assert not (tmp_path / "x.safetensors").exists()
+
+
+# ---------------------------------------------------------------------------
+# Regressions: overwriting shards, alignment, empty and tiny tensors,
+# malformed headers, float64 scales
+# ---------------------------------------------------------------------------
+
+ST[np.dtype(np.float64)] = "F64"
+NP["F64"] = np.dtype(np.float64)
+
+
+def write_raw(path, header, data, odd=False):
+    """A safetensors file from a header dict and the data bytes as given;
+    ``odd`` pads the header to an odd length (the format allows any), so
+    that the data starts at an odd file offset."""
+    h = json.dumps(header).encode()
+    if odd:
+        h += b" " * (1 - len(h) % 2)
+    Path(path).write_bytes(struct.pack("<Q", len(h)) + h + data)
+
+
+def reheader(src, dst):
+    """src's tensors and metadata in a new file whose header has an odd length."""
+    raw = Path(src).read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    write_raw(dst, json.loads(raw[8 : 8 + n]), raw[8 + n :], odd=True)
+
+
+def sha(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_destination_may_not_be_a_shard_of_the_source(tmp_path):
+    t = model(3)
+    names = list(t)
+    shard = {k: f"s{1 if i < 4 else 2}.safetensors" for i, k in enumerate(names)}
+    write_st(tmp_path / "s1.safetensors", {k: t[k] for k in names[:4]})
+    write_st(tmp_path / "s2.safetensors", {k: t[k] for k in names[4:]})
+    index = tmp_path / "m.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": shard}))
+    (tmp_path / "link.safetensors").symlink_to(tmp_path / "s2.safetensors")
+    before = {p.name: sha(p) for p in tmp_path.iterdir()}
+    for dst in ("s1.safetensors", "s2.safetensors", "link.safetensors"):
+        with pytest.raises(qd.InputError, match=f"destination .*{dst}.*shard.*never overwritten"):
+            qd.quantize_file(index, tmp_path / dst, "int4:g32")
+    with pytest.raises(qd.InputError, match="is the source; inputs are never overwritten"):
+        qd.quantize_file(index, index, "int4:g32")
+    assert {p.name: sha(p) for p in tmp_path.iterdir()} == before  # nothing written, no temporary left
+    # dequantize_file takes an index too: the same rule
+    qd.quantize_file(index, tmp_path / "q.safetensors", "int4:g32")
+    qindex = tmp_path / "q.safetensors.index.json"
+    qindex.write_text(json.dumps({"weight_map": {k: "q.safetensors" for k in read_st(tmp_path / "q.safetensors")[0]}}))
+    q_before = sha(tmp_path / "q.safetensors")
+    with pytest.raises(qd.InputError, match="shard.*never overwritten"):
+        qd.dequantize_file(qindex, tmp_path / "q.safetensors")
+    assert sha(tmp_path / "q.safetensors") == q_before
+    qd.dequantize_file(qindex, tmp_path / "back.safetensors")
+    back, _ = read_st(tmp_path / "back.safetensors")
+    x = t["layers.0.attn.q.weight"]
+    np.testing.assert_array_equal(back["layers.0.attn.q.weight"], int_reference(x, 4, qd.groups(-1, 32)))
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4:g16:asym", "int3:g8", "float8_e4m3fn", "mxfp4", "nvfp4",
+                                    "bfloat16", "keep"])
+def test_misaligned_tensors_round_trip(tmp_path, scheme):
+    rng = np.random.default_rng(4)
+    t = {
+        "a.weight": rng.normal(size=(3, 7)).astype(np.float16),  # 42 bytes: the next tensor starts at 2 mod 4
+        "b.weight": rng.normal(size=(5, 40)).astype(np.float32),
+        "c.weight": (rng.normal(size=(4, 33)) * 0.1).astype(ml_dtypes.bfloat16),
+        "d.weight": rng.normal(size=(6, 9)).astype(np.float64),
+        "e": np.arange(2, dtype=np.int8),
+        "f.weight": rng.normal(size=(2, 48)).astype(np.float32),
+    }
+    padded, src = tmp_path / "padded.safetensors", tmp_path / "m.safetensors"
+    write_st(padded, t)  # the header padded to 8, but b and d start off their itemsize
+    reheader(padded, src)  # an odd header length: a, c and f too
+    raw = src.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    for name, info in json.loads(raw[8 : 8 + n]).items():
+        assert (8 + n + info["data_offsets"][0]) % t[name].itemsize != 0 or name == "e", name
+    recipe = {"rules": [{"pattern": "*.weight", "scheme": scheme}]}
+    q, qodd, out = tmp_path / "q.safetensors", tmp_path / "qodd.safetensors", tmp_path / "back.safetensors"
+    qd.quantize_file(src, q, recipe)
+    qd.quantize_file(padded, tmp_path / "q_padded.safetensors", recipe)
+    assert q.read_bytes() == (tmp_path / "q_padded.safetensors").read_bytes()
+    # the quantized file with an odd header length restores the same tensors
+    reheader(q, qodd)
+    qd.dequantize_file(qodd, out)
+    back, _ = read_st(out)
+    for name, x in t.items():
+        want = x if name == "e" else checkpoint.fake_quantize_tensor(x, scheme)
+        assert back[name].dtype == x.dtype and back[name].shape == x.shape, name
+        np.testing.assert_array_equal(back[name].view(np.uint8), want.view(np.uint8), err_msg=name)
+
+
+EMPTY_SCHEMES = [None, "int8", "int8:tensor", "int8:channel", "int4:g4", "int4:g4:asym", "int8:tensor:asym",
+                 "uint4:channel:asym", "float8_e4m3fn", "mxfp4", "mxint8", "nvfp4", "bfloat16", "keep"]
+
+
+@pytest.mark.parametrize("scheme", EMPTY_SCHEMES)
+def test_zero_size_tensors_round_trip(tmp_path, scheme):
+    rng = np.random.default_rng(5)
+    t = {
+        "a.weight": np.zeros((3, 0), np.float32),
+        "b.weight": np.zeros((0, 3), np.float32),
+        "c.weight": np.zeros((2, 0, 5), np.float16),
+        "d.weight": np.zeros((0,), ml_dtypes.bfloat16),
+        "w.weight": rng.normal(size=(4, 40)).astype(np.float32),
+    }
+    src, q, out = tmp_path / "m.safetensors", tmp_path / "q.safetensors", tmp_path / "back.safetensors"
+    write_st(src, t)
+    recipe = None if scheme is None else {"rules": [{"pattern": "*", "scheme": scheme}]}
+    rep = qd.quantize_file(src, q, recipe)
+    qd.dequantize_file(q, out)
+    back, _ = read_st(out)
+    assert set(back) == set(t)
+    for name, x in t.items():
+        assert back[name].dtype == x.dtype and back[name].shape == x.shape, name
+    used = "int8" if scheme is None else scheme
+    np.testing.assert_array_equal(back["w.weight"], checkpoint.fake_quantize_tensor(t["w.weight"], used))
+    for name, x in t.items():
+        assert checkpoint.fake_quantize_tensor(x, used).shape == x.shape
+    assert [r["name"] for r in rep.rows] == list(t)
+    # side tensors that have elements hold what an all-zero tensor calibrates to
+    stored, meta = read_st(q)
+    layout = json.loads(meta["quantdrift"])["tensors"]
+    for name, x in t.items():
+        if name == "w.weight":
+            continue
+        m = layout[name]
+        assert stored[m["codes"]].size == 0, name
+        for key in ("scale", "tensor_scale"):
+            if key in m and stored[m[key]].size:
+                assert stored[m[key]].dtype == np.float32 and np.all(stored[m[key]] == 1.0), (name, key)
+        if "zero_point" in m:
+            zp = stored[m["zero_point"]]
+            assert np.all((m["qmin"] <= zp) & (zp <= m["qmax"])), name
+
+
+TINY = np.float32(2.0**-149)  # the smallest positive float32
+
+
+@pytest.mark.parametrize(
+    "x,scale,want",
+    [
+        # float32(1e-43) = 71·2^-149: 71/448 of 2^-149 underflows float32, so s = 2^-149;
+        # x/s = 71, 0, -36, 7 round in float8_e4m3fn to 72, 0, -36, 7
+        ([[1e-43, 0, -5e-44, 1e-44]], TINY, [[72, 0, -36, 7]]),
+        # 492/448 of 2^-149 rounds down to 2^-149, where 492 > 448 (NaN in e4m3fn):
+        # s = 2·2^-149, x/s = 246 rounds to 240
+        ([[492 * 2.0**-149, 0]], 2 * TINY, [[480, 0]]),
+        ([[0.0, 0.0, -0.0], [0.0, 0.0, 0.0]], np.float32(1), [[0, 0, 0], [0, 0, 0]]),
+    ],
+)
+def test_float_scheme_on_tiny_values(tmp_path, x, scale, want):
+    x = np.array(x, np.float32)
+    src, q, out = tmp_path / "m.safetensors", tmp_path / "q.safetensors", tmp_path / "back.safetensors"
+    write_st(src, {"w": x})
+    qd.quantize_file(src, q, "float8_e4m3fn")
+    qd.dequantize_file(q, out)
+    stored, meta = read_st(q)
+    assert stored["w.__scale__"] == scale
+    y = read_st(out)[0]["w"]
+    assert not np.any(np.isnan(y))
+    np.testing.assert_array_equal(y, np.array(want, np.float64) * TINY)
+    np.testing.assert_array_equal(y, checkpoint.fake_quantize_tensor(x, "float8_e4m3fn"))
+
+
+def malformed(tmp_path, mutate, name="m.safetensors"):
+    """A valid two-tensor file whose header `mutate` edits in place."""
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b = np.arange(6, dtype=np.float32) * 0.5
+    header = {"a.weight": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
+              "b.weight": {"dtype": "F32", "shape": [6], "data_offsets": [24, 48]}}
+    mutate(header)
+    write_raw(tmp_path / name, header, a.tobytes() + b.tobytes())
+    return tmp_path / name
+
+
+def _set(key, field, value):
+    def mutate(h):
+        h[key][field] = value
+    return mutate
+
+
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        pytest.param(_set("a.weight", "data_offsets", [0.0, 24.0]), "'a.weight'.*data_offsets", id="float-offsets"),
+        pytest.param(_set("a.weight", "data_offsets", "ab"), "'a.weight'.*data_offsets", id="string-offsets"),
+        pytest.param(_set("a.weight", "data_offsets", {"x": 0, "y": 24}), "'a.weight'.*data_offsets",
+                     id="object-offsets"),
+        pytest.param(_set("a.weight", "data_offsets", [0, 24, 48]), "'a.weight'.*data_offsets", id="three-offsets"),
+        pytest.param(_set("a.weight", "data_offsets", [True, 25]), "'a.weight'.*data_offsets", id="bool-offset"),
+        pytest.param(_set("a.weight", "shape", [-2, -3]), "'a.weight'.*shape", id="negative-shape"),
+        pytest.param(_set("a.weight", "shape", [2.7, 3]), "'a.weight'.*shape", id="fractional-shape"),
+        pytest.param(_set("a.weight", "shape", [2.0, 3]), "'a.weight'.*shape", id="float-shape"),
+        pytest.param(_set("b.weight", "shape", [True, 6]), "'b.weight'.*shape", id="bool-shape"),
+        pytest.param(_set("b.weight", "shape", 6), "'b.weight'.*shape", id="scalar-shape"),
+        pytest.param(_set("a.weight", "dtype", ["F32"]), "'a.weight'.*dtype", id="list-dtype"),
+        pytest.param(_set("a.weight", "dtype", 4), "'a.weight'.*dtype", id="number-dtype"),
+        pytest.param(lambda h: h.update({"c.weight": [1, 2]}), "'c.weight'", id="list-entry"),
+        pytest.param(lambda h: h.update({"__metadata__": ["format", "pt"]}), "__metadata__", id="list-metadata"),
+        pytest.param(lambda h: h.update({"__metadata__": "pt"}), "__metadata__", id="string-metadata"),
+        pytest.param(lambda h: h.update({"__metadata__": {"format": 1}}), r"__metadata__\['format'\]",
+                     id="number-metadata-value"),
+        pytest.param(lambda h: h.update({"__metadata__": {"format": {"x": "y"}}}), r"__metadata__\['format'\]",
+                     id="object-metadata-value"),
+        pytest.param(_set("b.weight", "data_offsets", [8, 32]), "'b.weight'.*overlaps.*'a.weight'", id="overlap"),
+        pytest.param(lambda h: h.update({"c.weight": {"dtype": "F16", "shape": [4], "data_offsets": [40, 48]}}),
+                     "'c.weight'.*overlaps.*'b.weight'", id="overlap-inside"),
+    ],
+)
+def test_malformed_headers_raise_checkpoint_error(tmp_path, mutate, match):
+    src = malformed(tmp_path, mutate)
+    for run in (lambda: qd.quantize_file(src, tmp_path / "q.safetensors", "int8"),
+                lambda: qd.dequantize_file(src, tmp_path / "q.safetensors")):
+        with pytest.raises(checkpoint.CheckpointError, match=match) as e:
+            run()
+        assert "m.safetensors" in str(e.value)
+        assert isinstance(e.value, qd.InputError) and isinstance(e.value, ValueError)
+    assert not (tmp_path / "q.safetensors").exists()
+
+
+def test_gaps_and_empty_tensors_between_others_are_tolerated(tmp_path):
+    def mutate(h):
+        h["b.weight"]["data_offsets"] = [28, 52]  # 4 unused bytes before b
+        h["e"] = {"dtype": "F32", "shape": [0, 2], "data_offsets": [8, 8]}  # owns no bytes
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b = np.arange(6, dtype=np.float32) * 0.5
+    header = {"a.weight": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
+              "b.weight": {"dtype": "F32", "shape": [6], "data_offsets": [24, 48]}}
+    mutate(header)
+    write_raw(tmp_path / "m.safetensors", header, a.tobytes() + b"gap!" + b.tobytes())
+    qd.quantize_file(tmp_path / "m.safetensors", tmp_path / "q.safetensors", "keep")
+    qd.dequantize_file(tmp_path / "q.safetensors", tmp_path / "back.safetensors")
+    back, _ = read_st(tmp_path / "back.safetensors")
+    np.testing.assert_array_equal(back["a.weight"], a)
+    np.testing.assert_array_equal(back["b.weight"], b)
+    assert back["e"].shape == (0, 2)
+
+
+MISSING_SHARD = {"weight_map": {"a.weight": "m.safetensors", "b.weight": "gone.safetensors",
+                                 "c.weight": "gone.safetensors"}}
+
+
+@pytest.mark.parametrize(
+    "index,match",
+    [
+        pytest.param({"weight_map": [["a.weight", "m.safetensors"]]}, "weight_map", id="list-weight-map"),
+        pytest.param({"weight_map": {"a.weight": 3}}, r"weight_map\['a.weight'\]", id="number-shard"),
+        pytest.param({"weight_map": {"a.weight": None}}, r"weight_map\['a.weight'\]", id="null-shard"),
+        pytest.param({"weight_map": {"a.weight": ""}}, r"weight_map\['a.weight'\]", id="empty-shard"),
+        pytest.param({"metadata": {}}, "weight_map", id="no-weight-map"),
+        pytest.param([1, 2], "weight_map", id="list-index"),
+        pytest.param(MISSING_SHARD,
+                     r"m.safetensors.index.json: shard 'gone.safetensors' .*'b.weight'.*does not exist",
+                     id="missing-shard"),
+    ],
+)
+def test_malformed_indexes_raise_checkpoint_error(tmp_path, index, match):
+    malformed(tmp_path, lambda h: None)
+    src = tmp_path / "m.safetensors.index.json"
+    src.write_text(json.dumps(index))
+    for run in (lambda: qd.quantize_file(src, tmp_path / "q.safetensors", "int8"),
+                lambda: qd.dequantize_file(src, tmp_path / "q.safetensors")):
+        with pytest.raises(checkpoint.CheckpointError, match=match) as e:
+            run()
+        assert "m.safetensors.index.json" in str(e.value)
+    assert not (tmp_path / "q.safetensors").exists()
+
+
+def test_cli_reports_a_missing_shard_as_an_input_error(tmp_path):
+    malformed(tmp_path, lambda h: None)
+    src = tmp_path / "m.safetensors.index.json"
+    src.write_text(json.dumps(MISSING_SHARD))
+    r = subprocess.run([sys.executable, "-m", "quantdrift", "quantize", str(src), str(tmp_path / "q.safetensors")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "index.json" in r.stderr and "gone.safetensors" in r.stderr and "b.weight" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "layout,match",
+    [
+        ("[]", "quantdrift metadata"),
+        ('{"version": 1, "tensors": []}', "quantdrift metadata"),
+        ('{"version": 1, "tensors": {"a.weight": 3}}', "'a.weight'"),
+        ('{"version": 1, "tensors": {"a.weight": {"kind": "keep", "codes": "a.weight", "dtype": "F32", '
+         '"shape": [2.5, 3]}}}', "'a.weight'.*shape"),
+        ('{"version": 1, "tensors": {"a.weight": {"kind": "keep", "codes": "a.weight", "dtype": "X", '
+         '"shape": [2, 3]}}}', "'a.weight'.*dtype"),
+        ('{"version": 1, "tensors": {"a.weight": {"kind": "keep", "codes": "a.weight", "dtype": "F32"}}}',
+         "'a.weight'.*lacks 'shape'"),
+    ],
+)
+def test_malformed_quantdrift_metadata(tmp_path, layout, match):
+    src = malformed(tmp_path, lambda h: h.update({"__metadata__": {"quantdrift": layout}}))
+    with pytest.raises(checkpoint.CheckpointError, match=match) as e:
+        qd.dequantize_file(src, tmp_path / "back.safetensors")
+    assert "m.safetensors" in str(e.value)
+
+
+def test_float64_round_trip_equals_fake_quantize_tensor(tmp_path):
+    rng = np.random.default_rng(6)
+    t = {
+        "a.weight": rng.normal(size=(20, 70)) * 0.03,
+        "b.weight": rng.standard_t(3, size=(3, 5, 40)),
+        "c.weight": rng.normal(size=50) * 1e-3,
+    }
+    src = tmp_path / "m.safetensors"
+    write_st(src, t)
+    for scheme in ("int8", "int4:g16:asym", "int8:tensor", "int3:g32:mse", "uint8:channel:asym:percentile"):
+        qd.quantize_file(src, tmp_path / "q.safetensors", {"rules": [{"pattern": "*", "scheme": scheme}]})
+        qd.dequantize_file(tmp_path / "q.safetensors", tmp_path / "back.safetensors")
+        back, _ = read_st(tmp_path / "back.safetensors")
+        for name, x in t.items():
+            assert back[name].dtype == np.float64
+            np.testing.assert_array_equal(back[name], checkpoint.fake_quantize_tensor(x, scheme),
+                                          err_msg=f"{scheme} {name}")
+    # an oracle for int8 per channel: float32 scales max|row|/127, codes
+    # rint(x/s) in float64, products rounded to float32
+    x = t["a.weight"]
+    s = (np.abs(x).max(axis=1, keepdims=True) / 127).astype(np.float32).astype(np.float64)
+    want = (np.clip(np.rint(x / s), -128, 127) * s).astype(np.float32).astype(np.float64)
+    np.testing.assert_array_equal(checkpoint.fake_quantize_tensor(x, "int8"), want)

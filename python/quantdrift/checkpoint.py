@@ -118,8 +118,43 @@ class _Entry:
         return self.end - self.start
 
     def array(self) -> np.ndarray:
-        """A read-only view of the tensor (no copy)."""
+        """The tensor: a read-only view of the mapped file, or a copy when
+        its data is not aligned to the dtype's itemsize (see
+        :meth:`_File.view`)."""
         return self.source.view(self)
+
+
+def _is_count(v: Any) -> bool:
+    """A non-negative JSON integer (a bool is not one, though Python says
+    it is an int)."""
+    return type(v) is int and v >= 0
+
+
+def _entry_fields(path: Path, name: str, info: Any) -> Tuple[str, Tuple[int, ...], int, int]:
+    """(dtype, shape, begin, end) of one header entry, each checked for its
+    JSON type: a float or boolean is rejected rather than truncated, since
+    the safetensors library rejects it and a truncated shape would read the
+    wrong bytes."""
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+        raise CheckpointError(
+            f"{path}: tensor {name!r} has a malformed header entry {info!r} "
+            "(needs an object with 'dtype', 'shape' and 'data_offsets')"
+        )
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype, str):
+        raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype!r}; it must be a string such as \"F32\"")
+    if dtype not in _st_dtypes():
+        raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise CheckpointError(
+            f"{path}: tensor {name!r} has shape {shape!r}; it must be a list of non-negative integers"
+        )
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
+        raise CheckpointError(
+            f"{path}: tensor {name!r} has data_offsets {offsets!r}; they must be a list of two non-negative integers "
+            "[begin, end]"
+        )
+    return dtype, tuple(shape), offsets[0], offsets[1]
 
 
 class _File:
@@ -127,11 +162,19 @@ class _File:
 
     def __init__(self, path: Path):
         self.path = path
+        self._fh = open(path, "rb")
+        self._mm: Optional[mmap.mmap] = None
         try:
-            self._fh = open(path, "rb")
-        except OSError:
+            self._parse()
+        except BaseException:
+            self._fh.close()
             raise
-        size = os.fstat(self._fh.fileno()).st_size
+        if self._size > self.data_start:
+            self._mm = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def _parse(self) -> None:
+        path = self.path
+        size = self._size = os.fstat(self._fh.fileno()).st_size
         head = self._fh.read(8)
         if len(head) < 8:
             raise CheckpointError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
@@ -146,17 +189,20 @@ class _File:
             raise CheckpointError(f"{path}: the header is not a JSON object")
         self.data_start = 8 + n
         data_len = size - self.data_start
-        self.metadata: Dict[str, str] = header.pop("__metadata__", None) or {}
+        metadata = header.pop("__metadata__", None)
+        if metadata is None:  # absent or null: both mean no metadata
+            metadata = {}
+        if not isinstance(metadata, dict):
+            raise CheckpointError(f"{path}: __metadata__ is {metadata!r}; it must be an object of string to string")
+        for k, v in metadata.items():
+            if not isinstance(v, str):
+                raise CheckpointError(f"{path}: __metadata__[{k!r}] is {v!r}; metadata values must be strings")
+        self.metadata: Dict[str, str] = metadata
         self.entries: Dict[str, _Entry] = {}
         for name, info in header.items():
-            try:
-                dtype, shape, (b, e) = info["dtype"], tuple(int(s) for s in info["shape"]), info["data_offsets"]
-            except (KeyError, TypeError, ValueError):
-                raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry {info!r}") from None
-            if dtype not in _st_dtypes():
-                raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype!r}")
+            dtype, shape, b, e = _entry_fields(path, name, info)
             want = math.prod(shape) * _st_dtypes()[dtype].itemsize
-            if not (0 <= b <= e) or e - b != want:
+            if not b <= e or e - b != want:
                 raise CheckpointError(
                     f"{path}: tensor {name!r} has data_offsets [{b}, {e}] but shape {list(shape)} of {dtype} needs {want} bytes"
                 )
@@ -166,15 +212,33 @@ class _File:
                     "the file is truncated"
                 )
             self.entries[name] = _Entry(name, dtype, shape, self.data_start + b, self.data_start + e, self)
-        self._mm: Optional[mmap.mmap] = None
-        if size > self.data_start:
-            self._mm = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ)
+        # Overlapping byte ranges would alias two tensors; the safetensors
+        # library rejects them. Gaps between tensors are tolerated (that
+        # library also rejects them, but they are harmless to a reader that
+        # seeks by offset), and so are empty tensors anywhere: they own no
+        # bytes.
+        spans = sorted((x for x in self.entries.values() if x.nbytes), key=lambda x: x.start)
+        for prev, cur in zip(spans, spans[1:]):
+            if cur.start < prev.end:
+                at = self.data_start
+                raise CheckpointError(
+                    f"{path}: tensor {cur.name!r} (data bytes [{cur.start - at}, {cur.end - at}]) "
+                    f"overlaps tensor {prev.name!r} (bytes [{prev.start - at}, {prev.end - at}])"
+                )
 
     def view(self, e: _Entry) -> np.ndarray:
         dt = _st_dtypes()[e.dtype]
         if e.nbytes == 0 or self._mm is None:
             return np.zeros(e.shape, dtype=dt)
-        return np.frombuffer(self._mm, dtype=dt, count=e.nbytes // dt.itemsize, offset=e.start).reshape(e.shape)
+        flat = np.frombuffer(self._mm, dtype=dt, count=e.nbytes // dt.itemsize, offset=e.start)
+        if e.start % dt.itemsize:
+            # safetensors requires no alignment (a header length that is not
+            # a multiple of 8, an F32 tensor after an odd-length F16 one), but
+            # the Rust kernels take aligned slices only. The map starts on a
+            # page, so the file offset decides. Writers pad their headers and
+            # such files are rare: copying this one tensor costs little.
+            flat = flat.copy()
+        return flat.reshape(e.shape)
 
     def release(self, start: int, end: int) -> None:
         """Drops the mapped pages of bytes start..end from this process (they
@@ -197,6 +261,26 @@ class _File:
         self._fh.close()
 
 
+def _read_index(path: Path) -> Dict[str, List[str]]:
+    """The shards a ``*.index.json`` names, each with its tensor names in
+    the index's order."""
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: the index is not valid JSON ({e})") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(
+            f"{path}: not a safetensors index (needs a 'weight_map' object mapping tensor names to shard files)"
+        )
+    shards: Dict[str, List[str]] = {}
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard:
+            raise CheckpointError(f"{path}: weight_map[{name!r}] is {shard!r}; it must name a shard file (a string)")
+        shards.setdefault(shard, []).append(name)
+    return shards
+
+
 class _Checkpoint:
     """A safetensors file or a sharded set named by ``*.index.json``."""
 
@@ -205,18 +289,17 @@ class _Checkpoint:
         self.files: List[_File] = []
         try:
             if path.name.endswith(".index.json"):
-                try:
-                    index = json.loads(path.read_text())
-                    weight_map = index["weight_map"]
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise CheckpointError(f"{path}: not a safetensors index (needs a 'weight_map'): {e}") from None
-                shards: Dict[str, List[str]] = {}
-                for name, shard in weight_map.items():
-                    shards.setdefault(shard, []).append(name)
+                shards = _read_index(path)
                 self.entries: Dict[str, _Entry] = {}
                 self.metadata: Dict[str, str] = {}
                 for shard, names in shards.items():
-                    f = _File(path.parent / shard)
+                    try:
+                        f = _File(path.parent / shard)
+                    except FileNotFoundError:
+                        more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+                        raise CheckpointError(
+                            f"{path}: shard {shard!r} (holding {names[0]!r}{more}) does not exist in {path.parent}"
+                        ) from None
                     self.files.append(f)
                     self.metadata.update(f.metadata)
                     for name in names:
@@ -680,11 +763,51 @@ def _row_chunks(rows: int, cols: int) -> Iterator[Tuple[int, int]]:
         yield r0, min(rows, r0 + step)
 
 
+def _float_scale(amax: float, fmt_max: float) -> np.float32:
+    """The float32 scale of a ``float`` scheme: max |x| onto the format's
+    max, or 1 for a tensor with no nonzero finite value.
+
+    It is never 0, which would make every code NaN: when amax / fmt_max
+    underflows float32 (amax below about 3e-43 for float8_e4m3fn) the scale
+    is the smallest positive float32, 2^-149, where |x|/s is still within
+    the format's max. A subnormal quotient is rounded with up to half of
+    2^-149 absolute error, so it may come out below amax / fmt_max and push
+    the largest |x|/s past the max (NaN in float8_e4m3fn); it is then
+    raised by one step. Normal quotients are left as rounded: their
+    relative error of 2^-24 stays far inside the format's rounding.
+    """
+    if not amax > 0:
+        return np.float32(1.0)
+    scale = np.float32(amax / fmt_max)
+    if scale < np.finfo(np.float32).tiny and float(scale) * fmt_max < amax:
+        scale = np.nextafter(scale, np.float32(np.inf))
+    return scale
+
+
+def _encode_empty(outs: List[_Out], w: _Writer) -> None:
+    """A tensor with no elements: its codes hold no bytes and the kernels,
+    which reject an axis of length 0, are not called. The only side tensors
+    that still have an element are float32 scalars (the float scheme's
+    scale, nvfp4's per-tensor scale): they get 1, what an all-zero tensor
+    calibrates to, so the file passes the reader's checks. Integer scale
+    and zero-point grids, and MX/NVFP4 block scales, keep the tensor's
+    length-0 axis (or have 0 blocks along it), so they are empty too."""
+    for o in outs[1:]:
+        if o.nbytes:
+            assert o.dtype == "F32" and o.shape == (), o
+            w.write(o.name, 0, np.ones((), np.float32))
+
+
 def _encode_tensor(entry: _Entry, scheme: Scheme, outs: List[_Out], meta: Dict[str, Any], w: _Writer,
                    sums: Optional[_Sums], device: str) -> None:
     """Encodes one tensor chunk by chunk into the writer."""
-    x = entry.array()
     shape = entry.shape
+    if math.prod(shape) == 0:
+        _encode_empty(outs, w)
+        if sums is not None and scheme.kind == "int":
+            sums.n_clipped = 0
+        return
+    x = entry.array()
     device = gpu.resolve(device, math.prod(shape))
     if scheme.kind == "keep":
         step = max(1, CHUNK_ELEMENTS * 4)
@@ -708,7 +831,7 @@ def _encode_tensor(entry: _Entry, scheme: Scheme, outs: List[_Out], meta: Dict[s
             c = np.abs(c[np.isfinite(c)])
             if c.size:
                 amax = max(amax, float(c.max()))
-        scale = np.float32(amax / fmt.max) if amax > 0 else np.float32(1.0)
+        scale = _float_scale(amax, fmt.max)
         state["scale"] = scale
         w.write(meta["scale"], 0, np.array(scale, np.float32))
     if scheme.kind == "nvfp4":
@@ -764,14 +887,16 @@ def _int_spec(meta: Dict[str, Any], rows: int, cols: int, total_rows: int):
     return ((rows, cols), (1, g), None, rows * ng), ng
 
 
-def _encode_int(entry: _Entry, m: np.ndarray, scheme: Scheme, outs: List[_Out], meta: Dict[str, Any],
-                w: _Writer, sums: Optional[_Sums], device: str) -> None:
+def _calibrate_int(m: np.ndarray, scheme: Scheme, meta: Dict[str, Any],
+                   device: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(scale, zero_point, qmin, qmax) per part of the matrix view m, as the
+    file stores them: scales rounded to float32 whatever x's dtype, since
+    the file holds F32 scales (fake_quantize_tensor shares this for F64)."""
     rows, cols = m.shape
-    qmin, qmax = meta["qmin"], meta["qmax"]
-    full_spec, ppr = _int_spec(meta, rows, cols, rows)
+    full_spec, _ = _int_spec(meta, rows, cols, rows)
     k = full_spec[3]
-    lo = np.full(k, qmin, np.int32)
-    hi = np.full(k, qmax, np.int32)
+    lo = np.full(k, meta["qmin"], np.int32)
+    hi = np.full(k, meta["qmax"], np.int32)
     flat, x16 = _as_core(m)
     method = {"absmax": "range", "minmax": "range"}.get(scheme.calibration, scheme.calibration)
     scale, zp = _core.quant_calibrate(
@@ -779,6 +904,14 @@ def _encode_int(entry: _Entry, m: np.ndarray, scheme: Scheme, outs: List[_Out], 
         eps=0.0, scale_f32=True, importance=None, rounding="nearest_even", seed=0, arith="divide", x16=x16,
         w16="float32", device=device,
     )
+    return scale, zp, lo, hi
+
+
+def _encode_int(entry: _Entry, m: np.ndarray, scheme: Scheme, outs: List[_Out], meta: Dict[str, Any],
+                w: _Writer, sums: Optional[_Sums], device: str) -> None:
+    rows, cols = m.shape
+    qmin, qmax = meta["qmin"], meta["qmax"]
+    scale, zp, lo, hi = _calibrate_int(m, scheme, meta, device)
     w.write(meta["scale"], 0, scale.astype(np.float32))
     if "zero_point" in meta:
         w.write(meta["zero_point"], 0, zp.astype(_st_dtypes()[outs[2].dtype]))
@@ -806,21 +939,43 @@ def _encode_int(entry: _Entry, m: np.ndarray, scheme: Scheme, outs: List[_Out], 
 
 def fake_quantize_tensor(x: Any, scheme: Union[str, Scheme]) -> np.ndarray:
     """What :func:`quantize_file` followed by :func:`dequantize_file` makes of
-    one tensor under ``scheme``, computed in memory (x's dtype).
+    one tensor under ``scheme``, computed in memory (x's dtype), bit for bit.
 
     For integer schemes this is :func:`quantdrift.fake_quantize` with the
-    scheme's partition and range (the reference the checkpoint tests use).
+    scheme's partition and range (the reference the checkpoint tests use),
+    except for float64 tensors: fake_quantize would keep float64 scales and
+    products, while the file stores float32 scales and dequantizes in
+    float32, so here the scales are calibrated rounded to float32 (as
+    ``quantize_file`` does) and the result is rounded through float32.
+    An empty tensor comes back as itself under every scheme.
+
+    Args:
+        x: array-like of any float dtype safetensors holds (F64, F32, F16,
+            BF16).
+        scheme: a scheme string (see :class:`Scheme`) or a parsed Scheme.
+
+    Returns:
+        array of x's shape and dtype.
     """
     sc = parse_scheme(scheme) if isinstance(scheme, str) else scheme
     arr = np.asarray(x)
-    if sc.kind == "keep":
+    if sc.kind == "keep" or arr.size == 0:  # an empty tensor round-trips as itself under every scheme
         return arr.copy()
     if sc.kind == "int":
         from .quant import fake_quantize
 
         qmin, qmax = _int_range(sc)
-        return fake_quantize(arr, qrange=(qmin, qmax), partition=_int_partition(sc, arr.ndim),
-                             symmetric=sc.symmetric, calibration=sc.calibration)
+        part = _int_partition(sc, arr.ndim)
+        if arr.dtype != np.float64:
+            return fake_quantize(arr, qrange=(qmin, qmax), partition=part, symmetric=sc.symmetric,
+                                 calibration=sc.calibration)
+        # fake_quantize keeps float64 scales for float64 data; the file holds
+        # float32 scales and dequantizes to float32 before widening back
+        _, meta = _layout("x", "F64", tuple(arr.shape), sc)
+        scale, zp, _, _ = _calibrate_int(arr.reshape(_matrix_shape(arr.shape, sc)), sc, meta, "cpu")
+        y = fake_quantize(arr, qrange=(qmin, qmax), partition=part, symmetric=sc.symmetric, scale=scale,
+                          zero_point=zp)
+        return y.astype(np.float32).astype(np.float64)
     if sc.kind == "cast":
         return arr.astype(_st_dtypes()[_CASTS[sc.fmt or ""]]).astype(arr.dtype)
     rows, cols = _matrix_shape(arr.shape, sc)
@@ -829,7 +984,7 @@ def fake_quantize_tensor(x: Any, scheme: Union[str, Scheme]) -> np.ndarray:
         a = m.astype(np.float32)
         fin = np.abs(a[np.isfinite(a)])
         amax = float(fin.max()) if fin.size else 0.0
-        s = np.float32(amax / get_format(sc.fmt or "").max) if amax > 0 else np.float32(1.0)
+        s = _float_scale(amax, get_format(sc.fmt or "").max)
         y = decode(encode(a / s, sc.fmt or ""), sc.fmt or "") * s
     elif sc.kind == "mx":
         elem, _ = _MX[sc.fmt or ""]
@@ -961,12 +1116,26 @@ def _progress(total: int, desc: str, enabled: Optional[bool]):
 
 
 def _check_paths(src: PathLike, dst: PathLike) -> Path:
+    """The destination, once it is known not to be the source and its
+    folder exists (checked before the source is opened)."""
     d = Path(dst)
-    if d.exists() and Path(src).exists() and d.resolve() == Path(src).resolve():
+    if d.exists() and Path(src).exists() and os.path.samefile(d, src):
         raise InputError(f"destination {d} is the source; inputs are never overwritten")
     if not d.parent.exists():
         raise FileNotFoundError(f"destination folder {d.parent} does not exist")
     return d
+
+
+def _check_not_a_shard(ck: "_Checkpoint", src: PathLike, d: Path) -> None:
+    """Refuses a destination that is one of the files an index names: the
+    rename at the end would replace an input (samefile also catches links)."""
+    if not d.exists():
+        return
+    for f in ck.files:
+        if os.path.samefile(d, f.path):
+            raise InputError(
+                f"destination {d} is {f.path.name}, a shard of the source {src}; inputs are never overwritten"
+            )
 
 
 def quantize_file(
@@ -1000,14 +1169,21 @@ def quantize_file(
         The :class:`QuantizeReport`.
 
     Raises:
-        CheckpointError: a malformed or truncated input (naming the tensor).
-        InputError: a bad recipe or scheme.
-        OSError: file errors; nothing is left at ``dst`` on any failure.
+        CheckpointError: a malformed or truncated input, naming the file and
+            tensor: a header entry or index of the wrong JSON type,
+            overlapping tensor data, a shard the index names that does not
+            exist (naming the index, the shard and a tensor it should hold).
+            It is an InputError.
+        InputError: a bad recipe or scheme; ``dst`` is the source or a shard
+            its index names (inputs are never overwritten).
+        FileNotFoundError: ``src`` or the destination folder does not exist.
+        OSError: other file errors; nothing is left at ``dst`` on any failure.
     """
     rec = Recipe.coerce(recipe)
     gpu.resolve(device, 0)  # a bad device fails before any file is opened
     d = _check_paths(src, dst)
     with _Checkpoint(src) as ck:
+        _check_not_a_shard(ck, src, d)
         outs: List[_Out] = []
         metas: Dict[str, Dict[str, Any]] = {}
         plan: List[Tuple[_Entry, Scheme, List[_Out]]] = []
@@ -1086,8 +1262,23 @@ def _layout_of(ck: _Checkpoint, path: PathLike) -> Dict[str, Any]:
         layout = json.loads(raw)
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: the quantdrift metadata is not valid JSON: {e}") from None
+    if not isinstance(layout, dict) or not isinstance(layout.get("tensors"), dict):
+        raise CheckpointError(f"{path}: the quantdrift metadata is not an object with a 'tensors' object")
     if layout.get("version") != LAYOUT_VERSION:
         raise CheckpointError(f"{path}: unsupported quantdrift layout version {layout.get('version')!r}")
+    for name, meta in layout["tensors"].items():
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"{path}: tensor {name!r}: its quantdrift metadata {meta!r} is not an object")
+        for key in ("dtype", "shape", "kind", "codes"):
+            if key not in meta:
+                raise CheckpointError(f"{path}: tensor {name!r}: metadata lacks {key!r}")
+        if not isinstance(meta["dtype"], str) or meta["dtype"] not in _st_dtypes():
+            raise CheckpointError(f"{path}: tensor {name!r}: metadata has unsupported dtype {meta['dtype']!r}")
+        if not isinstance(meta["shape"], list) or not all(_is_count(d) for d in meta["shape"]):
+            raise CheckpointError(
+                f"{path}: tensor {name!r}: metadata has shape {meta['shape']!r}; "
+                "it must be a list of non-negative integers"
+            )
     return layout
 
 
@@ -1100,20 +1291,21 @@ def dequantize_file(src: PathLike, dst: PathLike, *, progress: Optional[bool] = 
     the decoding kernels; the output is the same byte for byte.
 
     Raises:
-        CheckpointError: missing or inconsistent metadata (naming the tensor).
-        OSError: file errors; nothing is left at ``dst`` on any failure.
+        CheckpointError: a malformed or truncated input, or missing or
+            inconsistent quantdrift metadata, naming the file and tensor (as
+            for :func:`quantize_file`, whose index handling this shares).
+            It is an InputError.
+        InputError: ``dst`` is the source or a shard its index names.
+        FileNotFoundError: ``src`` or the destination folder does not exist.
+        OSError: other file errors; nothing is left at ``dst`` on any failure.
     """
     gpu.resolve(device, 0)  # a bad device fails before any file is opened
     d = _check_paths(src, dst)
     with _Checkpoint(src) as ck:
+        _check_not_a_shard(ck, src, d)
         layout = _layout_of(ck, src)
         tensors: Dict[str, Dict[str, Any]] = layout["tensors"]
-        outs = []
-        for name, meta in tensors.items():
-            try:
-                outs.append(_Out(name, meta["dtype"], tuple(meta["shape"])))
-            except KeyError as e:
-                raise CheckpointError(f"{src}: tensor {name!r}: metadata lacks {e}") from None
+        outs = [_Out(name, meta["dtype"], tuple(meta["shape"])) for name, meta in tensors.items()]
         md = {k: v for k, v in ck.metadata.items() if k != METADATA_KEY}
         w = _Writer(d, outs, md)
         bar = _progress(sum(o.nbytes for o in outs), "dequantize", progress)
@@ -1140,6 +1332,8 @@ def _decode_tensor(ck: _Checkpoint, name: str, meta: Dict[str, Any], w: _Writer,
     device = gpu.resolve(device, math.prod(shape))
     out_dt = _st_dtypes()[meta["dtype"]]
     codes_e = ck.entries[meta["codes"]]
+    if math.prod(shape) == 0:  # no bytes to write; the kernels reject an axis of length 0
+        return
     codes = codes_e.array()
     try:
         if kind == "keep":
