@@ -17,6 +17,7 @@ import pytest
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
 
 import quantdrift as qd  # noqa: E402
+from quantdrift._errors import InputError  # noqa: E402
 from quantdrift.distributed import ShardError, compare_shards, shard_pairs  # noqa: E402
 
 
@@ -211,6 +212,11 @@ def test_loglik_matrix(client, tmp_path):
     np.testing.assert_allclose(L, np.array(want), rtol=1e-5)
     L_local, _ = loglik_matrix(models, tokens, lengths, None)
     np.testing.assert_array_equal(L, L_local)
+    # Options are checked before anything is submitted.
+    with pytest.raises(InputError, match="does not take 'topk'"):
+        loglik_matrix(models, tokens, lengths, client, topk=(1, 5))
+    with pytest.raises(InputError, match="sequences="):
+        loglik_matrix(models, tokens, None, client)
 
 
 def test_fsspec_urls(client, tmp_path):

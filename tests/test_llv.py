@@ -487,3 +487,134 @@ def test_cli_trajectory(tmp_path):
     assert got["c_w"]["exponent"] == pytest.approx(2.0, abs=1e-6)
     assert got["alpha"] == pytest.approx(0.25, abs=1e-6)
     assert "Hölder" in out.stdout
+
+
+# ---------------------------------------------------------------------------
+# Edge cases and errors found in review
+# ---------------------------------------------------------------------------
+
+
+def test_weight_distance_widens_float8_tensors(tmp_path, monkeypatch):
+    ml_dtypes = pytest.importorskip("ml_dtypes", reason="float8 arrays")
+    from quantdrift import checkpoint
+
+    # Chunks of 64 elements: the widened path's chunk loop runs several times.
+    monkeypatch.setattr(checkpoint, "CHUNK_ELEMENTS", 64)
+    rng = np.random.default_rng(12)
+    e4 = rng.normal(size=(9, 31)).astype(ml_dtypes.float8_e4m3fn)
+    e5 = rng.normal(size=(9, 31)).astype(ml_dtypes.float8_e5m2)
+    bf = rng.normal(size=(9, 31)).astype(ml_dtypes.bfloat16)
+    f64 = rng.normal(size=(200,))
+    write_safetensors(tmp_path / "a.safetensors", {"w": ("F8_E4M3", e4), "v": ("F8_E5M2", e5), "u": ("F64", f64)})
+    u_b = np.resize(e5, 200)
+    write_safetensors(tmp_path / "b.safetensors", {"w": ("BF16", bf), "v": ("F8_E4M3", e4), "u": ("F8_E5M2", u_b)})
+    u_b = u_b.astype(np.float64)
+    want = (
+        np.sum((e4.astype(np.float64) - bf.astype(np.float64)) ** 2)
+        + np.sum((e5.astype(np.float64) - e4.astype(np.float64)) ** 2)
+        + np.sum((f64 - u_b) ** 2)
+    )
+    got = llv.weight_distance(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+    assert got == pytest.approx(float(want), rel=1e-12)
+
+
+def test_token_logprobs_take_unsigned_lengths():
+    lp = np.array([-1.0, -2.0, -0.5, -0.25])
+    for dtype in (np.uint8, np.uint32, np.uint64, np.int16):
+        out = llv.loglik_from_token_logprobs(lp, np.array([1, 0, 3], dtype=dtype))
+        np.testing.assert_array_equal(out, [-1.0, 0.0, -2.75])
+
+
+def test_loglik_from_logits_needs_sequences():
+    logits = np.zeros((4, 3), np.float32)
+    with pytest.raises(InputError, match="sequences="):
+        llv.loglik_from_logits(logits, np.zeros(4, np.int64), None)
+
+
+def test_clip_names_nan_and_an_infinite_quantile():
+    L = np.random.default_rng(2).normal(-100.0, 5.0, size=(10, 100))
+    L[0, :50] = -np.inf  # 5% of the entries
+    clipped = llv.clip_quantile(L, 0.2)
+    assert np.all(np.isfinite(clipped)) and clipped.min() == np.quantile(L, 0.2)
+    for q in (0.02, 0.05, 0.0495):  # the quantile is −inf, or interpolates between −inf entries
+        with pytest.raises(InputError, match=r"quantile of L is -inf: 50 of 1000 .*L\[0, 0\]"):
+            llv.clip_quantile(L, q)
+    L[3, 7] = np.nan
+    with pytest.raises(InputError, match=r"L\[3, 7\] is nan"):
+        qd.ModelMap(L, clip=0.2)
+
+
+def test_model_map_input_errors_name_the_model():
+    with pytest.raises(ShapeError, match="different lengths"):
+        qd.ModelMap({"a": np.zeros(5), "b": np.zeros(4)})
+    with pytest.raises(ShapeError, match="different lengths"):
+        qd.ModelMap([[1.0, 2.0], [3.0]])
+    with pytest.raises(InputError, match="model 'b'"):
+        qd.ModelMap({"a": [1.0, 2.0], "b": [1.0, "x"]})
+    m = qd.ModelMap([[1.0, 2.0, 4.0], [3.0, 1.0, 0.0]])
+    assert m.shape == (2, 3)
+
+
+def test_load_loglik_json_errors_name_the_file(tmp_path):
+    (tmp_path / "bad.json").write_text('{"a": [-1.5, "x"]}')
+    with pytest.raises(InputError, match=r"bad\.json: model 'a'"):
+        llv.load_loglik(tmp_path / "bad.json")
+    (tmp_path / "broken.json").write_text('{"a": [-1.5,')
+    with pytest.raises(InputError, match=r"broken\.json: not valid JSON"):
+        llv.load_loglik(tmp_path / "broken.json")
+
+
+def test_plot_groups_by_label_or_by_mapping(tmp_path):
+    pytest.importorskip("matplotlib")
+    m = qd.ModelMap(np.random.default_rng(5).normal(size=(4, 30)), names=["a", "b", "c", "d"])
+    assert m._group_labels({"quantized": ["a", "c"], "base": "b"}) == ["quantized", "base", "quantized", "other"]
+    assert m._group_labels(["x", "y", "x", "y"]) == ["x", "y", "x", "y"]
+    with pytest.raises(InputError, match="both 'q' and 'r'"):
+        m._group_labels({"q": ["a"], "r": ["a"]})
+    with pytest.raises(InputError, match="unknown model 'z'"):
+        m._group_labels({"q": ["z"]})
+    with pytest.raises(ShapeError, match="one label per model"):
+        m._group_labels(["x", "y"])
+    m.plot(tmp_path / "map.png", groups={"quantized": ["a", "c"], "base": ["b", "d"]})
+    assert (tmp_path / "map.png").stat().st_size > 0
+
+
+def test_tsne_defaults_follow_the_original(monkeypatch):
+    seen = {}
+
+    class FakeTSNE:  # records the settings; scikit-learn need not be installed
+        def __init__(self, **settings):
+            seen.update(settings)
+
+        def fit_transform(self, X):
+            return np.zeros((X.shape[0], seen["n_components"]))
+
+    import types
+
+    monkeypatch.setitem(sys.modules, "sklearn", types.ModuleType("sklearn"))
+    manifold = types.ModuleType("sklearn.manifold")
+    manifold.TSNE = FakeTSNE
+    monkeypatch.setitem(sys.modules, "sklearn.manifold", manifold)
+    for k, perplexity in ((50, 30.0), (31, 30.0), (12, 11.0), (2, 1.0)):
+        qd.ModelMap(np.random.default_rng(k).normal(size=(k, 20))).coords("tsne")
+        assert seen["perplexity"] == perplexity
+        assert (seen["init"], seen["metric"], seen["random_state"]) == ("pca", "sqeuclidean", 42)
+
+
+def test_trajectory_names_distinct_steps_distinctly():
+    L = np.random.default_rng(3).normal(size=(4, 20))
+    t = llv.Trajectory([1_000_000, 1_000_001, 2_000_000_000, 2.5e20], L)
+    assert t.map.names == ["step1000000", "step1000001", "step2000000000", "step2.5e+20"]
+    assert llv.Trajectory([0, 0.1, 0.2, 0.30000000000000004], L).map.names[3] == "step0.30000000000000004"
+    with pytest.raises(InputError, match=r"steps\[1\] is nan"):
+        llv.Trajectory([0, float("nan"), 2, 3], L)
+    with pytest.raises(InputError, match=r"steps\[2\] = 1 follows 2"):
+        llv.Trajectory([0, 2, 1, 3], L)
+
+
+def test_kl_matrix_too_large_raises_memory_error():
+    # 12 million models: a 1.15 PB result, beyond any address space whatever
+    # the overcommit policy, refused before any work.
+    Q = np.zeros((12_000_000, 1))
+    with pytest.raises(MemoryError, match="12000000×12000000 KL matrix"):
+        llv.kl_matrix(Q)

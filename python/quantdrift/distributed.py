@@ -306,6 +306,11 @@ def _totals(rows: List[dict]) -> dict:
     }
 
 
+# The options of quantdrift.compare that change a model's log-likelihoods
+# (the rest, such as topk or metrics, are fixed by loglik_matrix).
+_LOGLIK_OPTIONS = frozenset({"mask", "prompt_lengths", "temperature", "chunk_bytes"})
+
+
 def _loglik_vector(logits: Any, tokens: Any, sequences: Any, opts: dict) -> Any:
     """Runs on a worker: one model's log-likelihood of every text (float64)."""
     from .llv import loglik_from_logits
@@ -349,6 +354,16 @@ def loglik_matrix(
     """
     import numpy as np
 
+    unknown = sorted(set(compare_opts) - _LOGLIK_OPTIONS)
+    if unknown:
+        raise InputError(
+            f"loglik_matrix does not take {', '.join(map(repr, unknown))}; "
+            f"its compare options are {', '.join(sorted(_LOGLIK_OPTIONS))}"
+        )
+    if sequences is None:
+        raise InputError(
+            "loglik_matrix needs the texts' boundaries: sequences= (rows per text, one int or an array of lengths)"
+        )
     items = list(models.items()) if hasattr(models, "items") else [tuple(m) for m in models]
     if not items:
         raise InputError("loglik_matrix needs at least one model")

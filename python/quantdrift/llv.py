@@ -68,6 +68,10 @@ def loglik_from_token_logprobs(logprobs: Any, lengths: Any) -> np.ndarray:
         raise InputError("lengths must be a 1-D int array of per-text token counts")
     if np.any(lengths < 0):
         raise InputError(f"lengths must be >= 0, got {int(lengths.min())} for text {int(np.argmin(lengths))}")
+    if lengths.size and int(lengths.max()) > np.iinfo(np.int64).max:
+        raise InputError(f"lengths[{int(np.argmax(lengths))}] = {int(lengths.max())} is more tokens than any array holds")
+    # Unsigned counts: int64 offsets (uint64 and int64 would promote to float64).
+    lengths = lengths.astype(np.int64)
     if lp.ndim not in (1, 2):
         raise ShapeError(f"logprobs must be 1-D (tokens) or 2-D (models × tokens), got shape {lp.shape}")
     total = int(lengths.sum())
@@ -92,10 +96,20 @@ def loglik_from_logits(logits: Any, tokens: Any, sequences: Any, **compare_optio
     actual next token of every row; ``sequences`` the rows of each text (one
     int or an array of lengths). Each text's value is ``−Σ nll`` over its
     scored rows (``mask``/``prompt_lengths`` in ``compare_options`` choose
-    them), in float64.
+    them).
+
+    Precision: each token's NLL is the report's float32 value (relative
+    error ≤ 6e-8), and the sums are float64, so a text of T tokens carries
+    an error of about 1e-7·√T nats: far below the differences between
+    models that the KL estimate resolves. For log-probabilities already in
+    float64, :func:`loglik_from_token_logprobs` keeps every digit.
     """
     from .compare import compare
 
+    if sequences is None:
+        raise InputError(
+            "loglik_from_logits needs the texts' boundaries: sequences= (rows per text, one int or an array of lengths)"
+        )
     compare_options.setdefault("progress", False)
     report = compare(logits, logits, tokens=tokens, sequences=sequences, **compare_options)
     if report.nll_base is None:
@@ -133,24 +147,48 @@ def load_loglik(path: PathLike) -> Tuple[np.ndarray, Optional[List[str]]]:
             except ValueError as e:
                 raise InputError(f"{p}: not a numeric CSV after the name column ({e})") from None
     elif suffix == ".json":
-        data = json.loads(p.read_text())
+        try:
+            data = json.loads(p.read_text())
+        except ValueError as e:
+            raise InputError(f"{p}: not valid JSON ({e})") from None
     elif suffix in (".pkl", ".pickle"):
         with open(p, "rb") as fh:
             data = pickle.load(fh)
     else:
         raise InputError(f"{p}: unknown log-likelihood file type {suffix!r}; use .npy, .csv, .json, .pkl or .pickle")
+    L, mapped = _stacked(data, str(p))
+    return L, mapped if mapped is not None else names
+
+
+def _vector(v: Any, where: str) -> np.ndarray:
+    try:
+        return np.asarray(v, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{where}: not a vector of numbers ({e})") from None
+
+
+def _stacked(data: Any, where: str) -> Tuple[np.ndarray, Optional[List[str]]]:
+    """A K×N float64 matrix from an array, a list of vectors or a mapping
+    name → vector (then also the names); ``where`` names the source in
+    errors."""
+    names: Optional[List[str]] = None
+    rows: Optional[List[np.ndarray]] = None
     if isinstance(data, Mapping):
         names = [str(k) for k in data]
-        data = [np.asarray(v, dtype=np.float64).ravel() for v in data.values()]
-        lengths = {v.size for v in data}
+        rows = [_vector(v, f"{where}: model {k!r}").ravel() for k, v in data.items()]
+    elif isinstance(data, (list, tuple)) and any(isinstance(v, (list, tuple, np.ndarray)) for v in data):
+        rows = [_vector(v, f"{where}: row {i}") for i, v in enumerate(data)]
+    if rows is not None:
+        lengths = {v.size for v in rows if v.ndim == 1}
         if len(lengths) > 1:
-            raise ShapeError(f"{p}: the vectors have different lengths {sorted(lengths)}")
+            raise ShapeError(f"{where}: the vectors have different lengths {sorted(lengths)}")
+        data = rows
     try:
         L = np.asarray(data, dtype=np.float64)
-    except ValueError as e:
-        raise ShapeError(f"{p}: rows of different lengths ({e})") from None
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{where}: not a matrix of numbers ({e})") from None
     if L.ndim != 2:
-        raise ShapeError(f"{p}: expected a 2-D models × texts matrix, got shape {L.shape}")
+        raise ShapeError(f"{where}: expected a 2-D models × texts matrix, got shape {L.shape}")
     return L, names
 
 
@@ -184,7 +222,24 @@ def clip_quantile(L: Any, q: float) -> np.ndarray:
     L = _matrix(L)
     if not (0.0 <= q < 1.0):
         raise InputError(f"clip must be a quantile in [0, 1), got {q}")
-    return np.maximum(L, np.quantile(L, q))
+    bad = np.isnan(L) | (L == np.inf)
+    if bad.any():
+        i, j = np.unravel_index(int(np.argmax(bad)), L.shape)
+        raise InputError(f"L[{i}, {j}] is {L[i, j]}; log-likelihoods must be finite or -inf")
+    if L.size == 0:
+        return L.copy()
+    # Between two −inf entries linear interpolation gives NaN; between −inf
+    # and a finite value, −inf: either way the level is −inf.
+    with np.errstate(invalid="ignore"):
+        level = np.quantile(L, q)
+    if not np.isfinite(level):
+        lost = np.isneginf(L)
+        i, j = np.unravel_index(int(np.argmax(lost)), L.shape)
+        raise InputError(
+            f"the {q} quantile of L is -inf: {int(lost.sum())} of {L.size} log-likelihoods are -inf "
+            f"(the first L[{i}, {j}]); clip at a higher quantile, or drop the texts a model cannot score"
+        )
+    return np.maximum(L, level)
 
 
 class ModelMap:
@@ -204,10 +259,10 @@ class ModelMap:
         text_bytes: Any = None,
         clip: Optional[float] = None,
     ):
-        if isinstance(L, Mapping):
+        if isinstance(L, (Mapping, list, tuple)):
+            L, mapped = _stacked(L, "L")
             if names is None:
-                names = [str(k) for k in L]
-            L = np.stack([np.asarray(v, dtype=np.float64).ravel() for v in L.values()])
+                names = mapped
         L = _matrix(L)
         k, n = L.shape
         if names is None:
@@ -285,7 +340,8 @@ class ModelMap:
           distances;
         * ``"tsne"``: scikit-learn's TSNE on the rows of Q (``pip install
           'quantdrift[tsne]'``) with the original's settings as defaults:
-          perplexity=30 (capped below K), init="pca", metric="sqeuclidean",
+          perplexity=30 (K − 1 for maps of 30 models or fewer, since
+          scikit-learn needs it below K), init="pca", metric="sqeuclidean",
           random_state=42; ``options`` override them.
         """
         k, n = self.shape
@@ -308,7 +364,7 @@ class ModelMap:
                 ) from e
             settings: Dict[str, Any] = dict(
                 n_components=dims,
-                perplexity=min(30.0, max(1.0, (k - 1) / 3.0)),
+                perplexity=min(30.0, max(1.0, k - 1.0)),
                 init="pca",
                 metric="sqeuclidean",
                 random_state=42,
@@ -321,20 +377,27 @@ class ModelMap:
             X = np.pad(X, ((0, 0), (0, dims - X.shape[1])))
         return np.asarray(X, dtype=np.float64)
 
-    def plot(self, path: PathLike, groups: Optional[Sequence[str]] = None, method: str = "pca", **options: Any) -> None:
+    def plot(
+        self,
+        path: PathLike,
+        groups: Union[None, Sequence[str], Mapping[str, Sequence[str]]] = None,
+        method: str = "pca",
+        **options: Any,
+    ) -> None:
         """A labelled 2-D map of the models, written atomically to ``path``
-        (format from the extension); ``groups`` (one label per model) colours
-        the points."""
+        (format from the extension). ``groups`` colours the points: one label
+        per model, or a mapping label → model names (models it does not
+        name are drawn as ``"other"``)."""
         from ._plots import _pyplot, save
 
+        labels = self._group_labels(groups)
         X = self.coords(method, **options)
         plt = _pyplot()
         fig, ax = plt.subplots(figsize=(7, 6))
-        if groups is None:
+        if labels is None:
             ax.scatter(X[:, 0], X[:, 1], s=18)
         else:
-            if len(groups) != len(self.names):
-                raise ShapeError(f"groups has {len(groups)} labels but the map holds {len(self.names)} models")
+            groups = labels
             for g in dict.fromkeys(groups):
                 sel = np.array([x == g for x in groups])
                 ax.scatter(X[sel, 0], X[sel, 1], s=18, label=str(g))
@@ -346,6 +409,27 @@ class ModelMap:
             save(fig, path)
         finally:
             plt.close(fig)
+
+    def _group_labels(self, groups: Any) -> Optional[List[str]]:
+        """One label per model from ``plot``'s ``groups``."""
+        if groups is None:
+            return None
+        if isinstance(groups, Mapping):
+            labels: List[Optional[str]] = [None] * len(self.names)
+            for label, members in groups.items():
+                for name in [members] if isinstance(members, str) else members:
+                    i = self._index(str(name))
+                    if labels[i] is not None:
+                        raise InputError(f"groups puts model {name!r} in both {labels[i]!r} and {str(label)!r}")
+                    labels[i] = str(label)
+            return [label if label is not None else "other" for label in labels]
+        if isinstance(groups, str) or len(groups) != len(self.names):
+            n = 1 if isinstance(groups, str) else len(groups)
+            raise ShapeError(
+                f"groups has {n} labels but the map holds {len(self.names)} models "
+                "(give one label per model, or a mapping label → model names)"
+            )
+        return [str(g) for g in groups]
 
     def to_dict(self) -> Dict[str, Any]:
         """Names, shape, options and the KL matrix (nats, and bits per byte
@@ -441,7 +525,9 @@ def weight_distance(a: PathLike, b: PathLike) -> float:
     on all threads; the pages are released after each tensor, so resident
     memory stays bounded whatever the checkpoint size. Both checkpoints must
     hold the same float tensor names and shapes (dtypes may differ:
-    F32/F16/BF16/F64).
+    F64/F32/F16/BF16/F8_E4M3/F8_E5M2; float8 tensors are widened exactly to
+    float32 a chunk at a time). Integer tensors (such as quantized codes)
+    are not weights in this sense and are left out.
     """
     from .checkpoint import _Checkpoint
 
@@ -456,27 +542,56 @@ def weight_distance(a: PathLike, b: PathLike) -> float:
             ea, eb = fa[name], fb[name]
             if ea.shape != eb.shape:
                 raise ShapeError(f"tensor {name!r}: shape {list(ea.shape)} in {a} but {list(eb.shape)} in {b}")
-            va, a16 = _flat(ea)
-            vb, b16 = _flat(eb)
-            total += _core.llv_squared_distance(va, vb, a16=a16, b16=b16)
-            del va, vb
+            total += _tensor_distance(ea, eb)
             ea.source.release(ea.start, ea.end)
             eb.source.release(eb.start, eb.end)
     return total
 
 
-_FLOAT_DTYPES = {"F64": None, "F32": None, "F16": "float16", "BF16": "bfloat16"}
+# safetensors float dtypes → the name the kernel takes 16-bit floats by
+# (None: passed as they are; "float32": float8, widened to float32 first).
+_FLOAT_DTYPES = {
+    "F64": None,
+    "F32": None,
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F8_E4M3": "float32",
+    "F8_E5M2": "float32",
+}
 
 
-def _flat(entry) -> Tuple[np.ndarray, str]:
-    """A checkpoint tensor as a flat array the kernel takes (16-bit floats as uint16)."""
-    arr = entry.array().reshape(-1)
-    dtype16 = _FLOAT_DTYPES[entry.dtype]
-    if dtype16 is not None:
+def _tensor_distance(ea, eb) -> float:
+    """‖a − b‖² of two checkpoint tensors of one shape (float64)."""
+    from .checkpoint import CHUNK_ELEMENTS
+
+    xa, xb = ea.array().reshape(-1), eb.array().reshape(-1)
+    widen = "float32" in (_FLOAT_DTYPES[ea.dtype], _FLOAT_DTYPES[eb.dtype])
+    step = CHUNK_ELEMENTS if widen else max(xa.size, 1)
+    total = 0.0
+    for s in range(0, xa.size, step):
+        va, a16 = _flat(xa[s : s + step], ea.dtype)
+        vb, b16 = _flat(xb[s : s + step], eb.dtype)
+        total += _core.llv_squared_distance(va, vb, a16=a16, b16=b16)
+    return total
+
+
+def _flat(arr: np.ndarray, dtype: str) -> Tuple[np.ndarray, str]:
+    """Flat values of a safetensors ``dtype`` as the kernel takes them:
+    16-bit floats as uint16 with their name, float8 widened to float32."""
+    kind = _FLOAT_DTYPES[dtype]
+    if kind == "float32":
+        return arr.astype(np.float32), "bfloat16"
+    if kind is not None:
         arr = arr.view(np.uint16)
     if not (arr.flags.c_contiguous and arr.flags.aligned):
         arr = np.ascontiguousarray(arr)
-    return arr, dtype16 or "bfloat16"
+    return arr, kind or "bfloat16"
+
+
+def _step_name(step: float) -> str:
+    """A step as written, exactly: 1000000, 2.5e+20, 0.1 (repr's shortest
+    round trip, so distinct steps get distinct names)."""
+    return str(int(step)) if step.is_integer() and abs(step) < 2.0**53 else repr(float(step))
 
 
 class Trajectory:
@@ -497,12 +612,16 @@ class Trajectory:
         L = _matrix(L)
         if steps.size != L.shape[0]:
             raise ShapeError(f"steps has {steps.size} values but L has {L.shape[0]} rows (checkpoints)")
+        if not np.all(np.isfinite(steps)):
+            i = int(np.argmin(np.isfinite(steps)))
+            raise InputError(f"steps[{i}] is {steps[i]}; steps must be finite")
         if np.any(np.diff(steps) <= 0):
-            raise InputError("steps must be strictly increasing")
+            i = int(np.argmax(np.diff(steps) <= 0)) + 1
+            raise InputError(f"steps must be strictly increasing: steps[{i}] = {steps[i]:g} follows {steps[i - 1]:g}")
         if weights is not None and len(weights) != steps.size:
             raise ShapeError(f"weights has {len(weights)} paths but there are {steps.size} checkpoints")
         self.steps = steps
-        self.map = ModelMap(L, names=[f"step{s:g}" for s in steps], text_bytes=text_bytes, clip=clip)
+        self.map = ModelMap(L, names=[f"step{_step_name(s)}" for s in steps], text_bytes=text_bytes, clip=clip)
         self.weights = list(weights) if weights is not None else None
         self._w: Optional[np.ndarray] = None
 

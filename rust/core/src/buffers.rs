@@ -18,6 +18,8 @@ use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::{Mutex, OnceLock};
 
+use crate::{CoreError, Result};
+
 /// Buffers smaller than this are freed as usual: small allocations are
 /// cheap and the allocator recycles them itself.
 pub const MIN_CACHED_BYTES: usize = 1 << 20;
@@ -188,6 +190,32 @@ fn give_back(block: Block) {
     evicted.into_iter().for_each(Block::free);
 }
 
+/// `len` float64 zeros, or [`CoreError::Memory`] naming `what` when the
+/// allocation fails: for outputs whose size grows faster than the input's
+/// (a K×K matrix), where `vec![0.0; n]` would abort the whole process.
+/// Zeroed by `calloc`, so large blocks are fresh pages, not written twice.
+pub fn zeroed_f64(len: usize, what: &str) -> Result<Vec<f64>> {
+    let refuse = || {
+        CoreError::Memory(format!(
+            "not enough memory for {what}: {len} float64 values ({:.1} GB)",
+            len as f64 * 8.0 / 1e9
+        ))
+    };
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let layout = Layout::array::<f64>(len).map_err(|_| refuse())?;
+    // SAFETY: layout has a non-zero size.
+    let ptr = unsafe { alloc::alloc_zeroed(layout) } as *mut f64;
+    if ptr.is_null() {
+        return Err(refuse());
+    }
+    // SAFETY: ptr was allocated by the global allocator with the layout of
+    // `len` f64 (the layout Vec uses for that capacity), and all-zero bytes
+    // are the f64 value 0.0.
+    Ok(unsafe { Vec::from_raw_parts(ptr, len, len) })
+}
+
 /// Frees every cached buffer (for callers about to need the memory).
 pub fn clear_cache() {
     let blocks = {
@@ -311,6 +339,24 @@ pub(crate) fn advise_huge_pages(ptr: *mut u8, bytes: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zeroed_f64_refuses_what_cannot_be_allocated() {
+        assert_eq!(zeroed_f64(0, "x").unwrap(), Vec::<f64>::new());
+        assert_eq!(zeroed_f64(3, "x").unwrap(), vec![0.0; 3]);
+        // Past isize::MAX bytes (no layout), and 2^62 bytes (no mapping).
+        // black_box: LLVM may elide an allocation it sees unused and assume
+        // that it succeeded.
+        for len in [usize::MAX, 1usize << 59] {
+            match std::hint::black_box(zeroed_f64(std::hint::black_box(len), "the 7×7 KL matrix"))
+            {
+                Err(CoreError::Memory(m)) => {
+                    assert!(m.contains("the 7×7 KL matrix") && m.contains("GB"), "{m}")
+                }
+                other => panic!("{:?}", other.map(|v| v.len())),
+            }
+        }
+    }
 
     // One test touches the process-wide cache, so that parallel tests do
     // not race on its contents.

@@ -13,6 +13,9 @@ pub enum CoreError {
     Value(String),
     /// An argument has a dtype the operation does not accept.
     Dtype(String),
+    /// An output too large for this machine's memory (message names it
+    /// and its size), refused instead of aborting the process.
+    Memory(String),
 }
 
 /// `Result` with [`CoreError`].
@@ -21,7 +24,10 @@ pub type Result<T> = std::result::Result<T, CoreError>;
 impl fmt::Display for CoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CoreError::Shape(m) | CoreError::Value(m) | CoreError::Dtype(m) => f.write_str(m),
+            CoreError::Shape(m)
+            | CoreError::Value(m)
+            | CoreError::Dtype(m)
+            | CoreError::Memory(m) => f.write_str(m),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! hierarchy needs multiple inheritance (`ShapeError` is both a
 //! `QuantdriftError` and a `ValueError`), which Python spells best.
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyMemoryError, PyValueError};
 use pyo3::prelude::*;
 use quantdrift_core::CoreError;
 
@@ -22,11 +22,16 @@ fn class_name(e: &CoreError) -> &'static str {
         CoreError::Shape(_) => "ShapeError",
         CoreError::Value(_) => "InputError",
         CoreError::Dtype(_) => "DtypeError",
+        CoreError::Memory(_) => "MemoryError",
     }
 }
 
 impl From<Error> for PyErr {
     fn from(Error(e): Error) -> PyErr {
+        if let CoreError::Memory(m) = e {
+            // Python's own class, as numpy raises for an array too large.
+            return PyMemoryError::new_err(m);
+        }
         python_error(class_name(&e), e.to_string())
     }
 }

@@ -87,7 +87,7 @@ pub fn double_centre(l: &[f64], k: usize, n: usize) -> Result<Vec<f64>> {
     let cols = col_means(l, k, n);
     // Column means of the row-centred matrix: mean_i(ℓ_is − r_i) = c_s − r̄.
     let rbar = rows.iter().sum::<f64>() / k as f64;
-    let mut q = vec![0.0; k * n];
+    let mut q = crate::buffers::zeroed_f64(k * n, "the double-centred matrix")?;
     q.par_chunks_mut(n)
         .zip(l.par_chunks(n))
         .zip(rows.par_iter())
@@ -218,7 +218,10 @@ impl Kernel for BlockKernel<'_> {
 pub fn kl_matrix(q: &[f64], k: usize, n: usize) -> Result<Vec<f64>> {
     check(q, k, n, "Q")?;
     threads::init_pool();
-    let mut out = vec![0.0; k * k];
+    let mut out = crate::buffers::zeroed_f64(
+        k.checked_mul(k).unwrap_or(usize::MAX),
+        &format!("the {k}×{k} KL matrix"),
+    )?;
     out.par_chunks_mut(ROW_BLOCK * k)
         .enumerate()
         .for_each(|(b, block)| {
