@@ -618,3 +618,18 @@ def test_kl_matrix_too_large_raises_memory_error():
     Q = np.zeros((12_000_000, 1))
     with pytest.raises(MemoryError, match="12000000×12000000 KL matrix"):
         llv.kl_matrix(Q)
+
+
+def test_load_loglik_csv_names_column(tmp_path):
+    f = tmp_path / "steps.csv"
+    f.write_text("1000,-1.5,-2.25,-3\n2000,-4,-5,-6.5\n")
+    L, names = llv.load_loglik(f)  # all numeric: read as data unless told
+    assert L.shape == (2, 4) and names is None
+    L, names = llv.load_loglik(f, names_column=True)
+    assert names == ["1000", "2000"]
+    np.testing.assert_array_equal(L, [[-1.5, -2.25, -3], [-4, -5, -6.5]])
+    g = tmp_path / "named.csv"
+    g.write_text("a,-1,-2\nb,-3,-4\n")
+    assert llv.load_loglik(g)[1] == ["a", "b"]
+    with pytest.raises(InputError, match=r"named\.csv: not a numeric CSV"):
+        llv.load_loglik(g, names_column=False)

@@ -120,12 +120,14 @@ def loglik_from_logits(logits: Any, tokens: Any, sequences: Any, **compare_optio
     return -np.bincount(seq[ok], weights=report.nll_base[ok].astype(np.float64), minlength=count)
 
 
-def load_loglik(path: PathLike) -> Tuple[np.ndarray, Optional[List[str]]]:
+def load_loglik(path: PathLike, *, names_column: Optional[bool] = None) -> Tuple[np.ndarray, Optional[List[str]]]:
     """Loads a K×N log-likelihood matrix and its model names (or None).
 
     * ``.npy``: a 2-D array;
-    * ``.csv``: one model per row, comma separated; a first column that is
-      not numeric holds the names;
+    * ``.csv``: one model per row, comma separated; with
+      ``names_column=None`` a first column that is not numeric holds the
+      names; say ``True`` when the names are numbers (checkpoint steps,
+      say), ``False`` when there is no name column;
     * ``.json``: an object name → vector, or a list of vectors;
     * ``.pkl``/``.pickle``: a mapping name → vector (the released
       ``*_log-likelihood_1018.pkl`` format) or an array. Pickles run code
@@ -138,9 +140,14 @@ def load_loglik(path: PathLike) -> Tuple[np.ndarray, Optional[List[str]]]:
         data: Any = np.load(p, allow_pickle=False)
     elif suffix == ".csv":
         rows = [line.split(",") for line in p.read_text().splitlines() if line.strip()]
-        try:
-            data = [[float(v) for v in r] for r in rows]
-        except ValueError:
+        data = None
+        if not names_column:
+            try:
+                data = [[float(v) for v in r] for r in rows]
+            except ValueError as e:
+                if names_column is False:
+                    raise InputError(f"{p}: not a numeric CSV ({e})") from None
+        if data is None:
             names = [r[0].strip() for r in rows]
             try:
                 data = [[float(v) for v in r[1:]] for r in rows]
