@@ -179,6 +179,43 @@ def test_float_schemes_round_trip(tmp_path, scheme):
         assert stored["layers.0.mlp.up.weight.__scale__"].shape == (33, 10)
 
 
+def test_float4_codes_are_packed_two_per_byte(tmp_path):
+    t = model(3)
+    src, q, out = tmp_path / "m.safetensors", tmp_path / "q.safetensors", tmp_path / "back.safetensors"
+    write_st(src, t)
+    rep = qd.quantize_file(src, q, "float4_e2m1fn")
+    qd.dequantize_file(q, out)
+    back, _ = read_st(out)
+    stored, meta = read_st(q)
+    layout = json.loads(meta["quantdrift"])
+    assert layout["version"] == 2
+    for name, packed_shape in (("layers.0.mlp.up.weight", (33, 150)), ("layers.0.conv.weight", (6, 5, 4))):
+        x = t[name]
+        assert stored[name].shape == packed_shape and stored[name].dtype == np.uint8
+        assert layout["tensors"][name]["packed"] is True
+        m = x.reshape(-1, x.shape[-1]).astype(np.float32)
+        s = np.float32(np.abs(m).max() / 6)
+        want = (qd.round_to(m / s, "float4_e2m1fn") * s).reshape(x.shape).astype(x.dtype)
+        np.testing.assert_array_equal(back[name].view(np.uint8), want.view(np.uint8), err_msg=name)
+        # low nibble first, as lowp.encode(packed=True)
+        np.testing.assert_array_equal(stored[name], qd.encode(m / s, "float4_e2m1fn", packed=True).reshape(packed_shape))
+    row = next(r for r in rep.rows if r["name"] == "layers.0.mlp.up.weight")
+    assert row["bits_per_param"] < 4.01
+
+    # A layout-1 file (one code per byte, no "packed") still reads.
+    v1 = dict(stored)
+    for name, m in layout["tensors"].items():
+        if m.get("packed") and m["kind"] == "float":
+            c = stored[name]
+            cols = m["shape"][-1]
+            v1[name] = np.stack([c & 15, c >> 4], axis=-1).reshape(c.shape[:-1] + (-1,))[..., :cols].astype(np.uint8)
+            del m["packed"], m["axis"]
+    layout["version"] = 1
+    write_st(tmp_path / "v1.safetensors", v1, {**meta, "quantdrift": json.dumps(layout)})
+    qd.dequantize_file(tmp_path / "v1.safetensors", tmp_path / "back1.safetensors")
+    assert (tmp_path / "back1.safetensors").read_bytes() == out.read_bytes()
+
+
 def test_sharded_set(tmp_path):
     t = model(2)
     names = list(t)

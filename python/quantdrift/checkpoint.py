@@ -52,7 +52,10 @@ __all__ = [
 
 PathLike = Union[str, "os.PathLike[str]"]
 METADATA_KEY = "quantdrift"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
+# Layouts this version reads: 1 stored float codes of ≤ 4-bit formats one per
+# byte; 2 packs them two per byte (``"packed": true``), as MX and NVFP4 do.
+_READ_VERSIONS = (1, 2)
 
 # safetensors dtype names <-> numpy's own dtypes
 _PLAIN_ST_DTYPES: Dict[str, np.dtype] = {
@@ -598,8 +601,15 @@ def _layout(name: str, dtype: str, shape: Tuple[int, ...], scheme: Scheme) -> Tu
     scale_name = f"{name}.__scale__"
     if scheme.kind == "float":
         fmt = get_format(scheme.fmt or "")
-        st = {"float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2"}.get(fmt.name, "U8" if fmt.bits <= 8 else "U16")
         meta.update(codes=name, scale=scale_name, format=fmt.name)
+        if fmt.bits <= 4:
+            # Two codes per byte along the last axis, low nibble first (as MX
+            # and NVFP4 store theirs): 4 bits per parameter, not 8.
+            meta.update(packed=True, axis=-1)
+            rows, cols = _matrix_shape(shape, scheme)
+            packed_shape = tuple(shape[:-1]) + ((cols + 1) // 2,) if shape else (1,)
+            return [_Out(name, "U8", packed_shape), _Out(scale_name, "F32", ())], meta
+        st = {"float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2"}.get(fmt.name, "U8" if fmt.bits <= 8 else "U16")
         return [_Out(name, st, shape), _Out(scale_name, "F32", ())], meta
     last = shape[-1] if shape else 1
     lead = shape[:-1] if shape else ()
@@ -857,9 +867,11 @@ def _encode_chunk(xc: np.ndarray, scheme: Scheme, meta: Dict[str, Any], state: D
         return codes, y
     if scheme.kind == "float":
         s = state["scale"]
-        codes = encode(xc.astype(np.float32) / s, meta["format"], device=device)
-        w.write(name, r0 * cols * codes.dtype.itemsize, codes)
-        return codes, decode(codes, meta["format"], device=device) * s
+        packed = bool(meta.get("packed"))
+        codes = encode(xc.astype(np.float32) / s, meta["format"], packed=packed, device=device)
+        w.write(name, r0 * codes.shape[1] * codes.dtype.itemsize, codes)
+        shape = xc.shape if packed else None
+        return codes, decode(codes, meta["format"], packed=packed, shape=shape, device=device) * s
     if scheme.kind == "mx":
         elem, packed = meta["element"], meta["packed"]
         codes, scales = mx_encode(xc, elem, packed=packed, device=device)
@@ -1264,7 +1276,7 @@ def _layout_of(ck: _Checkpoint, path: PathLike) -> Dict[str, Any]:
         raise CheckpointError(f"{path}: the quantdrift metadata is not valid JSON: {e}") from None
     if not isinstance(layout, dict) or not isinstance(layout.get("tensors"), dict):
         raise CheckpointError(f"{path}: the quantdrift metadata is not an object with a 'tensors' object")
-    if layout.get("version") != LAYOUT_VERSION:
+    if layout.get("version") not in _READ_VERSIONS:
         raise CheckpointError(f"{path}: unsupported quantdrift layout version {layout.get('version')!r}")
     for name, meta in layout["tensors"].items():
         if not isinstance(meta, dict):
@@ -1351,11 +1363,14 @@ def _decode_tensor(ck: _Checkpoint, name: str, meta: Dict[str, Any], w: _Writer,
             _decode_int(ck, name, meta, codes, scale, rows, cols, out_dt, w, device)
             return
         if kind == "float":
-            m = codes.reshape(rows, cols)
+            packed = bool(meta.get("packed"))
+            m = codes.reshape(rows, (cols + 1) // 2 if packed else cols)
             s = np.float32(scale.reshape(()))
             for r0, r1 in _row_chunks(rows, cols):
                 c = m[r0:r1].view(np.uint8) if m.dtype.itemsize == 1 else m[r0:r1].view(np.uint16)
-                w.write(name, r0 * cols * out_dt.itemsize, (decode(c, meta["format"], device=device) * s).astype(out_dt))
+                shape = (r1 - r0, cols) if packed else None
+                y = decode(c, meta["format"], packed=packed, shape=shape, device=device) * s
+                w.write(name, r0 * cols * out_dt.itemsize, y.astype(out_dt))
             return
         m = codes.reshape(rows, -1)
         sm = scale.reshape(rows, -1)
