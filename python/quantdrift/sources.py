@@ -748,8 +748,12 @@ def _open_topk(path: str, tensors: Dict[str, Any], meta: Dict[str, str], name: s
     src = _Topk(name, indices, logprobs, rest, vocab, mapped,
                 (ti["offset"], tl["offset"], optional["rest"]["offset"] if rest is not None else 0))
     if "tokens" in optional:
-        src.tokens = check_token_ids(_st_array(mapped, optional["tokens"], "tokens", name), vocab,
-                                     f"{name}: top-k tensor 'tokens'", error=FormatError)
+        try:
+            src.tokens = check_token_ids(_st_array(mapped, optional["tokens"], "tokens", name), vocab,
+                                         f"{name}: top-k tensor 'tokens'", error=FormatError)
+        except FormatError:
+            src.close()
+            raise
     if "positions" in optional:
         src.positions = np.asarray(_st_array(mapped, optional["positions"], "positions", name), dtype=np.int32)
     if "sequence_starts" in optional:
