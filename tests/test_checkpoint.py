@@ -690,3 +690,39 @@ def test_float64_round_trip_equals_fake_quantize_tensor(tmp_path):
     s = (np.abs(x).max(axis=1, keepdims=True) / 127).astype(np.float32).astype(np.float64)
     want = (np.clip(np.rint(x / s), -128, 127) * s).astype(np.float32).astype(np.float64)
     np.testing.assert_array_equal(checkpoint.fake_quantize_tensor(x, "int8"), want)
+
+
+def test_outputs_and_reports_get_the_umask_permissions(tmp_path):
+    import os
+
+    src = tmp_path / "m.safetensors"
+    write_st(src, {"w": np.ones((8, 16), np.float32)})
+    old = os.umask(0o022)
+    try:
+        qd.quantize_file(src, tmp_path / "q.safetensors", "int8", report=tmp_path / "r.csv", progress=False)
+        qd.dequantize_file(tmp_path / "q.safetensors", tmp_path / "back.safetensors", progress=False)
+    finally:
+        os.umask(old)
+    for name in ("q.safetensors", "r.csv", "back.safetensors"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_a_bad_report_path_fails_before_the_output_is_written(tmp_path):
+    src = tmp_path / "m.safetensors"
+    write_st(src, {"w": np.ones((8, 16), np.float32)})
+    dst = tmp_path / "q.safetensors"
+    with pytest.raises(FileNotFoundError, match="nodir") as e:
+        qd.quantize_file(src, dst, "int8", report=tmp_path / "nodir" / "r.json", progress=False)
+    assert ".tmp" not in str(e.value)
+    with pytest.raises(qd.InputError, match=r"r.txt must end in .json or .csv"):
+        qd.quantize_file(src, dst, "int8", report=tmp_path / "r.txt", progress=False)
+    assert not dst.exists()
+    # the report may not replace an input: the index, a shard it names, or the output
+    (tmp_path / "m.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "m.safetensors"}}))
+    index_text = (tmp_path / "m.safetensors.index.json").read_text()
+    (tmp_path / "link.json").symlink_to(src)  # links to an input count
+    for report in (tmp_path / "m.safetensors.index.json", tmp_path / "link.json"):
+        with pytest.raises(qd.InputError, match="inputs are never overwritten"):
+            qd.quantize_file(tmp_path / "m.safetensors.index.json", dst, "int8", report=report, progress=False)
+    assert (tmp_path / "m.safetensors.index.json").read_text() == index_text and not dst.exists()
+    assert read_st(src)[0]["w"].shape == (8, 16)

@@ -561,3 +561,87 @@ def test_cli_info_and_convert(tmp_path):
         bad = cli(*args)
         assert bad.returncode == 2, (args, bad.stderr)
         assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+
+
+def _raw_st(path, header, data=b""):
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+
+
+def test_safetensors_headers_that_lie_about_metadata_shape_or_offsets(tmp_path):
+    data = np.zeros((4, 5), np.float32).tobytes()
+    good = {"dtype": "F32", "shape": [4, 5], "data_offsets": [0, 80]}
+    cases = {
+        "meta": ({"__metadata__": "oops", "logits": good}, "__metadata__ is 'oops'"),
+        "metaint": ({"__metadata__": {"values": 1}, "logits": good}, "__metadata__ is"),
+        # (-4)·(-5)·4 = 80 matches the span; the product must not hide the signs
+        "neg": ({"logits": {**good, "shape": [-4, -5]}}, "shape [-4, -5]; dimensions must be non-negative"),
+        # 2**40·2**40 wraps to 0 in int64, which an empty span would match
+        "wrap": ({"logits": {**good, "shape": [2**40, 2**40], "data_offsets": [0, 0]}},
+                 f"needs {2**80 * 4} bytes, its offsets span 0"),
+        "negoff": ({"logits": {**good, "data_offsets": [-80, 0]}}, "invalid data_offsets [-80, 0]"),
+    }
+    for stem, (header, says) in cases.items():
+        path = tmp_path / f"{stem}.safetensors"
+        _raw_st(path, header, data)
+        with pytest.raises(qd.FormatError) as e:
+            qd.open_source(path)
+        assert str(path) in str(e.value) and says in str(e.value)
+        assert "truncated" not in str(e.value)
+
+
+def test_big_endian_npy_and_folder_arguments_get_their_own_messages(tmp_path):
+    np.save(tmp_path / "be.npy", np.zeros((2, 3), ">f4"))
+    with pytest.raises(qd.DtypeError, match="big-endian data"):
+        qd.open_source(tmp_path / "be.npy")
+    (tmp_path / "d").mkdir()
+    with pytest.raises(IsADirectoryError, match="tokens file d: is a folder"):
+        qd.sources.read_npy(tmp_path / "d", "tokens file d")
+
+
+def test_topk_writer_refuses_bad_token_ids_and_rows_without_a_distribution(tmp_path):
+    x = np.random.default_rng(0).standard_normal((6, 5)).astype(np.float32)
+    out = tmp_path / "k.safetensors"
+    with pytest.raises(qd.DtypeError, match=r"integer token ids, got dtype float64 \(row 1 holds 1\.5\)"):
+        qd.sources.write_topk(out, x, 2, tokens=np.array([0, 1.5, 2, 3, 4, 0]))
+    with pytest.raises(qd.InputError, match=r"id 9 at row 2 is outside the vocabulary \[0, 5\)"):
+        qd.sources.write_topk(out, x, 2, tokens=np.array([0, 1, 9, 3, 4, 0]))
+    for row, bad, says in ((4, np.nan, "has NaN at index 3"), (3, np.inf, "has \\+inf at index 3"),
+                           (2, -np.inf, "is -inf everywhere")):
+        y = x.copy()
+        if bad == -np.inf:
+            y[row] = bad
+        else:
+            y[row, 3] = bad
+        np.save(tmp_path / "y.npy", y)
+        with pytest.raises(qd.InputError, match=f"y.npy: row {row} {says}"):
+            qd.sources.write_topk(out, str(tmp_path / "y.npy"), 2)
+    assert not out.exists()
+
+
+def test_topk_dump_with_stored_ids_outside_the_vocabulary_fails_on_open(tmp_path):
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    path = tmp_path / "k.safetensors"
+    qd.sources.write_topk(path, x, 2, tokens=np.array([0, 1, 2]))
+    raw = bytearray(path.read_bytes())
+    n = struct.unpack("<Q", raw[:8])[0]
+    begin = json.loads(raw[8:8 + n])["tokens"]["data_offsets"][0]
+    raw[8 + n + begin + 4: 8 + n + begin + 8] = struct.pack("<i", 7)  # row 1's id
+    path.write_bytes(bytes(raw))
+    with pytest.raises(qd.FormatError, match=r"k.safetensors: top-k tensor 'tokens': id 7 at row 1 is outside"):
+        qd.open_source(path)
+
+
+def test_base_writer_names_the_source_row_of_a_bad_logit(tmp_path):
+    x = np.random.default_rng(0).standard_normal((40, 6)).astype(np.float32)
+    x[36, 3] = np.nan  # chunk 3 (n_ctx 10): scored positions 5..8, so the kernel's row 1
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "x.kld"
+    with pytest.raises(qd.InputError, match=r"x.npy: row 36 has NaN at index 3"):
+        qd.sources.write_llamacpp_base(out, str(tmp_path / "x.npy"), np.zeros(40, np.int32), 10)
+    assert not out.exists()
+    with LlamacppBaseWriter(out, np.zeros(40, np.int32), 10, 6) as w:  # rows counted across calls
+        w.write_chunk(x[:10])
+        with pytest.raises(qd.InputError, match=r"scored row 5 has NaN at index 3"):
+            w.write_rows(x[35:39])
+    assert not out.exists()

@@ -31,9 +31,7 @@ def atomic_path(path: PathLike) -> Iterator[str]:
         raise _naming(e, path, folder) from None
     os.close(fd)
     try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
+        os.chmod(tmp, new_file_mode())
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
         try:
@@ -47,6 +45,14 @@ def atomic_path(path: PathLike) -> Iterator[str]:
         if isinstance(e, OSError) and e.filename == tmp:
             raise _naming(e, path, folder) from None
         raise
+
+
+def new_file_mode() -> int:
+    """The permissions ``open`` gives a new file under the current umask
+    (0644 under umask 022); mkstemp's 0600 would hide outputs from others."""
+    mask = os.umask(0)  # the only way to read the umask is to set it
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _naming(error: OSError, path: str, folder: str) -> OSError:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._errors import QuantdriftError
+from ._errors import InputError, QuantdriftError
 from ._files import atomic_path
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -27,10 +27,28 @@ def _pyplot():
     return plt
 
 
+def check_format(path, flag: str = "plot") -> None:
+    """Refuses, before the work that leads to a figure, a file name whose
+    extension matplotlib cannot write (or any plot without matplotlib)."""
+    _pyplot()
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = os.fspath(path)
+    fmt = _format(path)
+    supported = FigureCanvasBase.get_supported_filetypes()
+    if fmt not in supported:
+        raise InputError(f"{flag} {path}: matplotlib cannot write .{fmt} files; use one of "
+                         f"{', '.join('.' + f for f in sorted(supported))}")
+
+
+def _format(path: str) -> str:
+    return os.path.splitext(path)[1].lstrip(".").lower() or "png"
+
+
 def save(fig, path) -> None:
     """Saves a figure atomically, in the format the file name's extension names."""
     path = os.fspath(path)
-    fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+    fmt = _format(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=fmt, dpi=120, bbox_inches="tight")
 

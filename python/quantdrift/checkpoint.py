@@ -35,6 +35,7 @@ import numpy as np
 from . import _core, gpu
 from ._arrays import is_bfloat16
 from ._errors import InputError, QuantdriftError
+from ._files import new_file_mode, write_text_atomic
 from .formats import FORMATS, get as get_format
 from .lowp import decode, encode, mx_decode, mx_encode, nvfp4_decode, nvfp4_encode
 from .quant import _code_type, _plan, _smallest_int, groups, per_axis, per_tensor
@@ -724,6 +725,7 @@ class _Writer:
         self.tmp = Path(tmp)
         self.fd = fd
         try:
+            os.fchmod(fd, new_file_mode())  # as any new file, not mkstemp's 0600
             os.write(fd, len(text).to_bytes(8, "little") + text)
             os.ftruncate(fd, self.total)
         except BaseException:
@@ -1078,26 +1080,8 @@ class QuantizeReport:
     def write(self, path: PathLike) -> None:
         """Writes JSON (``.json``) or CSV (``.csv``) by the file's suffix,
         atomically."""
-        p = Path(path)
-        if p.suffix.lower() == ".json":
-            text = self.to_json()
-        elif p.suffix.lower() == ".csv":
-            text = self.to_csv()
-        else:
-            raise InputError(f"report file {p} must end in .json or .csv")
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent.resolve()))
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, p)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        _check_report(path)
+        write_text_atomic(path, self.to_json() if Path(path).suffix.lower() == ".json" else self.to_csv())
 
 
 def _progress(total: int, desc: str, enabled: Optional[bool]):
@@ -1136,6 +1120,29 @@ def _check_paths(src: PathLike, dst: PathLike) -> Path:
     if not d.parent.exists():
         raise FileNotFoundError(f"destination folder {d.parent} does not exist")
     return d
+
+
+def _check_report(report: Optional[PathLike]) -> None:
+    """Refuses a report path that could only fail after the output is written."""
+    if report is None:
+        return
+    p = Path(report)
+    if p.suffix.lower() not in (".json", ".csv"):
+        raise InputError(f"report file {p} must end in .json or .csv")
+    if not p.parent.exists():
+        raise FileNotFoundError(f"report folder {p.parent} does not exist (report file {p})")
+    if p.is_dir():
+        raise IsADirectoryError(f"report file {p} is a folder")
+
+
+def _check_report_not_an_input(report: Optional[PathLike], ck: "_Checkpoint", src: PathLike, d: Path) -> None:
+    """Refuses a report path that names the source, its index's shards or the destination."""
+    if report is None or not Path(report).exists():
+        return
+    for what, f in [("the source", Path(src)), ("the destination", d)] + [
+            (f"{f.path.name}, a shard of the source {src}", f.path) for f in ck.files]:
+        if f.exists() and os.path.samefile(report, f):
+            raise InputError(f"report file {report} is {what}; inputs are never overwritten")
 
 
 def _check_not_a_shard(ck: "_Checkpoint", src: PathLike, d: Path) -> None:
@@ -1194,8 +1201,10 @@ def quantize_file(
     rec = Recipe.coerce(recipe)
     gpu.resolve(device, 0)  # a bad device fails before any file is opened
     d = _check_paths(src, dst)
+    _check_report(report)
     with _Checkpoint(src) as ck:
         _check_not_a_shard(ck, src, d)
+        _check_report_not_an_input(report, ck, src, d)
         outs: List[_Out] = []
         metas: Dict[str, Dict[str, Any]] = {}
         plan: List[Tuple[_Entry, Scheme, List[_Out]]] = []

@@ -10,9 +10,128 @@ import argparse
 import errno
 import os
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional, Tuple
 
 from ._errors import InputError, QuantdriftError
+
+
+# --- checks made before any work ----------------------------------------------
+
+
+def _input_files(path: Optional[str]) -> List[str]:
+    """The files a path argument reads: a folder's or glob's shards, a
+    sharded checkpoint's index and the shards it names, or the path itself."""
+    if not path:
+        return []
+    from .sources import shard_files
+
+    try:
+        files = shard_files(path)
+    except OSError:  # reported, by the command that opens it, in its own words
+        return [path]
+    if path.endswith(".json") and os.path.isfile(path):
+        import json
+
+        try:
+            with open(path, encoding="utf-8") as f:
+                weight_map = json.load(f).get("weight_map", {})
+            folder = os.path.dirname(path)
+            files += [os.path.join(folder, v) for v in set(weight_map.values()) if isinstance(v, str)]
+        except (OSError, ValueError, AttributeError):  # not an index: the command says what it is
+            pass
+    return files
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)  # links, bind mounts
+
+
+def _check_outputs(outputs: List[Tuple[str, Optional[str]]], inputs: List[Optional[str]]) -> None:
+    """Refuses, before any work, an output that would fail only at the end or
+    destroy an input: a missing folder, an existing folder, a plot format
+    matplotlib cannot write, a path that is an input (or another output).
+
+    Args:
+        outputs: (flag, path) pairs; a path of None was not asked for.
+        inputs: the input path arguments (folders and globs are expanded).
+    """
+    files = [f for path in inputs for f in _input_files(path)]
+    given = [(flag, path) for flag, path in outputs if path]
+    for i, (flag, path) in enumerate(given):
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(errno.ENOENT, f"{flag}: the folder {folder} does not exist", path)
+        if os.path.isdir(path):
+            raise IsADirectoryError(errno.EISDIR, f"{flag}: is a folder; give a file name", path)
+        for f in files:
+            if _same_file(path, f):
+                raise InputError(f"{flag} {path} is the input {f}; inputs are never overwritten")
+        for other_flag, other in given[:i]:
+            if _same_file(path, other):
+                raise InputError(f"{flag} and {other_flag} name the same file {path}")
+        if flag == "--plot":
+            from ._plots import check_format
+
+            check_format(path, flag)
+
+
+def _open(path: str, flag: str, **kwargs: Any) -> Any:
+    """open_source, with the library's ``tensor=`` hint given as the command's flag."""
+    from .sources import open_source
+
+    try:
+        return open_source(path, **kwargs)
+    except InputError as e:
+        if str(e).endswith("choose one with tensor="):
+            raise InputError(f"{str(e)[:-len('tensor=')]}{flag}") from None
+        raise
+
+
+def _read_lines(path: str, flag: str) -> List[str]:
+    """The non-empty lines of a UTF-8 text file given by ``flag``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError as e:
+        raise InputError(f"{flag} file {path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+
+
+def _load_matrix(path: str) -> Tuple[Any, Optional[List[str]]]:
+    """llv.load_loglik, with a bad file reported by name: numpy's and pickle's
+    own errors (EOFError, UnpicklingError...) say neither which file nor that
+    it is the input's fault."""
+    from .llv import load_loglik
+
+    if path.lower().endswith(".npy"):
+        from ._errors import ShapeError
+        from .sources import read_npy
+
+        L = read_npy(path, f"matrix {path}")  # magic, header, size and no pickles checked
+        if L.ndim != 2:
+            raise ShapeError(f"{path}: expected a 2-D models × texts matrix, got shape {L.shape}")
+        return L, None
+    try:
+        return load_loglik(path)
+    except (QuantdriftError, OSError):
+        raise
+    except Exception as e:  # noqa: BLE001 - pickle.load raises whatever the bytes make it raise
+        raise InputError(f"{path}: cannot read the log-likelihood matrix: {type(e).__name__}: {e}") from None
+
+
+def _text_bytes(path: Optional[str]) -> Any:
+    if not path:
+        return None
+    import numpy as np
+
+    try:
+        return np.loadtxt(path, ndmin=1)
+    except ValueError as e:
+        raise InputError(f"--text-bytes file {path}: not one number per line ({e})") from None
+
+
+# --- commands ---------------------------------------------------------------
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -27,9 +146,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     """Prints what a logit file (or folder/glob of shards) holds."""
-    from .sources import open_source
-
-    with open_source(args.file, dtype=args.dtype, tensor=args.tensor) as src:
+    with _open(args.file, "--tensor", dtype=args.dtype, tensor=args.tensor) as src:
         for key, value in src.info().items():
             print(f"{key + ':':<18}{value}")
     return 0
@@ -40,16 +157,15 @@ def _map(args: argparse.Namespace) -> int:
     import json
 
     from ._files import atomic_path
-    from .llv import ModelMap, load_loglik
+    from .llv import ModelMap
 
-    L, names = load_loglik(args.matrix)
+    if args.nearest < 0:
+        raise InputError(f"--nearest must be >= 0, got {args.nearest}")
+    _check_outputs([("--json", args.json), ("--plot", args.plot)], [args.matrix, args.names, args.text_bytes])
+    L, names = _load_matrix(args.matrix)
     if args.names:
-        names = [line.strip() for line in open(args.names, encoding="utf-8") if line.strip()]
-    text_bytes = None
-    if args.text_bytes:
-        import numpy as np
-
-        text_bytes = np.loadtxt(args.text_bytes, ndmin=1)
+        names = _read_lines(args.names, "--names")
+    text_bytes = _text_bytes(args.text_bytes)
     m = ModelMap(L, names=names, text_bytes=text_bytes, clip=args.clip)
     unit = "bpb" if text_bytes is not None else "nats"
     print(f"{m.shape[0]} models x {m.shape[1]} texts; KL estimates in {'bits/byte' if unit == 'bpb' else 'nats/text'}")
@@ -72,12 +188,22 @@ def _trajectory(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ._files import atomic_path
-    from .llv import Trajectory, load_loglik
+    from .llv import Trajectory
 
-    L, _ = load_loglik(args.matrix)
-    steps = np.load(args.steps) if args.steps.endswith(".npy") else np.array(
-        [float(x) for x in args.steps.split(",")])
-    text_bytes = np.loadtxt(args.text_bytes, ndmin=1) if args.text_bytes else None
+    steps_file = args.steps if args.steps.endswith(".npy") else None
+    _check_outputs([("--json", args.json), ("--plot", args.plot)],
+                   [args.matrix, steps_file, args.text_bytes, *(args.weights or [])])
+    L, _ = _load_matrix(args.matrix)
+    if steps_file:
+        from .sources import read_npy
+
+        steps = read_npy(steps_file, f"--steps file {steps_file}")
+    else:
+        try:
+            steps = np.array([float(x) for x in args.steps.split(",")])
+        except ValueError:
+            raise InputError(f"--steps must be a .npy file or comma-separated numbers, got {args.steps!r}") from None
+    text_bytes = _text_bytes(args.text_bytes)
     traj = Trajectory(steps, L, weights=args.weights or None, text_bytes=text_bytes, clip=args.clip)
     unit = "bpb" if text_bytes is not None else "nats"
     fit = traj.fit(unit)
@@ -105,16 +231,21 @@ def _convert(args: argparse.Namespace) -> int:
     """Converts logits between formats (e.g. .npy + token ids -> llama.cpp base file)."""
     from . import sources
 
+    _check_outputs([("DST", args.dst)], [args.src, args.tokens])
     to = args.to or {".npy": "npy", ".safetensors": "safetensors"}.get(args.dst[args.dst.rfind("."):])
     if to is None:
         raise ValueError(f"cannot tell the output format from {args.dst!r}; give --to llamacpp|npy|safetensors|topk")
-    with sources.open_source(args.src, dtype=args.dtype, tensor=args.tensor) as src:
-        tokens = None if args.tokens is None else sources.read_npy(args.tokens, f"--tokens file {args.tokens}")
+    with _open(args.src, "--tensor", dtype=args.dtype, tensor=args.tensor) as src:
+        what = f"--tokens file {args.tokens}"
+        tokens = None if args.tokens is None else sources.read_npy(args.tokens, what)
         if to == "llamacpp":
             if tokens is None:
                 raise ValueError("--to llamacpp needs --tokens F (a .npy of the text's token ids)")
+            tokens = sources.check_token_ids(tokens, src.vocab, what, unit="index")
             sources.write_llamacpp_base(args.dst, src, tokens, args.n_ctx)
         elif to == "topk":
+            if tokens is not None:
+                tokens = sources.check_token_ids(tokens, src.vocab, what)
             sources.write_topk(args.dst, src, args.k, tokens=tokens)
         else:
             getattr(sources, f"write_{to}")(args.dst, src)
@@ -127,18 +258,21 @@ def _compare(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .compare import compare
-    from .sources import open_source
 
-    # A missing output folder is found before the comparison, not after it.
-    for flag, path in (("--json", args.json), ("--plot", args.plot), ("--columns", args.columns)):
-        folder = os.path.dirname(os.path.abspath(path)) if path else None
-        if folder is not None and not os.path.isdir(folder):
-            raise FileNotFoundError(errno.ENOENT, f"{flag}: the folder {folder} does not exist", path)
+    # Output paths are checked before the comparison, not after it.
+    _check_outputs([("--json", args.json), ("--plot", args.plot), ("--columns", args.columns)],
+                   [args.base, args.other, args.tokens, args.mask])
+    try:
+        topk = tuple(int(k) for k in (args.topk or "1,5").split(","))
+    except ValueError:
+        raise InputError(f"--topk must be comma-separated integers, e.g. 1,5; got {args.topk!r}") from None
+    if args.worst < 0:
+        raise InputError(f"--worst must be >= 0, got {args.worst}")
     opts = dict(
         sequences=args.sequences,
         prompt_lengths=args.prompt_length,
         metrics=tuple(args.metrics.split(",")),
-        topk=tuple(int(k) for k in args.topk.split(",")),
+        topk=topk,
         temperature=args.temperature,
         chunk_bytes=int(args.chunk_mb * 1024 * 1024),
         worst=args.worst,
@@ -152,8 +286,10 @@ def _compare(args: argparse.Namespace) -> int:
         with _distributed().Client(args.scheduler) as client:
             report = compare_shards(shard_pairs(args.base, args.other), client, **opts)
     else:
-        base = open_source(args.base, tensor=args.base_tensor, dtype=args.base_dtype)
-        other = open_source(args.other, tensor=args.other_tensor, dtype=args.other_dtype)
+        base = _open(args.base, "--base-tensor", tensor=args.base_tensor, dtype=args.base_dtype)
+        other = _open(args.other, "--other-tensor", tensor=args.other_tensor, dtype=args.other_dtype)
+        if args.topk and max(topk) > base.vocab:  # the default 1,5 stays usable on a tiny vocabulary
+            raise InputError(f"--topk {max(topk)} exceeds the vocabulary of {base.vocab} ({base.name})")
         # paths, not arrays: compare checks the files and names them in errors
         report = compare(base, other, tokens=args.tokens, mask=args.mask, progress=not args.no_progress,
                          device=args.device, **opts)
@@ -175,8 +311,14 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from .checkpoint import quantize_file
+    from .checkpoint import _check_report, quantize_file
 
+    # DST == SRC (or a shard) is refused by quantize_file; --report is checked here too,
+    # since with --scheduler nothing else sees it before the set is written.
+    outputs = [("--report", args.report)] + ([] if args.scheduler else [("DST", args.dst)])
+    recipe = args.recipe if args.recipe and os.path.isfile(args.recipe) else None
+    _check_outputs(outputs, [args.src, recipe])
+    _check_report(args.report)
     if args.scheduler:
         if args.device != "cpu":
             raise InputError("--device applies to a local run; with --scheduler the workers use their CPUs")
@@ -274,7 +416,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--sequences", type=int, help="rows per sequence (for per-sequence sums and positions)")
     cmp.add_argument("--prompt-length", type=int, help="context tokens per sequence that are not scored")
     cmp.add_argument("--metrics", default="kl,js", help="shown metrics: kl,reverse_kl,js (default kl,js)")
-    cmp.add_argument("--topk", default="1,5", help="top-k overlap sizes (default 1,5)")
+    cmp.add_argument("--topk", help="top-k overlap sizes, each at most the vocabulary (default 1,5)")
     cmp.add_argument("--temperature", type=float, default=1.0)
     cmp.add_argument("--chunk-mb", type=float, default=512, help="memory budget per read step, MB (default 512)")
     cmp.add_argument("--worst", type=int, default=10, help="list the N tokens with the largest KL")

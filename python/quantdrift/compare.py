@@ -53,7 +53,8 @@ def compare(
     Options:
 
     * ``tokens``: the actual next token of every row (int array or ``.npy``
-      path); taken from a llama.cpp base file when it has them. Enables PPL,
+      path); taken from a llama.cpp base file when it has them (given ids
+      that differ from a file's stored ones are refused). Enables PPL,
       Δp and the NLL columns.
     * ``sequences``: sequence lengths in rows (an int array summing to the
       row count, or one int for equal lengths); 3-D arrays, llama.cpp files
@@ -91,6 +92,8 @@ def compare(
         raise InputError(f"topk sizes must be >= 1, got {list(topk)}")
     if not (isinstance(chunk_bytes, (int, np.integer)) and chunk_bytes > 0):
         raise InputError(f"chunk_bytes must be a positive int, got {chunk_bytes!r}")
+    if int(worst) < 0:
+        raise InputError(f"worst must be >= 0 (tokens listed), got {worst}")
 
     b = open_source(base, dtype=base_dtype, name=_name(base, "base"))
     o = open_source(other, dtype=other_dtype, name=_name(other, "other"))
@@ -231,6 +234,14 @@ def _tokens(tokens: Any, b: LogitSource, o: LogitSource, n: int) -> Optional[np.
     if arr.size and (arr.min() < 0 or arr.max() >= b.vocab):
         bad = int(np.flatnonzero((arr < 0) | (arr >= b.vocab))[0])
         raise InputError(f"{what}: id {int(arr[bad])} at row {bad} is outside the vocabulary of {b.vocab}")
+    for src in (b, o):
+        # as check_pair does for two files: ids that disagree mean different texts
+        stored = getattr(src, "tokens", None)
+        if stored is not None and not np.array_equal(stored, arr):
+            row = int(np.flatnonzero(np.asarray(stored) != arr)[0])
+            raise InputError(f"token mismatch: row {row} predicts token {int(arr[row])} in {what} but "
+                             f"{int(stored[row])} in {src.name}, which stores its token ids; leave tokens out "
+                             "to use the stored ones")
     return np.ascontiguousarray(arr, dtype=np.int32)
 
 

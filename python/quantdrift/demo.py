@@ -17,6 +17,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ._errors import InputError
 from ._files import write_text_atomic
 
 #: Schemes the demo runs, in the order printed.
@@ -80,6 +81,10 @@ def run(schemes: Sequence[str] = SCHEMES, *, chars: int = 8000, plot: Optional[s
 
     started = time.perf_counter()
     model = load_model()
+    if chars <= model.context:
+        # the first `context` characters only feed the model: fewer leave nothing to score
+        raise InputError(f"chars must be at least {model.context + 1} (the model reads {model.context} "
+                         f"characters of context before it scores one), got {chars}")
     ids = model.encode(heldout_text(chars))
     reference = model.logits(ids)
     targets = model.targets(ids)

@@ -25,8 +25,10 @@ Writers (all atomic: a temporary file in the same folder, fsync, rename):
 
 from __future__ import annotations
 
+import errno
 import glob as _glob
 import json
+import math
 import mmap
 import os
 import struct
@@ -44,6 +46,7 @@ __all__ = [
     "open_source",
     "LogitSource",
     "check_pair",
+    "check_token_ids",
     "write_llamacpp_base",
     "LlamacppBaseWriter",
     "write_topk",
@@ -524,6 +527,9 @@ def _dense(arr: np.ndarray, dtype: Optional[str], values: str, name: str, fmt: s
            mapped: Optional[_Mapped] = None, offset: int = 0) -> LogitSource:
     """A dense source over a 2-D or 3-D array, naming its dtype."""
     have = arr.dtype
+    if have.byteorder == ">":  # before the dtype checks: dtype('>f4') != np.float32
+        raise DtypeError(f"{name}: big-endian data ({have}) is not supported; convert it to little-endian "
+                         f"(e.g. arr.astype('{have.newbyteorder('<').str}'))")
     if have == np.float32 or have == np.float64 or have == np.float16 or is_bfloat16(have):
         stored = "bfloat16" if is_bfloat16(have) else have.name
         if dtype is not None and dtype != stored:
@@ -549,8 +555,6 @@ def _dense(arr: np.ndarray, dtype: Optional[str], values: str, name: str, fmt: s
         data = data.view(np.uint16)
     elif kind == "float16" and data.dtype != np.float16:
         data = data.view(np.float16)
-    if data.dtype.byteorder == ">":
-        raise DtypeError(f"{name}: big-endian data ({arr.dtype}) is not supported")
     return _Dense(data, kind, values, name, fmt, shape, mapped, offset)
 
 
@@ -603,13 +607,16 @@ def read_npy(path: PathLike, name: str) -> np.ndarray:
             (e.g. ``"tokens file next.npy"``).
 
     Raises:
-        FileNotFoundError: no such file (the message names ``name``).
+        FileNotFoundError: no such file (the message names ``name``);
+            IsADirectoryError for a folder.
         FormatError: bad magic, a corrupt header, a size the header disagrees with.
         DtypeError: an object (pickled) array.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, f"{name}: is a folder, not a .npy file", path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(2, f"{name}: no such file", path)
+        raise FileNotFoundError(errno.ENOENT, f"{name}: no such file", path)
     shape, fortran, descr, offset = _npy_header(path, name)
     if descr.hasobject:
         raise DtypeError(f"{name}: holds pickled Python objects (dtype {descr}), which quantdrift does not load")
@@ -637,7 +644,12 @@ def _read_safetensors_header(path: str, name: str) -> Tuple[Dict[str, Any], Dict
             raise ValueError("the header is not a JSON object")
     except (ValueError, UnicodeDecodeError) as e:
         raise FormatError(f"{name}: corrupt safetensors header: {e}") from None
-    meta = header.pop("__metadata__", None) or {}
+    meta = header.pop("__metadata__", None)
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise FormatError(f"{name}: corrupt safetensors header: __metadata__ is {meta!r}; "
+                          "it must be an object of string to string")
     base = 8 + n
     tensors = {}
     for key, t in header.items():
@@ -647,11 +659,19 @@ def _read_safetensors_header(path: str, name: str) -> Tuple[Dict[str, Any], Dict
         except (KeyError, TypeError, ValueError):
             raise FormatError(f"{name}: corrupt safetensors header: tensor {key!r} needs dtype, shape "
                               f"and data_offsets, got {t!r}") from None
+        if any(s < 0 for s in shape):
+            raise FormatError(f"{name}: corrupt safetensors header: tensor {key!r} has shape {shape}; "
+                              "dimensions must be non-negative")
+        if begin < 0 or end < begin:
+            raise FormatError(f"{name}: corrupt safetensors header: tensor {key!r} has invalid "
+                              f"data_offsets [{begin}, {end}]; they must be 0 <= begin <= end")
         itemsize = _ST_DTYPES[st_dtype][0].itemsize if st_dtype in _ST_DTYPES else None
-        if itemsize is not None and end - begin != int(np.prod(shape, dtype=np.int64)) * itemsize:
+        # Python ints: an int64 product of huge dimensions wraps (2**40 * 2**40 -> 0)
+        nbytes = math.prod(shape) * itemsize if itemsize is not None else None
+        if nbytes is not None and end - begin != nbytes:
             raise FormatError(f"{name}: corrupt safetensors header: tensor {key!r} of shape {shape} "
-                              f"{st_dtype} needs {int(np.prod(shape)) * itemsize} bytes, its offsets span {end - begin}")
-        if begin < 0 or end < begin or base + end > size:
+                              f"{st_dtype} needs {nbytes} bytes, its offsets span {end - begin}")
+        if base + end > size:
             raise FormatError(f"{name}: truncated: tensor {key!r} ends at byte {base + end}, "
                               f"the file has {size}")
         tensors[key] = {"dtype": st_dtype, "shape": tuple(shape), "offset": base + begin}
@@ -728,7 +748,12 @@ def _open_topk(path: str, tensors: Dict[str, Any], meta: Dict[str, str], name: s
     src = _Topk(name, indices, logprobs, rest, vocab, mapped,
                 (ti["offset"], tl["offset"], optional["rest"]["offset"] if rest is not None else 0))
     if "tokens" in optional:
-        src.tokens = np.asarray(_st_array(mapped, optional["tokens"], "tokens", name), dtype=np.int32)
+        try:
+            src.tokens = check_token_ids(_st_array(mapped, optional["tokens"], "tokens", name), vocab,
+                                         f"{name}: top-k tensor 'tokens'", error=FormatError)
+        except FormatError:
+            src.close()
+            raise
     if "positions" in optional:
         src.positions = np.asarray(_st_array(mapped, optional["positions"], "positions", name), dtype=np.int32)
     if "sequence_starts" in optional:
@@ -788,6 +813,47 @@ def check_pair(base: LogitSource, other: LogitSource) -> None:
 # ---------------------------------------------------------------------------
 # Writers
 # ---------------------------------------------------------------------------
+
+
+def check_token_ids(tokens: Any, vocab: int, what: str = "tokens", *, unit: str = "row",
+                    error: type = InputError) -> np.ndarray:
+    """``tokens`` flattened to int32 once they are known to be integer ids in
+    ``[0, vocab)``; otherwise ``error`` (DtypeError for a non-integer dtype)
+    naming ``what`` and the first bad ``unit`` (``"row"``, ``"index"``)."""
+    tok = np.asarray(tokens)
+    if tok.dtype.kind not in "iu":
+        flat = tok.reshape(-1)
+        where = ""
+        if tok.dtype.kind == "f" and flat.size:
+            # float ids would be truncated silently: say where the first fraction is
+            frac = np.flatnonzero(flat != np.trunc(flat))
+            if frac.size:
+                where = f" ({unit} {int(frac[0])} holds {float(flat[frac[0]])!r})"
+        raise DtypeError(f"{what} must be integer token ids, got dtype {tok.dtype}{where}")
+    tok = tok.reshape(-1)
+    if tok.size and (tok.min() < 0 or tok.max() >= vocab):
+        bad = int(np.flatnonzero((tok < 0) | (tok >= vocab))[0])
+        raise error(f"{what}: id {int(tok[bad])} at {unit} {bad} is outside the vocabulary [0, {vocab})")
+    return tok.astype(np.int32)
+
+
+def _bad_row(scores: np.ndarray) -> Optional[Tuple[int, str]]:
+    """The first row of float scores [rows, vocab] that holds no distribution
+    (NaN, +inf, or −inf everywhere) and what is wrong with it, else None."""
+    if scores.size == 0:
+        return None
+    with np.errstate(invalid="ignore"):
+        top = np.max(scores, axis=1)  # NaN propagates, so one pass finds all three
+    bad = np.flatnonzero(~np.isfinite(top))
+    if not bad.size:
+        return None
+    row = int(bad[0])
+    x = scores[row]
+    if np.isnan(x).any():
+        return row, f"has NaN at index {int(np.flatnonzero(np.isnan(x))[0])}"
+    if (x == np.inf).any():
+        return row, f"has +inf at index {int(np.flatnonzero(x == np.inf)[0])}"
+    return row, "is -inf everywhere: no distribution to store"
 
 
 def _block_rows(source: LogitSource, itemsize: int = 4) -> int:
@@ -876,7 +942,15 @@ class LlamacppBaseWriter:
                                  f"{self.n_rows} ({self.n_chunk} chunks × {self.rows_per_chunk})")
             src = _dense(arr, None, "logits", "logits", "array")
             x, x16 = _kernel_input(np.ascontiguousarray(src.block(0, src.n_rows)), src.dtype)
-            packed = _core.llamacpp_encode(x, gap=self.gap, logits16=x16)
+            try:
+                packed = _core.llamacpp_encode(x, gap=self.gap, logits16=x16)
+            except ValueError:
+                # the kernel counts rows within this call; name the row among all rows written
+                bad = _bad_row(_dense_f32(src, src.block(0, src.n_rows)))
+                if bad is None:
+                    raise
+                raise InputError(f"{self.path}: scored row {self.written + bad[0]} {bad[1]}; "
+                                 "a base file needs finite logits (or -inf)") from None
             self._file.write(packed.astype("<u2", copy=False).tobytes())
             self.written += arr.shape[0]
         except BaseException as e:
@@ -963,7 +1037,15 @@ def write_llamacpp_base(path: PathLike, logits: Any, tokens: Any, n_ctx: Optiona
         for c in range(w.n_chunk):
             src.prefetch(c * stride + lo, c * stride + hi)
             block = src.block(c * stride + lo, c * stride + hi)
-            w.write_rows(block.view(bfloat16()) if src.dtype == "bfloat16" else block)
+            try:
+                w.write_rows(block.view(bfloat16()) if src.dtype == "bfloat16" else block)
+            except InputError:
+                # name the row as the source numbers it: the writer counts scored rows only
+                bad = _bad_row(_dense_f32(src, block))
+                if bad is None:
+                    raise
+                raise InputError(f"{src.name}: row {c * stride + lo + bad[0]} {bad[1]}; "
+                                 "a base file needs finite logits (or -inf)") from None
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -989,7 +1071,13 @@ def write_topk(path: PathLike, source: Any, k: int, *, rest: bool = True, tokens
         source: anything :func:`open_source` takes, dense or llama.cpp.
         k: entries kept per row, 1 ≤ k ≤ vocab.
         rest: store the remaining mass (default True).
-        tokens: int token ids [rows] to store (default: the source's).
+        tokens: int token ids [rows] to store, each in ``[0, vocab)``
+            (default: the source's).
+
+    Raises:
+        InputError: a row with NaN or +inf, or −inf everywhere (naming the
+            source's row); a token id outside the vocabulary. DtypeError:
+            tokens that are not integers.
         dtype: what uint16 data holds, as in :func:`open_source`.
     """
     src = open_source(source, dtype=dtype)
@@ -999,7 +1087,7 @@ def write_topk(path: PathLike, source: Any, k: int, *, rest: bool = True, tokens
     if not 1 <= k <= src.vocab:
         raise InputError(f"k must be in [1, {src.vocab}] (the vocabulary), got {k}")
     rows = src.n_rows
-    tok = src.tokens if tokens is None else np.asarray(tokens).reshape(-1)
+    tok = src.tokens if tokens is None else check_token_ids(tokens, src.vocab)
     if tok is not None and tok.size != rows:
         raise ShapeError(f"tokens has {tok.size} entries, {src.name} has {rows} rows")
     tensors: List[Tuple[str, str, Tuple[int, ...]]] = [("indices", "int32", (rows, k)), ("logprobs", "float32", (rows, k))]
@@ -1019,6 +1107,10 @@ def write_topk(path: PathLike, source: Any, k: int, *, rest: bool = True, tokens
             stop = min(rows, start + step)
             src.prefetch(stop, min(rows, stop + step))
             x = _dense_f32(src, src.block(start, stop))
+            bad = _bad_row(x)
+            if bad is not None:  # it would be stored as NaN log-probs, found only when compared
+                raise InputError(f"{src.name}: row {start + bad[0]} {bad[1]}; a top-k dump needs "
+                                 "finite scores (or -inf)")
             logp = x.astype(np.float64) if src.layout == "llamacpp" or src.values == "logprobs" else _log_softmax(x)
             idx = np.argpartition(-logp, k - 1, axis=1)[:, :k] if k < src.vocab else np.tile(
                 np.arange(src.vocab), (stop - start, 1))
