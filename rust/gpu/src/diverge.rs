@@ -1,6 +1,7 @@
 //! Divergence row kernels on the GPU: the twin of
 //! [`quantdrift_core::diverge::divergence_rows`], with the same options,
-//! the same errors, and values within 1e-5 relative of the CPU's.
+//! the same errors, and values within 1e-5 relative (1e-7 absolute) of the
+//! CPU's.
 //!
 //! One workgroup computes one row pair (`shaders/diverge.wgsl`): a scan
 //! pass (maxima, NaN/+inf and support flags, probability sums), then the
@@ -73,7 +74,7 @@ struct Params {
 /// One divergence value per row, in nats, computed on the GPU: the same
 /// contract as [`quantdrift_core::diverge::divergence_rows`] (same
 /// errors, naming the same first invalid row; values within 1e-5
-/// relative). See the module docs for the rows that the host computes.
+/// relative or 1e-7 absolute). See the module docs for the rows that the host computes.
 ///
 /// ```no_run
 /// use quantdrift_core::{diverge::*, Rows};
