@@ -117,6 +117,53 @@ fn identical_rows_give_zero() {
 }
 
 #[test]
+fn rows_whose_shifted_scores_overflow_float32_take_the_reference() {
+    // (q − max q)/τ below −f32::MAX for finite q: the kernels must not read
+    // the overflowed −inf as Q = 0 (or P = 0), or sum w·b past f32::MAX.
+    let big = 3e38f32;
+    let kinds = KINDS.iter().copied().chain(
+        [1e-6, 1e-3, 0.3, 0.999, 1.001, 3.0, 50.0]
+            .iter()
+            .map(|&alpha| Kind::Renyi(alpha)),
+    );
+    let p = [big, -big, 0.0, f32::NEG_INFINITY];
+    let q = [-big, big, 1.0, f32::NEG_INFINITY];
+    let mut rng = StdRng::seed_from_u64(5);
+    let wide_p: Vec<f32> = (0..600)
+        .map(|_| (rng.random::<f32>() - 0.5) * 2e37)
+        .collect();
+    let wide_q: Vec<f32> = wide_p.iter().map(|x| x * 0.9 + 1e35).collect();
+    for kind in kinds {
+        check(kind, &p, &q, 4, 1.0);
+        check(kind, &q, &p, 4, 1.0);
+        check(kind, &wide_p, &wide_q, 600, 0.01);
+        check(kind, &wide_p, &wide_q, 300, 0.5);
+    }
+    // By hand: P = (1, 0, 0, 0) and Q = (e^(−6e38), 1, e^(1−3e38), 0) to
+    // float64 precision, so H(P, Q) = −ln Q₀ = 2·big (the rest of ln Σ e^q
+    // is below its ulp), χ² ≥ P₀²/Q₀ − 1 = +inf, and P, Q are disjoint in
+    // effect: TV = 1, JS = ln 2, squared Hellinger = 2.
+    let two_big = 2.0 * big as f64;
+    for (kind, want) in [
+        (Kind::CrossEntropy, two_big),
+        (Kind::Kl, two_big),
+        (Kind::Chi2, f64::INFINITY),
+        (Kind::Tv, 1.0),
+        (Kind::Js, std::f64::consts::LN_2),
+        (Kind::Hellinger, 2.0),
+    ] {
+        let opts = Options {
+            kind,
+            inputs: Inputs::Logits,
+            temperature: 1.0,
+        };
+        let rows = (Rows::new_f32(&p, 4).unwrap(), Rows::new_f32(&q, 4).unwrap());
+        let got = divergence_rows(rows.0, Some(rows.1), &opts).unwrap()[0];
+        assert!(close(got, want), "{kind:?}: {got:e}, by hand {want:e}");
+    }
+}
+
+#[test]
 fn support_violations_are_infinite() {
     let p = [0.0f32, 0.0, 0.0];
     let q = [0.0f32, f32::NEG_INFINITY, 0.0];

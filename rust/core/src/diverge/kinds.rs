@@ -358,7 +358,7 @@ impl Evaluate for CrossEntropy {
             totals.add(2, &wbs);
         }
         let [sp, sq, swb] = totals.finish();
-        Some(finish::cross_entropy(sp, sq, swb))
+        finish::cross_entropy(sp, sq, swb)
     }
 }
 
