@@ -157,6 +157,27 @@ def test_renyi_keeps_its_digits_for_near_equal_models_and_orders_near_0_and_1(al
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-11)
 
 
+def wide_rows():
+    """8 × 4096 logits of std 30 on both sides: much of Q's mass lies where
+    P underflows float32 (an audit's rows, drawn as it drew them)."""
+    rng = np.random.default_rng(1)
+    p = rng.standard_normal((64, 4096)).astype(np.float32) * 3
+    rng.standard_normal(p.shape)
+    rng.standard_normal(p.shape)
+    p = (p * 10)[:8]
+    q = (rng.standard_normal((64, 4096)).astype(np.float32) * 30)[:8]
+    return p, q
+
+
+@pytest.mark.parametrize("alpha", [1e-6, 1e-5, 1e-4])
+def test_renyi_of_a_tiny_order_keeps_its_digits_where_p_underflows(alpha):
+    p, q = wide_rows()
+    got = qd.divergence(p, q, "renyi", alpha=alpha)
+    want = np.array([renyi_exact(p[r].astype(np.float64), q[r].astype(np.float64), alpha) for r in range(len(p))])
+    # values ~α·KL(Q‖P) ~ 1e-4 at α = 1e-6: the relative bar alone
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=0)
+
+
 # Rows whose shifted scores (x − max x)/T overflow float32 while x is finite.
 OVERFLOWING = [
     (np.array([[3e38, -3e38, 0.0]]), np.array([[-3e38, 3e38, 1.0]]), 1.0),

@@ -25,6 +25,8 @@ from test_divergence import (
     SCALES,
     VOCABS,
     make_rows,
+    renyi_exact,
+    wide_rows,
 )
 
 
@@ -227,3 +229,11 @@ def test_scores_whose_shift_overflows_float32_take_the_reference_as_on_the_cpu(g
             np.testing.assert_array_equal(got, cpu, err_msg=f"{kind} {alpha} T={t}")
             np.testing.assert_array_equal(got, want, err_msg=f"{kind} {alpha} T={t}")
 
+
+def test_renyi_of_a_tiny_order_on_wide_logits(gpu):
+    p, q = wide_rows()
+    for alpha in (1e-6, 1e-4):
+        got, cpu = both(p, q, "renyi", alpha=alpha)
+        want = np.array([renyi_exact(p[r].astype(np.float64), q[r].astype(np.float64), alpha) for r in range(len(p))])
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=0, err_msg=f"alpha={alpha}")
+        np.testing.assert_allclose(got, cpu, rtol=RTOL, atol=0, err_msg=f"alpha={alpha}")

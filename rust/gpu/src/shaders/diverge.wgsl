@@ -517,9 +517,18 @@ fn term(kind: u32, a: f32, b: f32, w: f32, v: f32, n: Norm) -> f32 {
             let beta = params.beta;
             let y = b - a + n.log_ratio_shift; // ln(Q/P)
             let bracket = renyi_bracket(y);
-            let log_q = b - (n.log_sp - n.log_ratio_shift);
-            var tiny = qd_exp(params.alpha * (a - n.log_sp) + beta * log_q) - beta * qq;
-            tiny = select(tiny, -beta * qq, is_neg_inf(a));
+            // Where P underflowed: P^α·Q^β − βQ, for α ≤ ½ in the bracket's
+            // α-form Q·(e^(−αy) − 1) + αQ, which keeps its digits as α → 0
+            // (kinds.rs, Renyi::term).
+            var tiny: f32;
+            if params.small_alpha == 1u {
+                let scaled = qq * qd_expm1(-params.alpha * y) + params.alpha * qq;
+                tiny = select(0.0, scaled, qq > 0.0);
+            } else {
+                let log_q = b - (n.log_sp - n.log_ratio_shift);
+                tiny = qd_exp(params.alpha * (a - n.log_sp) + beta * log_q) - beta * qq;
+                tiny = select(tiny, -beta * qq, is_neg_inf(a));
+            }
             return select(tiny, pp * bracket, w > 0.0);
         }
     }
