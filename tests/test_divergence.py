@@ -157,6 +157,58 @@ def test_renyi_keeps_its_digits_for_near_equal_models_and_orders_near_0_and_1(al
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-11)
 
 
+def wide_rows():
+    """8 × 4096 logits of std 30 on both sides: much of Q's mass lies where
+    P underflows float32 (an audit's rows, drawn as it drew them)."""
+    rng = np.random.default_rng(1)
+    p = rng.standard_normal((64, 4096)).astype(np.float32) * 3
+    rng.standard_normal(p.shape)
+    rng.standard_normal(p.shape)
+    p = (p * 10)[:8]
+    q = (rng.standard_normal((64, 4096)).astype(np.float32) * 30)[:8]
+    return p, q
+
+
+@pytest.mark.parametrize("alpha", [1e-6, 1e-5, 1e-4])
+def test_renyi_of_a_tiny_order_keeps_its_digits_where_p_underflows(alpha):
+    p, q = wide_rows()
+    got = qd.divergence(p, q, "renyi", alpha=alpha)
+    want = np.array([renyi_exact(p[r].astype(np.float64), q[r].astype(np.float64), alpha) for r in range(len(p))])
+    # values ~α·KL(Q‖P) ~ 1e-4 at α = 1e-6: the relative bar alone
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=0)
+
+
+# Rows whose shifted scores (x − max x)/T overflow float32 while x is finite.
+OVERFLOWING = [
+    (np.array([[3e38, -3e38, 0.0]]), np.array([[-3e38, 3e38, 1.0]]), 1.0),
+    (np.array([[3e38, -3e38, 0.0]]), np.array([[-3e38, 3e38, 1.0]]), 0.01),
+    (np.array([[1e37, 0.0, -1e37]]), np.array([[-3e36, 1e37, 0.0]]), 0.01),
+    (np.array([[1e37, 0.0, -1e37, -np.inf]]), np.array([[-3e36, 1e37, 0.0, -np.inf]]), 0.05),
+]
+EXTREME_KINDS = KINDS + [("renyi", a) for a in (1e-6, 1e-3, 0.3, 0.999, 1.001, 3.0, 50.0)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", range(len(OVERFLOWING)))
+def test_scores_whose_shift_overflows_float32_match_float64(dtype, case):
+    p, q, t = OVERFLOWING[case]
+    p, q = p.astype(dtype), q.astype(dtype)
+    p64, q64 = p.astype(np.float64), q.astype(np.float64)
+    for kind, alpha in EXTREME_KINDS:
+        for a, b in ((p, q), (q, p)):
+            got = qd.divergence(a, b, kind, alpha=alpha, temperature=t)
+            want = oracle(a.astype(np.float64), b.astype(np.float64), kind, alpha, temperature=t)
+            f64 = qd.divergence(a.astype(np.float64), b.astype(np.float64), kind, alpha=alpha, temperature=t)
+            np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=f"{kind} {alpha} T={t}")
+            np.testing.assert_array_equal(got, f64, err_msg=f"{kind} {alpha} T={t}: the float64 path's row")
+    # By hand for the first case: P = (1, 0, 0), Q = (e^(−6e38), 1, e^(1−3e38)):
+    # H(P, Q) = −ln Q₀ = 6e38, and χ² ≥ P₀²/Q₀ − 1 = +inf.
+    if case == 0 and dtype == np.float32:
+        six = 2 * float(np.float32(3e38))
+        assert qd.divergence(p, q, "cross_entropy")[0] == pytest.approx(six, rel=1e-12)
+        assert qd.divergence(p, q, "chi2")[0] == np.inf
+
+
 def test_empty_inputs_give_empty_results():
     for shape in [(0, 10), (0, 3, 10)]:
         empty = np.zeros(shape, dtype=np.float32)

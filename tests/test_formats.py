@@ -9,7 +9,9 @@ marked slow.
 
 from __future__ import annotations
 
+import math
 import time
+from fractions import Fraction
 
 import ml_dtypes
 import numpy as np
@@ -206,6 +208,76 @@ def test_known_overflow_boundaries(name):
         assert r[1] == np.inf and r[2] == -np.inf
     else:
         assert r[1] == fmt.max and r[2] == -fmt.max
+
+
+# Formats with no mantissa bit: every nonzero value a power of two.
+ZERO_MANTISSA = {
+    "e2m0_none": qd.FloatFormat(2, 0, special="none"),
+    "e3m0_none": qd.FloatFormat(3, 0, special="none"),
+    "e3m0_fn": qd.FloatFormat(3, 0, special="fn"),
+    "e3m0_fnuz": qd.FloatFormat(3, 0, special="fnuz"),
+    "e4m0_fnuz": qd.FloatFormat(4, 0, special="fnuz"),
+    "e5m0_fn": qd.FloatFormat(5, 0, special="fn"),
+}
+
+
+def nearest_even_oracle(x: Fraction, grid: list[Fraction]) -> Fraction:
+    """R(|x|) by the definition of round-half-even, in exact fractions: the
+    nearest of the format's non-negative values; on a tie between neighbours
+    lo < hi, the one that is an even multiple of their spacing hi − lo (the
+    quantum there). Between 2^k and 2^(k+1) that is 2^(k+1) = 2·2^k; between
+    0 and the smallest value, 0."""
+    hi_at = next(i for i, v in enumerate(grid) if v >= x)
+    if grid[hi_at] == x:
+        return x
+    lo, hi = grid[hi_at - 1], grid[hi_at]
+    if x - lo != hi - x:
+        return lo if x - lo < hi - x else hi
+    return lo if (lo / (hi - lo)).numerator % 2 == 0 else hi
+
+
+def zero_mantissa_ties(f) -> np.ndarray:
+    v = np.asarray(f.values, np.float64)
+    v = v[v >= 0]
+    mids = (v[1:] + v[:-1]) / 2  # every midpoint below max: no overflow rule involved
+    pts = np.concatenate([mids, v]).astype(np.float32)
+    around = np.concatenate([pts, np.nextafter(pts, np.float32(np.inf)), np.nextafter(pts, np.float32(0))])
+    around = around[around <= f.max]
+    return np.concatenate([around, -around])
+
+
+@pytest.mark.parametrize("key", list(ZERO_MANTISSA))
+def test_zero_mantissa_formats_round_ties_to_the_even_significand(key):
+    f = ZERO_MANTISSA[key]
+    grid = [Fraction(float(v)) for v in f.values if v >= 0]
+    x = zero_mantissa_ties(f)
+    want = np.array(
+        [math.copysign(float(nearest_even_oracle(Fraction(float(abs(v))), grid)), v) for v in x], np.float64
+    )
+    if f.nan_code == 0x80 >> (8 - f.bits):  # fnuz: the negative zero's code is NaN; −tiny is +0
+        want[want == 0] = 0.0
+    # float32, float16 and bfloat16 take the fast lanes, float64 the reference codec
+    for dtype in (np.float32, np.float16, ml_dtypes.bfloat16, np.float64):
+        xs = x.astype(dtype)
+        exact = xs.astype(np.float64) == x.astype(np.float64)
+        got = qd.round_to(xs, f).astype(np.float64)
+        np.testing.assert_array_equal(got[exact], want[exact], err_msg=f"{key} {dtype.__name__}")
+        np.testing.assert_array_equal(np.signbit(got[exact]), np.signbit(want[exact]))
+        codes = qd.encode(xs, f)
+        np.testing.assert_array_equal(qd.decode(codes, f)[exact], want[exact].astype(np.float32))
+    # 0.75, 3.0 → 1.0, 4.0 (not the even codes of 0.5, 2.0)
+    if key == "e3m0_none":
+        np.testing.assert_array_equal(qd.round_to(np.array([0.75, 3.0, -0.75], np.float32), f), [1.0, 4.0, -1.0])
+
+
+def test_the_zero_mantissa_tie_rule_is_ml_dtypes_float8_e8m0fnu():
+    # float8_e8m0fnu, ml_dtypes' zero-mantissa format, follows the same
+    # oracle: every tie 1.5·2^k goes up to 2^(k+1), whatever the code's parity.
+    grid = [Fraction(2) ** k for k in range(-20, 21)]
+    x = np.array([1.5 * 2.0**k for k in range(-19, 20)], np.float32)
+    want = np.array([float(nearest_even_oracle(Fraction(float(v)), grid)) for v in x])
+    np.testing.assert_array_equal(x.astype(ml_dtypes.float8_e8m0fnu).astype(np.float64), want)
+    np.testing.assert_array_equal(qd.round_to(x, "float8_e8m0fnu").astype(np.float64), want)
 
 
 def test_round_to_keeps_shape_and_dtype():

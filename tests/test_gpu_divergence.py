@@ -15,7 +15,19 @@ import pytest
 import quantdrift as qd
 
 from oracle import divergence as oracle
-from test_divergence import ATOL, DTYPES, KINDS, RTOL, SCALES, VOCABS, make_rows
+from test_divergence import (
+    ATOL,
+    DTYPES,
+    EXTREME_KINDS,
+    KINDS,
+    OVERFLOWING,
+    RTOL,
+    SCALES,
+    VOCABS,
+    make_rows,
+    renyi_exact,
+    wide_rows,
+)
 
 
 def both(p, q, kind, **options):
@@ -205,3 +217,23 @@ for kind in ("kl", "tv", "cross_entropy"):
     here = os.path.dirname(os.path.abspath(__file__))
     env["PYTHONPATH"] = os.pathsep.join([here, env.get("PYTHONPATH", "")])
     subprocess.run([sys.executable, "-c", script], check=True, env=env)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16], ids=lambda d: np.dtype(d).name)
+def test_scores_whose_shift_overflows_float32_take_the_reference_as_on_the_cpu(gpu, dtype):
+    for p, q, t in OVERFLOWING:
+        p, q = p.astype(dtype), q.astype(dtype)
+        for kind, alpha in EXTREME_KINDS:
+            got, cpu = both(p, q, kind, alpha=alpha, temperature=t)
+            want = qd.divergence(p.astype(np.float64), q.astype(np.float64), kind, alpha=alpha, temperature=t)
+            np.testing.assert_array_equal(got, cpu, err_msg=f"{kind} {alpha} T={t}")
+            np.testing.assert_array_equal(got, want, err_msg=f"{kind} {alpha} T={t}")
+
+
+def test_renyi_of_a_tiny_order_on_wide_logits(gpu):
+    p, q = wide_rows()
+    for alpha in (1e-6, 1e-4):
+        got, cpu = both(p, q, "renyi", alpha=alpha)
+        want = np.array([renyi_exact(p[r].astype(np.float64), q[r].astype(np.float64), alpha) for r in range(len(p))])
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=0, err_msg=f"alpha={alpha}")
+        np.testing.assert_allclose(got, cpu, rtol=RTOL, atol=0, err_msg=f"alpha={alpha}")

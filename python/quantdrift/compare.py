@@ -73,7 +73,8 @@ def compare(
     * ``device``: ``"cpu"`` (default), ``"gpu"`` or ``"auto"``
       (see :mod:`quantdrift.gpu`). On the GPU, dense float32/float16/bfloat16
       rows are compared by the GPU kernel (within 1e-5 relative of the CPU for
-      divergences and NLLs; top-1 tokens and top-k overlaps equal); float64
+      divergences and NLLs, or 1e-7 absolute where the values are at float32
+      noise level, as for near-equal rows; top-1 tokens and top-k overlaps equal); float64
       rows, llama.cpp and top-k bases, and rows the CPU kernel takes to its
       float64 reference are computed on the CPU.
 

@@ -4,7 +4,8 @@ sends work.
 Functions with a GPU kernel take ``device="cpu"`` (the default), ``"gpu"`` or
 ``"auto"``. The GPU runs on wgpu (Vulkan on Linux and Windows, Metal on Apple,
 DX12 on Windows); results equal the CPU's bit for bit for codes and rounding,
-and within 1e-5 relative for divergences.
+and within 1e-5 relative (1e-7 absolute, for the tiny divergences of
+near-equal rows, which are at float32 noise level) for divergences.
 
 * ``"gpu"`` raises :class:`GpuUnavailableError` when no adapter exists.
 * ``"auto"`` uses the GPU when a hardware adapter exists and the work is large

@@ -3,7 +3,7 @@
 
 use quantdrift_core::lowp::{
     self, format::PREDEFINED, mx, nvfp4, stats, Codes, Format, Options, Overflow, Rounded,
-    Rounding, Values,
+    Rounding, Special, Values,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -16,11 +16,25 @@ const MODES: [Rounding; 6] = [
     Rounding::Stochastic,
 ];
 
+/// Custom formats whose structure no predefined one has: no mantissa bit
+/// besides e8m0 (every value a power of two), each special-value scheme.
+const CUSTOM: [(&str, u32, u32, Special); 6] = [
+    ("e2m0 none", 2, 0, Special::None),
+    ("e3m0 none", 3, 0, Special::None),
+    ("e3m0 fn", 3, 0, Special::Fn),
+    ("e3m0 fnuz", 3, 0, Special::Fnuz),
+    ("e4m0 fnuz", 4, 0, Special::Fnuz),
+    ("e5m0 fn", 5, 0, Special::Fn),
+];
+
 fn formats() -> Vec<(&'static str, Format)> {
-    PREDEFINED
+    let predefined = PREDEFINED
         .iter()
-        .map(|p| (p.0, Format::by_name(p.0).unwrap()))
-        .collect()
+        .map(|p| (p.0, Format::by_name(p.0).unwrap()));
+    let custom = CUSTOM
+        .iter()
+        .map(|&(name, e, m, special)| (name, Format::new(e, m, None, special).unwrap()));
+    predefined.chain(custom).collect()
 }
 
 fn overflows(f: &Format) -> Vec<Option<Overflow>> {
@@ -206,6 +220,51 @@ fn hand_derived_values() {
     // e8m0: 1.5 rounds up to 2 (the quantum's only odd multiple is 1).
     assert_eq!(enc("float8_e8m0fnu", 1.5), 128);
     assert_eq!(enc("float8_e8m0fnu", 0.0), 0xff);
+}
+
+#[test]
+fn zero_mantissa_ties_go_to_the_larger_power_of_two() {
+    // With no mantissa bit every nonzero value is 1·2^k: its significand's
+    // last (only) bit is odd. A tie 1.5·2^k between 2^k and 2^(k+1) is
+    // 3·2^(k−1): at 2^k's quantum the candidates are 1·2^k (odd) and
+    // 2·2^k (even), so nearest-even gives 2^(k+1), as it does for
+    // float8_e8m0fnu (ml_dtypes: 0.75 → 1, 3.0 → 4, 6.0 → 8). The tie
+    // between 0 and the smallest nonzero value goes to the even 0.
+    let f = Format::new(3, 0, None, Special::None).unwrap(); // bias 3: 2^(code−3)
+    let ties = [0.375f32, 0.75, 1.5, 3.0, 6.0, -0.75, -3.0, 0.125];
+    let want = [0.5f32, 1.0, 2.0, 4.0, 8.0, -1.0, -4.0, 0.0];
+    let f64_ties: Vec<f64> = ties.iter().map(|&v| v as f64).collect();
+    let bf16: Vec<u16> = ties.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
+    let f16: Vec<u16> = ties.iter().map(|&v| half_bits(v)).collect();
+    for (what, values) in [
+        ("f32", Values::F32(&ties)),
+        ("f64", Values::F64(&f64_ties)),
+        ("bf16", Values::Bf16(&bf16)),
+        ("f16", Values::F16(&f16)),
+    ] {
+        let got: Vec<f64> = match lowp::round(values, &f, Options::default()).unwrap() {
+            Rounded::F32(r) => r.iter().map(|&v| v as f64).collect(),
+            Rounded::F64(r) => r,
+        };
+        let want: Vec<f64> = want.iter().map(|&v| v as f64).collect();
+        assert_eq!(got, want, "{what}");
+    }
+    // Codes: 1.0 is 0.011, 4.0 is 0.101 (odd and even codes alike go up).
+    let Codes::U8(codes) = lowp::encode(Values::F32(&ties), &f, Options::default()).unwrap() else {
+        panic!("a 4-bit format has 8-bit codes")
+    };
+    assert_eq!(codes, [2, 3, 4, 5, 6, 0b1011, 0b1101, 0]);
+}
+
+/// The float16 bits of `v`, which must be a float16 normal number.
+fn half_bits(v: f32) -> u16 {
+    let bits = v.to_bits();
+    let exp = ((bits >> 23) & 0xff) as i32 - 127 + 15;
+    assert!(
+        (1..31).contains(&exp) && bits & 0x1fff == 0,
+        "{v} is not a float16 normal"
+    );
+    (((bits >> 16) & 0x8000) | ((exp as u32) << 10) | ((bits >> 13) & 0x3ff)) as u16
 }
 
 #[test]

@@ -117,8 +117,8 @@ pub fn supported(base: &Block<'_>, other: &Block<'_>) -> bool {
 
 /// Per-token statistics of rows `select` (all when `None`) of a block pair:
 /// [`quantdrift_core::diverge::compare::compare_rows`] on the GPU, with the
-/// same arguments, results (within 1e-5 relative for the divergences and
-/// NLLs, equal for top-1 tokens and top-k overlaps) and errors.
+/// same arguments, results (within 1e-5 relative, or 1e-7 absolute, for the
+/// divergences and NLLs, equal for top-1 tokens and top-k overlaps) and errors.
 pub fn compare_rows(
     base: Block<'_>,
     other: Block<'_>,

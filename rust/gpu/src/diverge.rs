@@ -1,6 +1,7 @@
 //! Divergence row kernels on the GPU: the twin of
 //! [`quantdrift_core::diverge::divergence_rows`], with the same options,
-//! the same errors, and values within 1e-5 relative of the CPU's.
+//! the same errors, and values within 1e-5 relative (1e-7 absolute) of the
+//! CPU's.
 //!
 //! One workgroup computes one row pair (`shaders/diverge.wgsl`): a scan
 //! pass (maxima, NaN/+inf and support flags, probability sums), then the
@@ -47,6 +48,8 @@ const SLOTS: usize = 16;
 const FLAG_P_BAD: u32 = 1;
 const FLAG_Q_BAD: u32 = 2;
 const FLAG_P_OUTSIDE_Q: u32 = 4;
+const FLAG_P_SHIFT_OVERFLOW: u32 = 16;
+const FLAG_Q_SHIFT_OVERFLOW: u32 = 32;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -73,7 +76,7 @@ struct Params {
 /// One divergence value per row, in nats, computed on the GPU: the same
 /// contract as [`quantdrift_core::diverge::divergence_rows`] (same
 /// errors, naming the same first invalid row; values within 1e-5
-/// relative). See the module docs for the rows that the host computes.
+/// relative or 1e-7 absolute). See the module docs for the rows that the host computes.
 ///
 /// ```no_run
 /// use quantdrift_core::{diverge::*, Rows};
@@ -398,6 +401,13 @@ impl<'a> Job<'a> {
         if needs_q && max_q == f32::NEG_INFINITY {
             return Err((Side::Q, RowIssue::Empty));
         }
+        // A shifted score that overflowed to −inf reads as probability 0 in
+        // the kernels: the reference, as on the CPU (`fast::row`). Only
+        // entropy leaves q out, and it is never swapped.
+        let q_overflow = needs_q && flags & FLAG_Q_SHIFT_OVERFLOW != 0;
+        if flags & FLAG_P_SHIFT_OVERFLOW != 0 || q_overflow {
+            return self.reference_row(r);
+        }
         // From here on in the shader's orientation.
         let outside = flags & FLAG_P_OUTSIDE_Q != 0;
         let value = match self.opts.kind {
@@ -414,7 +424,7 @@ impl<'a> Job<'a> {
                 if outside {
                     return Ok(f64::INFINITY);
                 }
-                Some(finish::cross_entropy(pair(8), pair(9), pair(10)))
+                finish::cross_entropy(pair(8), pair(9), pair(10))
             }
             Kind::Js => Some(finish::js(pair(8))),
             Kind::Tv => Some(finish::tv(pair(8))),

@@ -2,7 +2,7 @@
 //!
 //! Every kernel here has a CPU twin in `quantdrift-core` and takes the same
 //! options; results agree bit for bit for codes and rounding, and within
-//! 1e-5 relative for divergences. The context ([`context::context`]) is
+//! 1e-5 relative (1e-7 absolute) for divergences. The context ([`context::context`]) is
 //! created on first use: the best adapter (discrete > integrated > virtual >
 //! software), the optional features it offers (`shader-f16`, subgroups),
 //! and a pipeline cache. Inputs larger than the device's binding limits are

@@ -633,8 +633,55 @@ impl<P: Load, Q: Load, E: Evaluate> Kernel for RowKernel<'_, P, Q, E> {
         } = self;
         let s = scan(p, q, next);
         check_scan(&s, E::NEEDS_Q)?;
+        if shift_overflows(p, s.max_p, inv_t) || (E::NEEDS_Q && shift_overflows(q, s.max_q, inv_t))
+        {
+            return Ok(None);
+        }
         Ok(eval.evaluate(p, q, &s, inv_t, work))
     }
+}
+
+/// Whether some finite score x of `row` has a shifted score
+/// (x − `max`)·`inv_t` that overflows to −inf, as the kernels compute it.
+///
+/// The kernels read a shifted −inf as probability 0, the mark of a score
+/// that is −inf itself. An overflowed one is a probability that is tiny but
+/// not 0, and the kinds that divide by Q or take its logarithm (cross
+/// entropy's ln Q, χ²'s P²/Q, Rényi's P^α·Q^(1−α)) then lose a term that
+/// may be large or infinite: such rows go to the float64 reference.
+///
+/// The shifted score is monotone in x, so the smallest finite score
+/// decides; that takes a pass over the row only where the smallest float32
+/// there could be, −f32::MAX, would overflow (a temperature below 1, or
+/// scores beyond ~1e31), never for typical logits at τ ≥ 1.
+#[inline(always)]
+fn shift_overflows<L: Load>(row: L, max: f32, inv_t: f32) -> bool {
+    let shifted = |x: f32| (x - max) * inv_t;
+    if shifted(-f32::MAX) > f32::NEG_INFINITY {
+        return false;
+    }
+    let neg = f32::NEG_INFINITY;
+    let mut lanes = [f32::INFINITY; LANES];
+    let n = row.len();
+    let full = n - n % LANES;
+    let mut start = 0;
+    while start < full {
+        let v = row.full_group(start);
+        for i in 0..LANES {
+            lanes[i] = if v[i] > neg && v[i] < lanes[i] {
+                v[i]
+            } else {
+                lanes[i]
+            };
+        }
+        start += LANES;
+    }
+    let body = lanes.iter().cloned().fold(f32::INFINITY, f32::min);
+    let min = (full..n)
+        .map(|i| row.get(i))
+        .filter(|&x| x > neg)
+        .fold(body, f32::min);
+    min < f32::INFINITY && shifted(min) == neg
 }
 
 /// Fills `out` with ln(x) of a probability row after validating it.

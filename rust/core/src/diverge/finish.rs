@@ -36,9 +36,13 @@ pub fn entropy(sp: f64, swa: f64) -> f64 {
     (sp.ln() - swa / sp).max(0.0)
 }
 
-/// H(P, Q) = ln Sq − Σ w·b / Sp.
-pub fn cross_entropy(sp: f64, sq: f64, swb: f64) -> f64 {
-    (sq.ln() - swb / sp).max(0.0)
+/// H(P, Q) = ln Sq − Σ w·b / Sp, or `None` where that is not finite: the
+/// caller has returned +inf already where Q = 0 under P > 0, so an infinite
+/// sum here is a float32 overflow (Σ w·b past f32::MAX) of a row whose
+/// value the float64 reference finds.
+pub fn cross_entropy(sp: f64, sq: f64, swb: f64) -> Option<f64> {
+    let value = (sq.ln() - swb / sp).max(0.0);
+    value.is_finite().then_some(value)
 }
 
 /// Jensen–Shannon from Σ (P+Q)·g(δ).

@@ -16,7 +16,8 @@ use crate::simd::{self, Kernel};
 #[derive(Clone, Copy)]
 pub struct Rne {
     s: u32,
-    half_minus_one: u32,
+    round_bias: u32,
+    tie_bit: u32,
     rebias: u32,
     normal_min: u32,
     magic: f32,
@@ -45,9 +46,22 @@ impl Rne {
         }
         let m = f.mantissa_bits;
         let s = 23 - m;
+        // A tie goes up when the lowest kept significand bit is odd. With
+        // m ≥ 1 that is bit s of the float32 bits; with m = 0 the only
+        // significand bit is the implicit leading 1, so every normal tie goes
+        // up (to the larger power of two, as the reference codec and
+        // ml_dtypes' float8_e8m0fnu do). Bit s is then float32's lowest
+        // exponent bit, whose parity says nothing about the significand, so
+        // it is masked out and the bias made a full half.
+        let (round_bias, tie_bit) = if m == 0 {
+            (1 << (s - 1), 0)
+        } else {
+            ((1 << (s - 1)) - 1, 1)
+        };
         Some(Rne {
             s,
-            half_minus_one: (1 << (s - 1)) - 1,
+            round_bias,
+            tie_bit,
             rebias: ((127 - f.bias) as u32).wrapping_shl(m),
             normal_min: ((127 + f.emin()) as u32) << 23,
             // Its ulp is the format's subnormal quantum 2^(emin−m).
@@ -70,7 +84,7 @@ impl Rne {
 /// [`encode_lane_rne`]).
 #[inline(always)]
 fn rounded_magnitude(c: &Rne, a: u32) -> u32 {
-    let normal = (a + c.half_minus_one + ((a >> c.s) & 1)) >> c.s;
+    let normal = (a + c.round_bias + ((a >> c.s) & c.tie_bit)) >> c.s;
     let normal = normal.wrapping_sub(c.rebias);
     let sub = (f32::from_bits(a) + c.magic)
         .to_bits()
@@ -84,8 +98,9 @@ fn rounded_magnitude(c: &Rne, a: u32) -> u32 {
 
 /// [`encode_lane`] for round-to-nearest-even, as plain bit manipulation:
 /// in the format's normal range, adding half a quantum minus one plus the
-/// lowest kept bit and shifting rounds ties to even (a carry moves into the
-/// exponent as it should); below it, adding `magic` (whose ulp is the
+/// lowest kept significand bit and shifting rounds ties to even (a carry
+/// moves into the exponent as it should; with no mantissa bits the kept bit
+/// is the implicit 1, see [`Rne::new`]); below it, adding `magic` (whose ulp is the
 /// subnormal quantum) makes the FPU round, and the difference of the bit
 /// patterns counts quanta. Everything else is compare-and-select.
 #[inline(always)]

@@ -49,6 +49,11 @@ const FLAG_P_BAD: u32 = 1u;
 const FLAG_Q_BAD: u32 = 2u;
 const FLAG_P_OUTSIDE_Q: u32 = 4u;
 const FLAG_Q_OUTSIDE_P: u32 = 8u;
+// A finite score whose shifted score (x − max)·inv_t overflows to −inf, which
+// the kernels would read as probability 0 (the host takes such rows to the
+// float64 reference, as the CPU does: fast.rs, shift_overflows).
+const FLAG_P_SHIFT_OVERFLOW: u32 = 16u;
+const FLAG_Q_SHIFT_OVERFLOW: u32 = 32u;
 
 // ---------------------------------------------------------------------------
 // Series of the divergence kinds (e^x, ln x and special values: math32.wgsl).
@@ -214,6 +219,8 @@ fn scan_row(base: u32, lid: u32) -> Scan {
     }
     var max_p = neg_inf();
     var max_q = neg_inf();
+    var min_p = pos_inf(); // the smallest finite score of each side
+    var min_q = pos_inf();
     var flags = 0u;
     var sums = acc_new();
     for (var i = lid; i < params.vocab; i += WG) {
@@ -227,11 +234,17 @@ fn scan_row(base: u32, lid: u32) -> Scan {
             flags |= FLAG_P_BAD;
         } else {
             max_p = max(max_p, x);
+            if !is_neg_inf(x) {
+                min_p = min(min_p, x);
+            }
         }
         if y_bad {
             flags |= FLAG_Q_BAD;
         } else {
             max_q = max(max_q, y);
+            if !is_neg_inf(y) {
+                min_q = min(min_q, y);
+            }
         }
         if !is_neg_inf(x) && is_neg_inf(y) {
             flags |= FLAG_P_OUTSIDE_Q;
@@ -250,9 +263,19 @@ fn scan_row(base: u32, lid: u32) -> Scan {
     var s: Scan;
     s.max_p = wg_max(max_p, lid);
     s.max_q = wg_max(max_q, lid);
+    let low_p = wg_min(min_p, lid);
+    let low_q = wg_min(min_q, lid);
     s.sums = wg_total(sums, lid);
     if lid == 0u {
-        flags_plain = atomicLoad(&flags_shared);
+        var all = atomicLoad(&flags_shared);
+        // The shifted score is monotone in x: the smallest finite one decides.
+        if !is_pos_inf(low_p) && is_neg_inf((low_p - s.max_p) * params.inv_t) {
+            all |= FLAG_P_SHIFT_OVERFLOW;
+        }
+        if !is_pos_inf(low_q) && is_neg_inf((low_q - s.max_q) * params.inv_t) {
+            all |= FLAG_Q_SHIFT_OVERFLOW;
+        }
+        flags_plain = all;
     }
     s.flags = workgroupUniformLoad(&flags_plain);
     return s;
@@ -494,9 +517,18 @@ fn term(kind: u32, a: f32, b: f32, w: f32, v: f32, n: Norm) -> f32 {
             let beta = params.beta;
             let y = b - a + n.log_ratio_shift; // ln(Q/P)
             let bracket = renyi_bracket(y);
-            let log_q = b - (n.log_sp - n.log_ratio_shift);
-            var tiny = qd_exp(params.alpha * (a - n.log_sp) + beta * log_q) - beta * qq;
-            tiny = select(tiny, -beta * qq, is_neg_inf(a));
+            // Where P underflowed: P^α·Q^β − βQ, for α ≤ ½ in the bracket's
+            // α-form Q·(e^(−αy) − 1) + αQ, which keeps its digits as α → 0
+            // (kinds.rs, Renyi::term).
+            var tiny: f32;
+            if params.small_alpha == 1u {
+                let scaled = qq * qd_expm1(-params.alpha * y) + params.alpha * qq;
+                tiny = select(0.0, scaled, qq > 0.0);
+            } else {
+                let log_q = b - (n.log_sp - n.log_ratio_shift);
+                tiny = qd_exp(params.alpha * (a - n.log_sp) + beta * log_q) - beta * qq;
+                tiny = select(tiny, -beta * qq, is_neg_inf(a));
+            }
             return select(tiny, pp * bracket, w > 0.0);
         }
     }
