@@ -218,10 +218,8 @@ impl Kernel for BlockKernel<'_> {
 pub fn kl_matrix(q: &[f64], k: usize, n: usize) -> Result<Vec<f64>> {
     check(q, k, n, "Q")?;
     threads::init_pool();
-    let mut out = crate::buffers::zeroed_f64(
-        k.checked_mul(k).unwrap_or(usize::MAX),
-        &format!("the {k}×{k} KL matrix"),
-    )?;
+    let mut out =
+        crate::buffers::zeroed_f64(k.saturating_mul(k), &format!("the {k}×{k} KL matrix"))?;
     out.par_chunks_mut(ROW_BLOCK * k)
         .enumerate()
         .for_each(|(b, block)| {
