@@ -57,7 +57,7 @@ def test_distill_errors():
     t = np.zeros((2, 5))
     with pytest.raises(qd.InputError, match="labels are required"):
         qd.distill_loss(t, t, temperature=1.0, alpha=0.5)
-    with pytest.raises(qd.InputError, match=r"labels\[1\] = 9 is outside the vocabulary 0..5"):
+    with pytest.raises(qd.InputError, match=r"labels\[1\] = 9 is outside the vocabulary \[0, 5\)"):
         qd.distill_loss(t, t, temperature=1.0, alpha=0.5, labels=np.array([0, 9]))
     with pytest.raises(qd.ShapeError, match=r"\(2, 5\) and \(2, 4\)"):
         qd.distill_loss(t, np.zeros((2, 4)), temperature=1.0)
@@ -69,3 +69,26 @@ def test_distill_errors():
     bad[1, 2] = np.nan
     with pytest.raises(qd.InputError, match="student row 1"):
         qd.distill_loss(t, bad, temperature=1.0)
+
+
+def test_alpha_zero_is_cross_entropy_even_where_kl_is_infinite():
+    # The student gives a token the teacher likes probability 0: KL = +inf,
+    # which weighs nothing at alpha = 0 (not 0·inf = NaN).
+    t = np.array([[2.0, 1.0, 0.0, -1.0]])
+    s = np.array([[-np.inf, 0.5, 1.5, 0.0]])
+    labels = np.array([2])
+    loss, grad = qd.distill_loss(t, s, temperature=2.0, alpha=0.0, labels=labels, reduction="none")
+    ce = -log_softmax(s, axis=-1)[0, 2]
+    assert loss[0] == pytest.approx(ce, rel=1e-12)
+    p = np.exp(log_softmax(s, axis=-1)[0])
+    np.testing.assert_allclose(grad[0], p - np.eye(4)[2], rtol=1e-12, atol=1e-15)
+    loss, _ = qd.distill_loss(t, s, temperature=2.0, alpha=0.5, labels=labels, reduction="none")
+    assert loss[0] == np.inf
+
+
+def test_labels_past_int64_are_named_as_given():
+    t = np.zeros((2, 5))
+    with pytest.raises(qd.InputError, match=r"labels\[1\] = 18446744073709551615 is outside the vocabulary \[0, 5\)"):
+        qd.distill_loss(t, t, temperature=1.0, alpha=0.5, labels=np.array([0, 2**64 - 1], dtype=np.uint64))
+    with pytest.raises(qd.InputError, match=r"labels\[0\] = 9223372036854775808 is not a valid index into formats \[0, 2\)"):
+        qd.round_mixed(np.ones(2, np.float32), np.array([2**63, 0], dtype=np.uint64), ["float16", "bfloat16"])

@@ -264,3 +264,12 @@ def test_nvfp4_ragged_packed_nan_and_errors():
     with pytest.raises(qd.InputError, match="code 16 at flat index 1 is out of range"):
         qd.nvfp4_decode(bad, s)
     assert qd.nvfp4_encode(np.zeros((1, 16), np.float32), per_tensor_scale="auto")[2] == 1.0
+
+
+def test_an_empty_block_axis_is_named_as_such():
+    x = np.ones((4, 0), np.float32)
+    for encode in (lambda: qd.mx_encode(x, "fp8_e4m3"), lambda: qd.nvfp4_encode(x)):
+        with pytest.raises(qd.ShapeError, match=r"the block axis has length 0 in x of shape \(4, 0\)"):
+            encode()
+    codes, scales = qd.mx_encode(np.ones((0, 4), np.float32), "fp8_e4m3")  # no rows: empty results
+    assert codes.shape == (0, 4) and scales.shape == (0, 1)

@@ -257,7 +257,7 @@ def test_round_mixed_equals_per_format_rounding():
 
 def test_round_mixed_errors():
     x = np.ones((2, 3), np.float32)
-    with pytest.raises(qd.InputError, match=r"labels\[4\] = 2 is not a valid index into formats \(0..1\)"):
+    with pytest.raises(qd.InputError, match=r"labels\[4\] = 2 is not a valid index into formats \[0, 2\)"):
         qd.round_mixed(x, np.array([[0, 1, 0], [1, 2, 0]]), ["bfloat16", "float16"])
     with pytest.raises(qd.ShapeError, match="labels has shape"):
         qd.round_mixed(x, np.zeros(6, np.int64), ["bfloat16"])

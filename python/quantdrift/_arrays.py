@@ -68,13 +68,16 @@ def as_scores(x: Any, name: str) -> Tuple[np.ndarray, str]:
     raise DtypeError(f"{name} must be {SCORE_DTYPES}, got dtype {arr.dtype}")
 
 
-def rows_along(arr: np.ndarray, axis: int, name: str) -> Tuple[np.ndarray, Tuple[int, ...]]:
+def rows_along(
+    arr: np.ndarray, axis: int, name: str, what: str = "vocabulary"
+) -> Tuple[np.ndarray, Tuple[int, ...]]:
     """Moves ``axis`` last and flattens the rest: returns a C-contiguous
-    ``(rows, vocab)`` matrix and the batch shape of the result."""
+    ``(rows, vocab)`` matrix and the batch shape of the result. ``what``
+    names the axis in errors (the vocabulary, or the block axis)."""
     if arr.ndim == 0:
         from ._errors import ShapeError
 
-        raise ShapeError(f"{name} must have at least one axis (the vocabulary), got a scalar")
+        raise ShapeError(f"{name} must have at least one axis (the {what}), got a scalar")
     try:
         moved = np.moveaxis(arr, axis, -1)
     except np.exceptions.AxisError if hasattr(np, "exceptions") else np.AxisError as e:  # type: ignore[attr-defined]
@@ -86,5 +89,17 @@ def rows_along(arr: np.ndarray, axis: int, name: str) -> Tuple[np.ndarray, Tuple
     if rows > 0 and moved.shape[-1] == 0:
         from ._errors import ShapeError
 
-        raise ShapeError(f"the vocabulary axis has length 0 in {name} of shape {arr.shape}")
+        raise ShapeError(f"the {what} axis has length 0 in {name} of shape {arr.shape}")
     return np.ascontiguousarray(moved).reshape(rows, moved.shape[-1]), batch
+
+
+def check_int64_labels(labels: np.ndarray, problem: str) -> None:
+    """Refuses unsigned labels past int64's range, which the core takes them
+    as, naming the value as given (a cast would report a negative number):
+    ``labels[i] = v {problem}``."""
+    if labels.dtype.kind == "u" and labels.size and int(labels.max()) > np.iinfo(np.int64).max:
+        flat = labels.reshape(-1)
+        i = int(np.argmax(flat > np.iinfo(np.int64).max))
+        from ._errors import InputError
+
+        raise InputError(f"labels[{i}] = {int(flat[i])} {problem}")

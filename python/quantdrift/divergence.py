@@ -8,7 +8,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from . import _core, gpu
-from ._arrays import as_scores, rows_along
+from ._arrays import as_scores, check_int64_labels, rows_along
 from ._errors import InputError, ShapeError
 
 __all__ = ["divergence", "kl", "js", "distill_loss", "KINDS"]
@@ -179,6 +179,7 @@ def distill_loss(
             raise InputError(f"labels must be integers, got dtype {lab.dtype}")
         if lab.shape != batch:
             raise ShapeError(f"labels must have shape {batch} (one per row), got {lab.shape}")
+        check_int64_labels(lab, f"is outside the vocabulary [0, {t_rows.shape[1]})")
         label_rows = np.ascontiguousarray(lab.reshape(-1), dtype=np.int64)
     loss, grad = _core.distill_loss(
         t_rows, s_rows, temperature=float(temperature), alpha=float(alpha), labels=label_rows,

@@ -35,7 +35,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _core, gpu
-from ._arrays import as_scores, rows_along
+from ._arrays import as_scores, check_int64_labels, rows_along
 from ._errors import DtypeError, InputError, ShapeError
 from .formats import FloatFormat, get
 
@@ -290,6 +290,7 @@ def round_mixed(
         raise DtypeError(f"labels must be an integer array, got dtype {lab.dtype}")
     if lab.shape != shape:
         raise ShapeError(f"labels has shape {lab.shape} but x has shape {shape}; they must match")
+    check_int64_labels(lab, f"is not a valid index into formats [0, {len(fmts)})")
     lab = np.ascontiguousarray(lab, dtype=np.int64).reshape(-1)
     where = gpu.resolve(device, flat.size)
     out = _core.lowp_round_mixed(
@@ -305,7 +306,7 @@ def round_mixed(
 
 def _blocks_along(x: Any, axis: int) -> Tuple[np.ndarray, str, Tuple[int, ...], int]:
     arr, dtype16 = as_scores(x, "x")
-    rows, batch = rows_along(arr, axis, "x")
+    rows, batch = rows_along(arr, axis, "x", "block")
     return rows.reshape(-1), dtype16, batch, rows.shape[1]
 
 
@@ -439,8 +440,8 @@ def mx_decode(
         raise DtypeError(f"scales must be uint8 E8M0 codes, got dtype {s.dtype}")
     if packed and elem != "fp4_e2m1":
         raise InputError(f"packed=True is only for fp4_e2m1 elements, got {elem!r}")
-    rows, batch = rows_along(c, axis, "codes")
-    srows, sbatch = rows_along(s, axis, "scales")
+    rows, batch = rows_along(c, axis, "codes", "block")
+    srows, sbatch = rows_along(s, axis, "scales", "block")
     n = _unpacked_length(rows.shape[1], packed, length, "codes")
     nb = -(-n // block)
     if sbatch != batch or srows.shape[1] != nb:
@@ -472,7 +473,8 @@ def nvfp4_encode(
     and elements ``e2m1(clamp(x·(1/bs), ±6))``. Two level with per-tensor
     scale p: ``bs = e4m3(clamp((amax/6)/p, 2^-6, 448))`` and elements
     ``e2m1(clamp(x·((1/p)/bs), ±6))``. A block holding NaN gets the NaN
-    scale 0x7F. A ragged last block (n % 16 elements) takes its scale from
+    scale 0x7F (it decodes to NaN); as in torchao, ±Inf clamps to ±6 at the
+    scale 448, a finite ±2688 on decode (docs/formats.md). A ragged last block (n % 16 elements) takes its scale from
     its own elements (torchao requires n % 16 == 0).
 
     Args:
@@ -555,8 +557,8 @@ def nvfp4_decode(
         if a.dtype != np.uint8:
             raise DtypeError(f"{name} must be uint8, got dtype {a.dtype}")
     pts = None if per_tensor_scale is None else _positive_f32(per_tensor_scale)
-    rows, batch = rows_along(c, axis, "codes")
-    srows, sbatch = rows_along(s, axis, "scales")
+    rows, batch = rows_along(c, axis, "codes", "block")
+    srows, sbatch = rows_along(s, axis, "scales", "block")
     n = _unpacked_length(rows.shape[1], packed, length, "codes")
     nb = -(-n // 16)
     if sbatch != batch or srows.shape[1] != nb:

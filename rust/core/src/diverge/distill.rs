@@ -68,7 +68,7 @@ pub fn distill_rows(
         Some(l) => {
             if let Some((r, &bad)) = l.iter().enumerate().find(|(_, &y)| y < 0 || y as u64 >= vocab as u64) {
                 return Err(CoreError::Value(format!(
-                    "labels[{r}] = {bad} is outside the vocabulary 0..{vocab}"
+                    "labels[{r}] = {bad} is outside the vocabulary [0, {vocab})"
                 )));
             }
         }
@@ -102,7 +102,13 @@ pub fn distill_rows(
                 .zip(&ls)
                 .map(|(&a, &b)| scale * (b.exp() - a.exp()))
                 .collect();
-            let mut loss = alpha * temperature * temperature * kl.max(0.0);
+            // alpha = 0 is plain cross-entropy: an infinite KL (a student
+            // −inf where the teacher has mass) weighs nothing, not 0·inf = NaN.
+            let mut loss = if alpha > 0.0 {
+                alpha * temperature * temperature * kl.max(0.0)
+            } else {
+                0.0
+            };
             if alpha < 1.0 {
                 let y = labels.expect("checked above")[r] as usize;
                 let ls1 = log_softmax(&s, Inputs::Logits, 1.0, 0.0).map_err(|e| (r, Side::Q, e))?;

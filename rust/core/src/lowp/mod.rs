@@ -522,9 +522,8 @@ pub fn mixed_codecs(
     let n = formats.len() as i64;
     if let Some(i) = labels.par_iter().position_first(|&l| l < 0 || l >= n) {
         return Err(CoreError::Value(format!(
-            "labels[{i}] = {} is not a valid index into formats (0..{})",
-            labels[i],
-            n - 1
+            "labels[{i}] = {} is not a valid index into formats [0, {n})",
+            labels[i]
         )));
     }
     formats

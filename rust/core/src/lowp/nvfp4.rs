@@ -83,7 +83,9 @@ pub fn per_tensor_scale(x: Values<'_>) -> Result<f32> {
         );
     if !amax.is_finite() {
         return Err(CoreError::Value(
-            "x holds NaN or Inf, so per_tensor_scale=\"auto\" (amax/2688) is undefined; pass a float".into(),
+            "x holds NaN or Inf (or float64 values beyond float32's range, where the encoding works), \
+             so per_tensor_scale=\"auto\" (amax/2688) is undefined; pass a float"
+                .into(),
         ));
     }
     let scale = amax / (E4M3_MAX * E2M1_MAX);

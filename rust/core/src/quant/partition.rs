@@ -179,9 +179,8 @@ impl<'a> Plan<'a> {
                 let k = *parts as i64;
                 if let Some(i) = ids.iter().position(|&l| l < 0 || l >= k) {
                     return Err(CoreError::Value(format!(
-                        "partition: labels[{i}] = {} is not a part id in 0..{}",
-                        ids[i],
-                        k - 1
+                        "partition: labels[{i}] = {} is not a part id in [0, {k})",
+                        ids[i]
                     )));
                 }
                 Ok(Plan {
