@@ -9,6 +9,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 import quantdrift as qd
 
@@ -62,3 +63,17 @@ def test_results_do_not_depend_on_the_thread_count():
         env = dict(os.environ, QUANTDRIFT_NUM_THREADS=n)
         outs.add(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout)
     assert len(outs) == 1
+
+
+@pytest.mark.parametrize("value, warning", [
+    ("abc", "not a positive integer"),
+    ("0", "not a positive integer"),
+    ("999999", "more than 8 threads per core"),
+])
+def test_a_bad_thread_count_warns_and_is_not_obeyed(value, warning):
+    code = "import quantdrift as qd; print(qd.num_threads())"
+    env = dict(os.environ, QUANTDRIFT_NUM_THREADS=value)
+    out = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env, capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert warning in out.stderr
+    assert 1 <= int(out.stdout) <= 8 * (os.cpu_count() or 1)

@@ -119,6 +119,23 @@ if os.environ.get("QUANTDRIFT_ISA", "").strip() not in _ISA_CAPS + ("",):
     )
 
 
+_threads = os.environ.get("QUANTDRIFT_NUM_THREADS", "").strip()
+if _threads:
+    _cores = os.cpu_count() or 1
+    if not (_threads.isdigit() and int(_threads) > 0):
+        warnings.warn(
+            f"QUANTDRIFT_NUM_THREADS={_threads!r} is not a positive integer; the kernels use every core",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    elif int(_threads) > 8 * _cores:
+        warnings.warn(
+            f"QUANTDRIFT_NUM_THREADS={_threads} is more than 8 threads per core; the kernels use 8 per core",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
 def num_threads() -> int:
     """Threads the kernels run on; set ``QUANTDRIFT_NUM_THREADS`` before the
     first call to change it."""
