@@ -393,3 +393,15 @@ def test_json_to_a_missing_folder_names_that_path(tmp_path):
     assert e.value.filename == str(target) and ".tmp" not in str(e.value)
     assert "missing" in str(e.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_one_metric_or_one_topk_size_may_be_given_alone():
+    b = np.random.default_rng(0).normal(size=(8, 5)).astype(np.float32)
+    o = b + 0.1
+    one = qd.compare(b, o, metrics="kl", topk=2, progress=False)
+    many = qd.compare(b, o, metrics=("kl",), topk=(2,), progress=False)
+    assert one.to_dict() == many.to_dict()
+    with pytest.raises(qd.InputError, match=r"topk sizes must be integers, got \[1.5\]"):
+        qd.compare(b, o, topk=(1.5,), progress=False)
+    with pytest.raises(qd.InputError, match="sequences=0: a sequence length must be >= 1"):
+        qd.compare(b, o, sequences=0, progress=False)

@@ -30,8 +30,8 @@ def compare(
     mask: Any = None,
     prompt_lengths: Any = None,
     sequences: Any = None,
-    metrics: Sequence[str] = ("kl", "js"),
-    topk: Sequence[int] = (1, 5),
+    metrics: Union[str, Sequence[str]] = ("kl", "js"),
+    topk: Union[int, Sequence[int]] = (1, 5),
     temperature: float = 1.0,
     progress: bool = True,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
@@ -67,7 +67,8 @@ def compare(
       ``i < prompt_length − 1`` are not scored (the lecture's Def 4.7).
     * ``metrics``: which of ``"kl"``, ``"reverse_kl"``, ``"js"`` the text
       report shows (all three columns are always computed).
-    * ``topk``: sizes of the top-k overlap statistic (1 = same top token).
+    * ``topk``: sizes of the top-k overlap statistic (1 = same top token),
+      one int or several.
     * ``temperature``: softmax temperature applied to both sides.
     * ``progress``: a progress bar (tqdm) on a terminal.
     * ``device``: ``"cpu"`` (default), ``"gpu"`` or ``"auto"``
@@ -85,9 +86,15 @@ def compare(
             the file.
         GpuUnavailableError: ``device="gpu"`` without a GPU adapter.
     """
+    if isinstance(metrics, str):  # metrics="kl": one metric, not its letters
+        metrics = (metrics,)
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise InputError(f"unknown metric(s) {unknown}; compare computes {list(METRICS)}")
+    if isinstance(topk, (int, np.integer)):
+        topk = (topk,)
+    if not all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in topk):
+        raise InputError(f"topk sizes must be integers, got {list(topk)}")
     sizes = [int(k) for k in topk]
     if any(k < 1 for k in sizes):
         raise InputError(f"topk sizes must be >= 1, got {list(topk)}")
@@ -275,7 +282,9 @@ def _sequence_starts(sequences: Any, b: LogitSource, o: LogitSource, n: int) -> 
             f"sequences must be one int (rows per sequence) or a 1-D int array of sequence lengths, got {got}")
     if given.ndim == 0:
         length = int(given)
-        if length <= 0 or n % length:
+        if length <= 0:
+            raise InputError(f"sequences={length}: a sequence length must be >= 1")
+        if n % length:
             raise InputError(f"sequences={length}: {n} rows are not a whole number of sequences of that length")
         starts = np.arange(0, n, length, dtype=np.int64)
     else:
