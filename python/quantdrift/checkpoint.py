@@ -607,7 +607,7 @@ def _layout(name: str, dtype: str, shape: Tuple[int, ...], scheme: Scheme) -> Tu
             # Two codes per byte along the last axis, low nibble first (as MX
             # and NVFP4 store theirs): 4 bits per parameter, not 8.
             meta.update(packed=True, axis=-1)
-            rows, cols = _matrix_shape(shape, scheme)
+            _, cols = _matrix_shape(shape, scheme)
             packed_shape = tuple(shape[:-1]) + ((cols + 1) // 2,) if shape else (1,)
             return [_Out(name, "U8", packed_shape), _Out(scale_name, "F32", ())], meta
         st = {"float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2"}.get(fmt.name, "U8" if fmt.bits <= 8 else "U16")

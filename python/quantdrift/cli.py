@@ -98,28 +98,6 @@ def _read_lines(path: str, flag: str) -> List[str]:
         raise InputError(f"{flag} file {path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
 
 
-def _load_matrix(path: str) -> Tuple[Any, Optional[List[str]]]:
-    """llv.load_loglik, with a bad file reported by name: numpy's and pickle's
-    own errors (EOFError, UnpicklingError...) say neither which file nor that
-    it is the input's fault."""
-    from .llv import load_loglik
-
-    if path.lower().endswith(".npy"):
-        from ._errors import ShapeError
-        from .sources import read_npy
-
-        L = read_npy(path, f"matrix {path}")  # magic, header, size and no pickles checked
-        if L.ndim != 2:
-            raise ShapeError(f"{path}: expected a 2-D models × texts matrix, got shape {L.shape}")
-        return L, None
-    try:
-        return load_loglik(path)
-    except (QuantdriftError, OSError):
-        raise
-    except Exception as e:  # noqa: BLE001 - pickle.load raises whatever the bytes make it raise
-        raise InputError(f"{path}: cannot read the log-likelihood matrix: {type(e).__name__}: {e}") from None
-
-
 def _text_bytes(path: Optional[str]) -> Any:
     if not path:
         return None
@@ -157,12 +135,12 @@ def _map(args: argparse.Namespace) -> int:
     import json
 
     from ._files import atomic_path
-    from .llv import ModelMap
+    from .llv import ModelMap, load_loglik
 
     if args.nearest < 0:
         raise InputError(f"--nearest must be >= 0, got {args.nearest}")
     _check_outputs([("--json", args.json), ("--plot", args.plot)], [args.matrix, args.names, args.text_bytes])
-    L, names = _load_matrix(args.matrix)
+    L, names = load_loglik(args.matrix)
     if args.names:
         names = _read_lines(args.names, "--names")
     text_bytes = _text_bytes(args.text_bytes)
@@ -188,12 +166,12 @@ def _trajectory(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ._files import atomic_path
-    from .llv import Trajectory
+    from .llv import Trajectory, load_loglik
 
     steps_file = args.steps if args.steps.endswith(".npy") else None
     _check_outputs([("--json", args.json), ("--plot", args.plot)],
                    [args.matrix, steps_file, args.text_bytes, *(args.weights or [])])
-    L, _ = _load_matrix(args.matrix)
+    L, _ = load_loglik(args.matrix)
     if steps_file:
         from .sources import read_npy
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-import time
-from typing import Any, Iterable, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -14,7 +13,7 @@ from . import _core, gpu
 from ._arrays import as_scores
 from ._errors import InputError, ShapeError
 from .report import Report
-from .sources import LogitSource, check_pair, open_source, read_npy
+from .sources import LogitSource, check_pair, check_token_ids, open_source, read_npy
 
 #: Rows of both sources read per step stay under this many bytes by default.
 DEFAULT_CHUNK_BYTES = 512 * 1024 * 1024
@@ -234,14 +233,9 @@ def _tokens(tokens: Any, b: LogitSource, o: LogitSource, n: int) -> Optional[np.
                 return np.ascontiguousarray(src.tokens, dtype=np.int32)
         return None
     arr, what = _array_argument(tokens, "tokens")
-    if arr.dtype.kind not in "iu":
-        raise InputError(f"{what} must be integer token ids, got dtype {arr.dtype}")
-    arr = arr.reshape(-1)
     if arr.size != n:
         raise ShapeError(f"{what}: need one token id per row ({n} rows in {b.name}), got {arr.size}")
-    if arr.size and (arr.min() < 0 or arr.max() >= b.vocab):
-        bad = int(np.flatnonzero((arr < 0) | (arr >= b.vocab))[0])
-        raise InputError(f"{what}: id {int(arr[bad])} at row {bad} is outside the vocabulary of {b.vocab}")
+    arr = check_token_ids(arr, b.vocab, what)
     for src in (b, o):
         # as check_pair does for two files: ids that disagree mean different texts
         stored = getattr(src, "tokens", None)
@@ -250,7 +244,7 @@ def _tokens(tokens: Any, b: LogitSource, o: LogitSource, n: int) -> Optional[np.
             raise InputError(f"token mismatch: row {row} predicts token {int(arr[row])} in {what} but "
                              f"{int(stored[row])} in {src.name}, which stores its token ids; leave tokens out "
                              "to use the stored ones")
-    return np.ascontiguousarray(arr, dtype=np.int32)
+    return arr
 
 
 def _array_argument(value: Any, argument: str) -> Tuple[np.ndarray, str]:

@@ -24,7 +24,7 @@ import math
 import os
 import pickle
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -137,7 +137,9 @@ def load_loglik(path: PathLike, *, names_column: Optional[bool] = None) -> Tuple
     suffix = p.suffix.lower()
     names: Optional[List[str]] = None
     if suffix == ".npy":
-        data: Any = np.load(p, allow_pickle=False)
+        from .sources import read_npy
+
+        data: Any = read_npy(p, f"matrix {p}")  # magic, header, size checked; no pickles
     elif suffix == ".csv":
         rows = [line.split(",") for line in p.read_text().splitlines() if line.strip()]
         data = None
@@ -160,7 +162,10 @@ def load_loglik(path: PathLike, *, names_column: Optional[bool] = None) -> Tuple
             raise InputError(f"{p}: not valid JSON ({e})") from None
     elif suffix in (".pkl", ".pickle"):
         with open(p, "rb") as fh:
-            data = pickle.load(fh)
+            try:
+                data = pickle.load(fh)
+            except Exception as e:  # noqa: BLE001 - unpickling raises whatever the bytes make it raise
+                raise InputError(f"{p}: cannot unpickle the log-likelihoods: {type(e).__name__}: {e}") from None
     else:
         raise InputError(f"{p}: unknown log-likelihood file type {suffix!r}; use .npy, .csv, .json, .pkl or .pickle")
     L, mapped = _stacked(data, str(p))

@@ -912,10 +912,7 @@ class LlamacppBaseWriter:
         if not 0 <= n_chunk <= available:
             raise InputError(f"n_chunk {n_chunk} needs {n_chunk * n_ctx} tokens, got {tok.size} "
                              f"(n_ctx {n_ctx})")
-        tok = tok[: n_chunk * n_ctx]
-        if tok.size and (tok.min() < 0 or tok.max() >= vocab):
-            bad = int(np.flatnonzero((tok < 0) | (tok >= vocab))[0])
-            raise InputError(f"tokens[{bad}] = {int(tok[bad])} is outside the vocabulary [0, {vocab})")
+        tok = check_token_ids(tok[: n_chunk * n_ctx], vocab, unit="index")
         self.path, self.n_ctx, self.vocab, self.n_chunk, self.gap = os.fspath(path), n_ctx, vocab, n_chunk, float(gap)
         self.first = n_ctx // 2
         self.rows_per_chunk = n_ctx - 1 - self.first
@@ -1073,12 +1070,12 @@ def write_topk(path: PathLike, source: Any, k: int, *, rest: bool = True, tokens
         rest: store the remaining mass (default True).
         tokens: int token ids [rows] to store, each in ``[0, vocab)``
             (default: the source's).
+        dtype: what uint16 data holds, as in :func:`open_source`.
 
     Raises:
         InputError: a row with NaN or +inf, or −inf everywhere (naming the
             source's row); a token id outside the vocabulary. DtypeError:
             tokens that are not integers.
-        dtype: what uint16 data holds, as in :func:`open_source`.
     """
     src = open_source(source, dtype=dtype)
     if src.layout == "topk":
