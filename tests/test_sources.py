@@ -415,6 +415,17 @@ def test_check_pair_names_both_files(tmp_path):
         qd.check_pair(x, y)
 
 
+def test_check_pair_opens_arrays_and_paths(tmp_path):
+    """What open_source opens, check_pair takes as it is."""
+    np.save(tmp_path / "base.npy", np.zeros((4, 5), F32))
+    qd.check_pair(tmp_path / "base.npy", np.ones((4, 5), F32))
+    qd.check_pair(str(tmp_path / "base.npy"), qd.open_source(tmp_path / "base.npy"))
+    with pytest.raises(qd.InputError, match="vocab mismatch.*base.npy has 5.*<array> has 6"):
+        qd.check_pair(tmp_path / "base.npy", np.zeros((4, 6), F32))
+    with pytest.raises(FileNotFoundError, match="missing.npy"):
+        qd.check_pair(tmp_path / "missing.npy", tmp_path / "base.npy")
+
+
 # ---------------------------------------------------------------------------
 # Top-k dumps and the error of their approximation
 # ---------------------------------------------------------------------------

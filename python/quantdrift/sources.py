@@ -791,13 +791,19 @@ def _open_llamacpp(path: str, name: str) -> LogitSource:
     return src
 
 
-def check_pair(base: LogitSource, other: LogitSource) -> None:
+def check_pair(base: Any, other: Any) -> None:
     """Checks that two sources can be compared row by row.
+
+    Args:
+        base, other: :class:`LogitSource` objects, or anything
+            :func:`open_source` opens (arrays, paths, folders, globs).
 
     Raises:
         InputError: naming both sources, when their vocabularies or row
             counts differ, or when both store token ids and they differ.
+        Whatever :func:`open_source` raises for an argument it cannot open.
     """
+    base, other = open_source(base), open_source(other)
     if base.vocab != other.vocab:
         raise InputError(f"vocab mismatch: {base.name} has {base.vocab} tokens per row, "
                          f"{other.name} has {other.vocab}")
