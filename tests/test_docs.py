@@ -183,6 +183,26 @@ def test_commands_run(doc, tmp_path, monkeypatch, capsys):
         assert code == 0, f"the command at {doc}:{line} exited {code}: {err}"
 
 
+def test_docstring_examples():
+    """The ``>>>`` examples in the package's docstrings."""
+    import doctest
+    import importlib
+    import pkgutil
+
+    failed = []
+    for info in pkgutil.iter_modules(qd.__path__):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"quantdrift.{info.name}")
+        result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE, verbose=False)
+        if result.failed:
+            failed.append(info.name)
+    result = doctest.testmod(qd, optionflags=doctest.NORMALIZE_WHITESPACE, verbose=False)
+    if result.failed:
+        failed.append("quantdrift")
+    assert not failed, f"docstring examples fail in {failed} (run pytest --doctest-modules on them)"
+
+
 def test_every_edit_applies():
     """An edit that no longer matches its document would leave a stale
     placeholder (and hide a changed example)."""

@@ -8,8 +8,8 @@ Divergences between next-token distributions::
     >>> import numpy as np, quantdrift as qd
     >>> p = np.array([[2.0, 1.0, 0.0]])
     >>> q = np.array([[2.0, 0.0, 1.0]])
-    >>> qd.kl(p, q).round(4)
-    array([0.1636])
+    >>> qd.kl(p, q).round(4)    # = p[1] − p[2], as log(p/q) is +1 and −1 there
+    array([0.1547])
 """
 
 from __future__ import annotations
