@@ -28,7 +28,6 @@ import time
 import numpy as np
 
 import quantdrift as qd
-from quantdrift import llv
 
 
 def timed(fn, repeat=1):

@@ -6,8 +6,11 @@ Run: ``python benches/bench_quantize.py [--quick] [--checkpoint-gb 4]``.
 Timings are the best of a few runs of quantize + dequantize (calibration
 included). The roofline time is the bytes an ideal pair of passes moves
 (read x, write codes; read codes, write y) at the threaded plain-read rate
-of this machine, so "of roofline" = roofline time / measured time. Nothing
-here is asserted.
+of this machine, so "of roofline" = roofline time / measured time. The
+plain read and the peers are timed in turn with quantdrift's calls, round
+after round (best of each), so all come from the same minutes of a host
+whose speed drifts; the read's rate is the "read GB/s" column. Nothing here
+is asserted.
 """
 
 from __future__ import annotations
@@ -52,6 +55,22 @@ def best(fn, repeat: int) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return min(times)
+
+
+def best_interleaved(runs):
+    """Best times of (function, repeat) pairs called in turn, round after
+    round (a function stops after its repeat count), so that each sees the
+    same minutes of a shared host, whose speed drifts by tens of percent."""
+    for fn, _ in runs:
+        fn()
+    times = [[] for _ in runs]
+    for k in range(max(r for _, r in runs)):
+        for (fn, r), ts in zip(runs, times):
+            if k < r:
+                t = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t)
+    return [min(ts) for ts in times]
 
 
 # --- the peers ---------------------------------------------------------------
@@ -111,42 +130,51 @@ def torchao_run(tx, bits, group):
 def bench_tensors(shapes, repeat):
     rng = np.random.default_rng(0)
     header = (f"{'case':<26}{'quantdrift ms':>14}{'numpy ms':>10}{'× numpy':>9}{'torch ms':>10}{'× torch':>9}"
-              f"{'torchao ms':>11}{'× torchao':>10}{'roofline ms':>12}{'of roofline':>12}")
+              f"{'torchao ms':>11}{'× torchao':>10}{'read GB/s':>10}{'roofline ms':>12}{'of roofline':>12}")
     print(header)
     print("-" * len(header))
     rows = []
     for shape in shapes:
-        x = (rng.standard_t(5, size=shape) * 0.02).astype(np.float32)
-        raw = x.view(np.uint8).reshape(-1)
-        t_read = best(lambda: _core.read_all(raw), repeat)
+        rows += bench_shape(rng, shape, repeat)
+    return rows
+
+
+def bench_shape(rng, shape, repeat):
+    """The table's rows of one matrix shape (int8 per channel, int4 groups)."""
+    rows = []
+    x = (rng.standard_t(5, size=shape) * 0.02).astype(np.float32)
+    raw = x.view(np.uint8).reshape(-1)
+    tx = torch.from_numpy(x) if torch is not None else None
+    for label, bits, part, code_bytes in (
+        ("int8 per-channel", 8, qd.per_axis(0), 1.0),
+        ("int4 group-128", 4, qd.groups(-1, 128), 0.5),
+    ):
+
+        def ours():
+            return qd.quantize(x, bits=bits, partition=part).dequantize()
+
+        # ours, the plain read (the roofline) and the peers in turn: the
+        # ratios compare the same minutes
+        few = max(1, repeat // 2)
+        np_fn = numpy_int8_per_channel if bits == 8 else numpy_int4_g128
+        runs = [(ours, repeat), (lambda: _core.read_all(raw), repeat), (lambda: np_fn(x), few)]
+        if tx is not None:
+            t_fn = torch_int8_per_channel if bits == 8 else torch_int4_g128
+            runs.append((lambda: t_fn(tx), few))
+            if choose_qparams_affine is not None:
+                runs.append((lambda: torchao_run(tx, bits, None if bits == 8 else 128), few))
+        t_qd, t_read, t_np, *peers = best_interleaved(runs) + [float("nan")] * (5 - len(runs))
+        t_t, t_ao = peers[:2]
         rate = x.nbytes / t_read
-        tx = torch.from_numpy(x) if torch is not None else None
-        for label, bits, part, code_bytes in (
-            ("int8 per-channel", 8, qd.per_axis(0), 1.0),
-            ("int4 group-128", 4, qd.groups(-1, 128), 0.5),
-        ):
-
-            def ours():
-                return qd.quantize(x, bits=bits, partition=part).dequantize()
-
-            t_qd = best(ours, repeat)
-            np_fn = numpy_int8_per_channel if bits == 8 else numpy_int4_g128
-            t_np = best(lambda: np_fn(x), max(1, repeat // 2))
-            t_t = t_ao = float("nan")
-            if tx is not None:
-                t_fn = torch_int8_per_channel if bits == 8 else torch_int4_g128
-                t_t = best(lambda: t_fn(tx), max(1, repeat // 2))
-                if choose_qparams_affine is not None:
-                    t_ao = best(lambda: torchao_run(tx, bits, None if bits == 8 else 128), max(1, repeat // 2))
-            n = x.size
-            traffic = 4 * n + code_bytes * n + code_bytes * n + 4 * n
-            t_roof = traffic / rate
-            case = f"{label} {shape[0]}x{shape[1]}"
-            print(f"{case:<26}{t_qd * 1e3:>14.1f}{t_np * 1e3:>10.1f}{t_np / t_qd:>8.1f}x{t_t * 1e3:>10.1f}"
-                  f"{t_t / t_qd:>8.1f}x{t_ao * 1e3:>11.1f}{t_ao / t_qd:>9.1f}x{t_roof * 1e3:>12.1f}{t_roof / t_qd:>12.2f}")
-            rows.append({"case": case, "quantdrift_ms": t_qd * 1e3, "numpy_ms": t_np * 1e3, "torch_ms": t_t * 1e3,
-                         "torchao_ms": t_ao * 1e3, "roofline_ms": t_roof * 1e3, "read_gbps": rate / 1e9})
-        del x, tx
+        n = x.size
+        traffic = 4 * n + code_bytes * n + code_bytes * n + 4 * n
+        t_roof = traffic / rate
+        case = f"{label} {shape[0]}x{shape[1]}"
+        print(f"{case:<26}{t_qd * 1e3:>14.1f}{t_np * 1e3:>10.1f}{t_np / t_qd:>8.1f}x{t_t * 1e3:>10.1f}"
+              f"{t_t / t_qd:>8.1f}x{t_ao * 1e3:>11.1f}{t_ao / t_qd:>9.1f}x{rate / 1e9:>10.1f}{t_roof * 1e3:>12.1f}"
+              f"{t_roof / t_qd:>12.2f}")
+        rows.append({"case": case, "quantdrift_ms": t_qd * 1e3, "numpy_ms": t_np * 1e3, "torch_ms": t_t * 1e3,
+                     "torchao_ms": t_ao * 1e3, "roofline_ms": t_roof * 1e3, "read_gbps": rate / 1e9})
     return rows
 
 

@@ -117,6 +117,14 @@ RSS_CHILD = textwrap.dedent(
 )
 
 
+def read_rate(nbytes: int) -> float:
+    """The roofline: bytes per second of a threaded read of as many bytes
+    (at most 2 GiB), already in memory."""
+    buf = np.ones(min(nbytes, 2 << 30), dtype=np.uint8)
+    t_read, _ = best(lambda: _core.read_all(buf), 3)
+    return buf.nbytes / t_read
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=16384)
@@ -133,11 +141,7 @@ def main() -> None:
     warm(base_path)
     warm(other_path)
 
-    # roofline: a threaded read of as many bytes, already in memory
-    buf = np.ones(min(nbytes, 2 << 30), dtype=np.uint8)
-    t_read, _ = best(lambda: _core.read_all(buf), 3)
-    roofline = buf.nbytes / t_read / 1e9
-    del buf
+    roofline = read_rate(nbytes) / 1e9
     print(f"# {args.rows}x{args.vocab} fp16 per file, {nbytes / 1e9:.2f} GB in all; roofline {roofline:.1f} GB/s")
 
     rows = []
