@@ -12,7 +12,9 @@ For each shape (rows × vocab) and input dtype it times:
 
 Throughput is input bytes (p and q) per second; ratios are quantdrift's
 speed over each peer and quantdrift's fraction of the roofline. Timings are
-the best of several warm runs. Peak RSS is the process's high-water mark.
+the best of several runs, all of them taken in turn, round after round, so
+that the ratios compare the same minutes of a shared host. Peak RSS is the
+process's high-water mark.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import argparse
 import os
 import platform
 import resource
-import time
 
 import ml_dtypes
 import numpy as np
@@ -29,21 +30,13 @@ from scipy.special import log_softmax
 
 import quantdrift as qd
 from quantdrift import _core
+from timing import best_interleaved
 
 try:
     import torch
     import torch.nn.functional as F
 except ImportError:  # pragma: no cover
     torch = None
-
-
-def best(fn, repeat):
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def numpy_kl(p, q):
@@ -112,20 +105,26 @@ def main() -> None:
                 p, q = base.astype(ml_dtypes.bfloat16), other.astype(ml_dtypes.bfloat16)
             nbytes = p.nbytes + q.nbytes
             raw_p, raw_q = p.view(np.uint8).reshape(-1), q.view(np.uint8).reshape(-1)
-            t_read = best(lambda: (_core.read_all(raw_p), _core.read_all(raw_q)), args.repeat)
-            t_kl = best(lambda: qd.kl(p, q), args.repeat)
-            t_js = best(lambda: qd.js(p, q), args.repeat)
-            t_np_kl = best(lambda: numpy_kl(p, q), 1)
-            t_np_js = best(lambda: numpy_js(p, q), 1)
-            t_t_kl = t_t_js = float("nan")
+            # quantdrift, the plain read (the roofline) and the peers in turn,
+            # round after round: the ratios compare the same minutes
+            runs = [
+                (lambda: qd.kl(p, q), args.repeat),
+                (lambda: (_core.read_all(raw_p), _core.read_all(raw_q)), args.repeat),
+                (lambda: qd.js(p, q), args.repeat),
+                (lambda: numpy_kl(p, q), 1),
+                (lambda: numpy_js(p, q), 1),
+            ]
             if torch is not None:
                 tp = torch.from_numpy(p) if dtype_name == "float32" else torch.from_numpy(p.view(np.int16)).view(torch.bfloat16)
                 tq = torch.from_numpy(q) if dtype_name == "float32" else torch.from_numpy(q.view(np.int16)).view(torch.bfloat16)
-                torch_kl(tp[:4], tq[:4])
-                t_t_kl = best(lambda: torch_kl(tp, tq), 2)
-                t_t_js = best(lambda: torch_js(tp, tq), 2)
-                # sanity: same numbers as the peer
+                # sanity: same numbers as the peer (and torch warmed up)
                 np.testing.assert_allclose(qd.kl(p[:8], q[:8]), torch_kl(tp[:8], tq[:8]).double().numpy(), rtol=2e-3, atol=1e-6)
+                runs += [(lambda: torch_kl(tp, tq), 2), (lambda: torch_js(tp, tq), 2)]
+            # warm-up: ours and the read once each (the peers' first calls are timed, as before)
+            for fn, _ in runs[:3]:
+                fn()
+            times = best_interleaved(runs, warm=False) + [float("nan")] * (7 - len(runs))
+            t_kl, t_read, t_js, t_np_kl, t_np_js, t_t_kl, t_t_js = times
             gbps = lambda t: nbytes / t / 1e9  # noqa: E731
             rows_out.append(
                 dict(

@@ -31,6 +31,7 @@ import numpy as np
 
 import quantdrift as qd
 from quantdrift import _core
+from timing import best_interleaved
 
 try:
     import torch
@@ -45,32 +46,6 @@ try:
     )
 except Exception:  # pragma: no cover - optional peer
     choose_qparams_affine = None
-
-
-def best(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
-def best_interleaved(runs):
-    """Best times of (function, repeat) pairs called in turn, round after
-    round (a function stops after its repeat count), so that each sees the
-    same minutes of a shared host, whose speed drifts by tens of percent."""
-    for fn, _ in runs:
-        fn()
-    times = [[] for _ in runs]
-    for k in range(max(r for _, r in runs)):
-        for (fn, r), ts in zip(runs, times):
-            if k < r:
-                t = time.perf_counter()
-                fn()
-                ts.append(time.perf_counter() - t)
-    return [min(ts) for ts in times]
 
 
 # --- the peers ---------------------------------------------------------------
