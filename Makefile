@@ -22,7 +22,7 @@ vulkan:
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "maturin>=1.9.4,<2.0" "pytest>=7" "hypothesis>=6" "scipy>=1.7" "numpy>=1.21" "ml_dtypes>=0.7" "tqdm>=4.60" "matplotlib>=3.5" "dask>=2023.1" "distributed>=2023.1"
+	$(PY) -m pip install --quiet "maturin>=1.9.4,<2.0" "pytest>=7" "hypothesis>=6" "scipy>=1.7" "numpy>=1.21" "ml_dtypes>=0.7" "tqdm>=4.60" "matplotlib>=3.5" "dask>=2023.1" "distributed>=2023.1" "abi3audit>=0.0.20"
 	touch $(STAMP)
 
 develop: $(STAMP)
