@@ -44,14 +44,54 @@ def is_bfloat16(dtype: np.dtype) -> bool:
 
 SCORE_DTYPES = "float32, float64, float16 or bfloat16"
 
+# torch dtypes without a numpy equivalent, and the ml_dtypes type with their bits
+_TORCH_ML_DTYPES = {
+    "bfloat16": "bfloat16",
+    "float8_e4m3fn": "float8_e4m3fn",
+    "float8_e5m2": "float8_e5m2",
+    "float8_e4m3fnuz": "float8_e4m3fnuz",
+    "float8_e5m2fnuz": "float8_e5m2fnuz",
+    "float8_e8m0fnu": "float8_e8m0fnu",
+}
+
+
+def from_torch(x: Any, name: str) -> Any:
+    """A torch tensor in CPU memory as a numpy array sharing that memory
+    (bfloat16 and float8 tensors as ml_dtypes' types, which numpy lacks);
+    anything else as it is.
+
+    Tensors that require grad are read through ``detach()`` (nothing is
+    written to them). A tensor on another device raises InputError rather
+    than being copied behind the caller's back. Torch is never imported
+    here: without it in ``sys.modules`` no tensor can exist.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(x, torch.Tensor):
+        return x
+    t = x.detach()
+    if t.device.type != "cpu":
+        from ._errors import InputError
+
+        raise InputError(f"{name} is a torch tensor on {t.device}; quantdrift reads CPU memory: "
+                         f"pass {name}.cpu()")
+    if t.is_conj() or t.is_neg():
+        t = t.resolve_conj().resolve_neg()
+    kind = str(t.dtype).removeprefix("torch.")
+    if kind in _TORCH_ML_DTYPES:
+        bits = torch.int16 if t.element_size() == 2 else torch.uint8
+        return t.view(bits).numpy().view(as_dtype(_TORCH_ML_DTYPES[kind]))
+    return t.numpy()
+
 
 def as_scores(x: Any, name: str) -> Tuple[np.ndarray, str]:
     """Returns ``(array, dtype16)``: float32/float64 arrays as they are, and
     float16/bfloat16 arrays as uint16 views named by ``dtype16``.
 
     Integer and other inputs raise DtypeError; lists become float64;
-    big-endian arrays are byte-swapped into native copies.
+    big-endian arrays are byte-swapped into native copies; CPU torch tensors
+    are read in place (see :func:`from_torch`).
     """
+    x = from_torch(x, name)
     arr = np.asarray(x)
     if not arr.dtype.isnative:
         # Big-endian data (read from a file written on another machine): the

@@ -38,7 +38,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _core
-from ._arrays import bfloat16, is_bfloat16
+from ._arrays import bfloat16, from_torch, is_bfloat16
 from ._errors import DtypeError, FormatError, InputError, ShapeError
 from ._files import atomic_path
 
@@ -425,7 +425,8 @@ def open_source(obj: Any, *, dtype: Optional[str] = None, tensor: Optional[str] 
 
     Args:
         obj: a :class:`LogitSource` (returned as is); a numpy array [rows, vocab]
-            or [sequences, positions, vocab]; a path to a ``.npy``, a
+            or [sequences, positions, vocab] (or a torch tensor in CPU memory,
+            read in place); a path to a ``.npy``, a
             ``.safetensors``, a llama.cpp base file (recognised by its magic
             ``_logits_``, whatever its name) or a top-k dump; a folder (its
             ``.npy``/``.safetensors``/base files sorted by name) or a glob
@@ -456,6 +457,7 @@ def open_source(obj: Any, *, dtype: Optional[str] = None, tensor: Optional[str] 
         return parts[0] if len(parts) == 1 else _Shards(name or f"[{parts[0].name}, ...]", parts)
     if isinstance(obj, (str, os.PathLike)):
         return _open_path(os.fspath(obj), dtype=dtype, tensor=tensor, values=values, name=name)
+    obj = from_torch(obj, name or "the array")
     if isinstance(obj, np.ndarray) or hasattr(obj, "__array__"):
         arr = np.asarray(obj)
         return _dense(arr, dtype, values or "logits", name or "<array>", "array")
