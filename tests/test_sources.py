@@ -656,3 +656,32 @@ def test_base_writer_names_the_source_row_of_a_bad_logit(tmp_path):
         with pytest.raises(qd.InputError, match=r"scored row 5 has NaN at index 3"):
             w.write_rows(x[35:39])
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------
+# Progress bars of the writers
+# ---------------------------------------------------------------------------
+
+
+def test_writers_show_progress_on_request_and_write_the_same_bytes(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal((2 * 16, 9)).astype(F32)
+    tokens = rng.integers(0, 9, 2 * 16)
+    writers = {
+        "base.kld": lambda path, progress: qd.write_llamacpp_base(path, logits, tokens, n_ctx=16, progress=progress),
+        "top.safetensors": lambda path, progress: qd.write_topk(path, logits, 4, progress=progress),
+        "rows.npy": lambda path, progress: write_npy(path, logits, progress=progress),
+        "rows.safetensors": lambda path, progress: write_safetensors(path, logits, progress=progress),
+    }
+    # the bar's label and total (tqdm scales it: 14 rows show as 14.0)
+    bars = {"base.kld": ("write base file", "14.0"), "top.safetensors": ("write top-k", "32.0"),
+            "rows.npy": ("write", "32.0"), "rows.safetensors": ("write", "32.0")}
+    for name, write in writers.items():
+        quiet, shown = tmp_path / f"quiet-{name}", tmp_path / f"shown-{name}"
+        write(quiet, False)
+        assert capsys.readouterr().err == ""
+        write(shown, True)
+        err = capsys.readouterr().err
+        label, total = bars[name]
+        assert err.startswith(f"\r{label}:") and f"/{total} " in err and "row/s" in err, (name, err)
+        assert quiet.read_bytes() == shown.read_bytes(), name

@@ -24,7 +24,6 @@ import math
 import mmap
 import os
 import re
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from . import _core, gpu
 from ._arrays import is_bfloat16
 from ._errors import InputError, QuantdriftError
 from ._files import new_file_mode, write_text_atomic
+from ._progress import progress_bar
 from .formats import FORMATS, get as get_format
 from .lowp import decode, encode, mx_decode, mx_encode, nvfp4_decode, nvfp4_encode
 from .quant import _code_type, _plan, _smallest_int, groups, per_axis, per_tensor
@@ -1084,28 +1084,6 @@ class QuantizeReport:
         write_text_atomic(path, self.to_json() if Path(path).suffix.lower() == ".json" else self.to_csv())
 
 
-def _progress(total: int, desc: str, enabled: Optional[bool]):
-    """tqdm on a terminal when it is installed, else a no-op."""
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if enabled:
-        try:
-            from tqdm import tqdm  # type: ignore[import-untyped]
-
-            return tqdm(total=total, desc=desc, unit="B", unit_scale=True, leave=False)
-        except ImportError:
-            pass
-
-    class _Null:
-        def update(self, n: int) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
-
-    return _Null()
-
-
 # ---------------------------------------------------------------------------
 # quantize_file / dequantize_file
 # ---------------------------------------------------------------------------
@@ -1221,7 +1199,7 @@ def quantize_file(
         md[METADATA_KEY] = json.dumps({"version": LAYOUT_VERSION, "tensors": metas}, separators=(",", ":"))
         w = _Writer(d, outs, md)
         rows: List[Dict[str, Any]] = []
-        bar = _progress(sum(e.nbytes for e, _, _ in plan), "quantize", progress)
+        bar = progress_bar(sum(e.nbytes for e, _, _ in plan), "quantize", progress)
         try:
             for e, sc, o in plan:
                 sums = _Sums() if stats and sc.kind != "keep" else None
@@ -1329,7 +1307,7 @@ def dequantize_file(src: PathLike, dst: PathLike, *, progress: Optional[bool] = 
         outs = [_Out(name, meta["dtype"], tuple(meta["shape"])) for name, meta in tensors.items()]
         md = {k: v for k, v in ck.metadata.items() if k != METADATA_KEY}
         w = _Writer(d, outs, md)
-        bar = _progress(sum(o.nbytes for o in outs), "dequantize", progress)
+        bar = progress_bar(sum(o.nbytes for o in outs), "dequantize", progress)
         try:
             for name, meta in tensors.items():
                 try:

@@ -213,6 +213,7 @@ def _convert(args: argparse.Namespace) -> int:
     to = args.to or {".npy": "npy", ".safetensors": "safetensors"}.get(args.dst[args.dst.rfind("."):])
     if to is None:
         raise ValueError(f"cannot tell the output format from {args.dst!r}; give --to llamacpp|npy|safetensors|topk")
+    progress = False if args.no_progress else None  # None: on a terminal
     with _open(args.src, "--tensor", dtype=args.dtype, tensor=args.tensor) as src:
         what = f"--tokens file {args.tokens}"
         tokens = None if args.tokens is None else sources.read_npy(args.tokens, what)
@@ -220,13 +221,13 @@ def _convert(args: argparse.Namespace) -> int:
             if tokens is None:
                 raise ValueError("--to llamacpp needs --tokens F (a .npy of the text's token ids)")
             tokens = sources.check_token_ids(tokens, src.vocab, what, unit="index")
-            sources.write_llamacpp_base(args.dst, src, tokens, args.n_ctx)
+            sources.write_llamacpp_base(args.dst, src, tokens, args.n_ctx, progress=progress)
         elif to == "topk":
             if tokens is not None:
                 tokens = sources.check_token_ids(tokens, src.vocab, what)
-            sources.write_topk(args.dst, src, args.k, tokens=tokens)
+            sources.write_topk(args.dst, src, args.k, tokens=tokens, progress=progress)
         else:
-            getattr(sources, f"write_{to}")(args.dst, src)
+            getattr(sources, f"write_{to}")(args.dst, src, progress=progress)
     print(f"wrote {args.dst} ({to})")
     return 0
 
@@ -374,6 +375,7 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--n-ctx", type=int, help="llamacpp: tokens per chunk (default: positions of 3-D logits)")
     convert.add_argument("--tokens", help="a .npy of token ids (llamacpp: the text; topk: one per row)")
     convert.add_argument("--k", type=int, default=20, help="topk: entries kept per row (default 20)")
+    convert.add_argument("--no-progress", action="store_true", help="no progress bar (shown on a terminal)")
     for p in (info, convert):
         p.add_argument("--dtype", choices=("bfloat16", "float16"), help="what uint16 data holds")
         p.add_argument("--tensor", help="safetensors: the tensor to read")

@@ -41,6 +41,7 @@ from . import _core
 from ._arrays import bfloat16, from_torch, is_bfloat16
 from ._errors import DtypeError, FormatError, InputError, ShapeError
 from ._files import atomic_path
+from ._progress import progress_bar
 
 __all__ = [
     "open_source",
@@ -1008,7 +1009,8 @@ class LlamacppBaseWriter:
 
 
 def write_llamacpp_base(path: PathLike, logits: Any, tokens: Any, n_ctx: Optional[int] = None, *,
-                        n_chunk: Optional[int] = None, gap: float = 16.0, dtype: Optional[str] = None) -> None:
+                        n_chunk: Optional[int] = None, gap: float = 16.0, dtype: Optional[str] = None,
+                        progress: Optional[bool] = None) -> None:
     """Writes a llama.cpp ``--kl-divergence-base`` file, byte-exact with llama.cpp's.
 
     Args:
@@ -1022,6 +1024,8 @@ def write_llamacpp_base(path: PathLike, logits: Any, tokens: Any, n_ctx: Optiona
         n_chunk: default ``len(tokens) // n_ctx``.
         gap: clamp below the top logit (16 as llama.cpp; 24 as ik_llama.cpp).
         dtype: what uint16 logits hold, as in :func:`open_source`.
+        progress: a progress bar of rows written (default: when stderr is
+            a terminal).
     """
     src = open_source(logits, dtype=dtype)
     if src.layout != "dense":
@@ -1039,18 +1043,23 @@ def write_llamacpp_base(path: PathLike, logits: Any, tokens: Any, n_ctx: Optiona
         else:
             raise ShapeError(f"{src.name} has {src.n_rows} rows; {w.n_chunk} chunks of n_ctx {w.n_ctx} need "
                              f"{full} (every position) or {scored} (the scored positions)")
-        for c in range(w.n_chunk):
-            src.prefetch(c * stride + lo, c * stride + hi)
-            block = src.block(c * stride + lo, c * stride + hi)
-            try:
-                w.write_rows(block.view(bfloat16()) if src.dtype == "bfloat16" else block)
-            except InputError:
-                # name the row as the source numbers it: the writer counts scored rows only
-                bad = _bad_row(_dense_f32(src, block))
-                if bad is None:
-                    raise
-                raise InputError(f"{src.name}: row {c * stride + lo + bad[0]} {bad[1]}; "
-                                 "a base file needs finite logits (or -inf)") from None
+        bar = progress_bar(w.n_rows, "write base file", progress, unit="row")
+        try:
+            for c in range(w.n_chunk):
+                src.prefetch(c * stride + lo, c * stride + hi)
+                block = src.block(c * stride + lo, c * stride + hi)
+                try:
+                    w.write_rows(block.view(bfloat16()) if src.dtype == "bfloat16" else block)
+                except InputError:
+                    # name the row as the source numbers it: the writer counts scored rows only
+                    bad = _bad_row(_dense_f32(src, block))
+                    if bad is None:
+                        raise
+                    raise InputError(f"{src.name}: row {c * stride + lo + bad[0]} {bad[1]}; "
+                                     "a base file needs finite logits (or -inf)") from None
+                bar.update(hi - lo)
+        finally:
+            bar.close()
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -1060,7 +1069,7 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def write_topk(path: PathLike, source: Any, k: int, *, rest: bool = True, tokens: Any = None,
-               dtype: Optional[str] = None) -> None:
+               dtype: Optional[str] = None, progress: Optional[bool] = None) -> None:
     """Writes the top-``k`` log-probabilities of each row as a quantdrift top-k dump.
 
     The dump is a safetensors file (metadata ``format = quantdrift.topk``,
@@ -1079,6 +1088,8 @@ def write_topk(path: PathLike, source: Any, k: int, *, rest: bool = True, tokens
         tokens: int token ids [rows] to store, each in ``[0, vocab)``
             (default: the source's).
         dtype: what uint16 data holds, as in :func:`open_source`.
+        progress: a progress bar of rows written (default: when stderr is
+            a terminal).
 
     Raises:
         InputError: a row with NaN or +inf, or −inf everywhere (naming the
@@ -1108,29 +1119,40 @@ def write_topk(path: PathLike, source: Any, k: int, *, rest: bool = True, tokens
             if key in out:
                 out[key][:] = np.asarray(extra[key]).reshape(-1)
         step = max(1, _BLOCK_BYTES // (8 * src.vocab))
-        for start in range(0, rows, step):
-            stop = min(rows, start + step)
-            src.prefetch(stop, min(rows, stop + step))
-            x = _dense_f32(src, src.block(start, stop))
-            bad = _bad_row(x)
-            if bad is not None:  # it would be stored as NaN log-probs, found only when compared
-                raise InputError(f"{src.name}: row {start + bad[0]} {bad[1]}; a top-k dump needs "
-                                 "finite scores (or -inf)")
-            logp = x.astype(np.float64) if src.layout == "llamacpp" or src.values == "logprobs" else _log_softmax(x)
-            idx = np.argpartition(-logp, k - 1, axis=1)[:, :k] if k < src.vocab else np.tile(
-                np.arange(src.vocab), (stop - start, 1))
-            top = np.take_along_axis(logp, idx, axis=1)
-            order = np.lexsort((idx, -top), axis=1)
-            idx, top = np.take_along_axis(idx, order, axis=1), np.take_along_axis(top, order, axis=1)
-            out["indices"][start:stop] = idx
-            out["logprobs"][start:stop] = top
-            if rest:
-                others = logp.copy()
-                np.put_along_axis(others, idx, -np.inf, axis=1)
-                mx = np.max(others, axis=1, keepdims=True)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    lse = mx[:, 0] + np.log(np.sum(np.exp(others - np.where(np.isfinite(mx), mx, 0)), axis=1))
-                out["rest"][start:stop] = np.where(np.isfinite(mx[:, 0]), lse, -np.inf)
+        bar = progress_bar(rows, "write top-k", progress, unit="row")
+        try:
+            for start in range(0, rows, step):
+                stop = min(rows, start + step)
+                _topk_rows(src, out, start, stop, k, rest)
+                bar.update(stop - start)
+        finally:
+            bar.close()
+
+
+def _topk_rows(src: LogitSource, out: Dict[str, np.ndarray], start: int, stop: int, k: int, rest: bool) -> None:
+    """Rows [start, stop) of a top-k dump into its output maps (the next
+    as many rows prefetched meanwhile)."""
+    src.prefetch(stop, min(src.n_rows, 2 * stop - start))
+    x = _dense_f32(src, src.block(start, stop))
+    bad = _bad_row(x)
+    if bad is not None:  # it would be stored as NaN log-probs, found only when compared
+        raise InputError(f"{src.name}: row {start + bad[0]} {bad[1]}; a top-k dump needs "
+                         "finite scores (or -inf)")
+    logp = x.astype(np.float64) if src.layout == "llamacpp" or src.values == "logprobs" else _log_softmax(x)
+    idx = np.argpartition(-logp, k - 1, axis=1)[:, :k] if k < src.vocab else np.tile(
+        np.arange(src.vocab), (stop - start, 1))
+    top = np.take_along_axis(logp, idx, axis=1)
+    order = np.lexsort((idx, -top), axis=1)
+    idx, top = np.take_along_axis(idx, order, axis=1), np.take_along_axis(top, order, axis=1)
+    out["indices"][start:stop] = idx
+    out["logprobs"][start:stop] = top
+    if rest:
+        others = logp.copy()
+        np.put_along_axis(others, idx, -np.inf, axis=1)
+        mx = np.max(others, axis=1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lse = mx[:, 0] + np.log(np.sum(np.exp(others - np.where(np.isfinite(mx), mx, 0)), axis=1))
+        out["rest"][start:stop] = np.where(np.isfinite(mx[:, 0]), lse, -np.inf)
 
 
 @contextmanager
@@ -1178,21 +1200,26 @@ def _safetensors_out(path: PathLike, tensors: Sequence[Tuple[str, str, Tuple[int
                 f.close()
 
 
-def write_safetensors(path: PathLike, source: Any, *, tensor: str = "logits", dtype: Optional[str] = None) -> None:
+def write_safetensors(path: PathLike, source: Any, *, tensor: str = "logits", dtype: Optional[str] = None,
+                      progress: Optional[bool] = None) -> None:
     """Writes a source's rows as one safetensors tensor (its shape kept,
-    llama.cpp rows decoded to float32 log-probs), streamed block by block."""
+    llama.cpp rows decoded to float32 log-probs), streamed block by block,
+    with a progress bar of rows when ``progress`` (default: when stderr is a
+    terminal)."""
     src = open_source(source, dtype=dtype)
     if src.layout == "topk":
         raise InputError(f"{src.name} is a top-k dump; it has no dense rows to write")
     out_dtype = "float32" if src.layout == "llamacpp" else src.dtype
     shape = src.shape if src.layout == "dense" else (src.n_rows, src.vocab)
     with _safetensors_out(path, [(tensor, out_dtype, shape)], {"values": src.values}) as out:
-        _copy_rows(src, out[tensor].reshape(src.n_rows, src.vocab))
+        _copy_rows(src, out[tensor].reshape(src.n_rows, src.vocab), progress)
 
 
-def write_npy(path: PathLike, source: Any, *, dtype: Optional[str] = None) -> None:
+def write_npy(path: PathLike, source: Any, *, dtype: Optional[str] = None, progress: Optional[bool] = None) -> None:
     """Writes a source's rows as a ``.npy`` (shape kept; bfloat16 as
-    ml_dtypes' bfloat16, llama.cpp rows decoded to float32 log-probs)."""
+    ml_dtypes' bfloat16, llama.cpp rows decoded to float32 log-probs),
+    streamed block by block, with a progress bar of rows when ``progress``
+    (default: when stderr is a terminal)."""
     src = open_source(source, dtype=dtype)
     if src.layout == "topk":
         raise InputError(f"{src.name} is a top-k dump; it has no dense rows to write")
@@ -1202,15 +1229,20 @@ def write_npy(path: PathLike, source: Any, *, dtype: Optional[str] = None) -> No
     with atomic_path(path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np_dtype, shape=tuple(shape))
         target = out.reshape(src.n_rows, src.vocab)
-        _copy_rows(src, target.view(np.uint16) if src.dtype == "bfloat16" else target)
+        _copy_rows(src, target.view(np.uint16) if src.dtype == "bfloat16" else target, progress)
         out.flush()
         del out, target
 
 
-def _copy_rows(src: LogitSource, target: np.ndarray) -> None:
+def _copy_rows(src: LogitSource, target: np.ndarray, progress: Optional[bool]) -> None:
     step = _block_rows(src)
-    for start in range(0, src.n_rows, step):
-        stop = min(src.n_rows, start + step)
-        src.prefetch(stop, min(src.n_rows, stop + step))
-        block = src.block(start, stop)
-        target[start:stop] = _core.llamacpp_decode(block, src.vocab) if src.layout == "llamacpp" else block
+    bar = progress_bar(src.n_rows, "write", progress, unit="row")
+    try:
+        for start in range(0, src.n_rows, step):
+            stop = min(src.n_rows, start + step)
+            src.prefetch(stop, min(src.n_rows, stop + step))
+            block = src.block(start, stop)
+            target[start:stop] = _core.llamacpp_decode(block, src.vocab) if src.layout == "llamacpp" else block
+            bar.update(stop - start)
+    finally:
+        bar.close()
