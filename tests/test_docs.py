@@ -33,12 +33,12 @@ HAVE_SKLEARN = importlib.util.find_spec("sklearn") is not None
 
 # (document, text in a block, replacement): the only changes made to the examples.
 EDITS = [
-    # a few rows instead of 4096 × 32000 logits
+    # a few rows instead of 4096 × 32000 logits, and a block within them
     ("README.md", "4096, 32000", "64, 320"),
+    ("docs/sources.md", "src.block(0, 4096)", "src.block(0, 64)"),
     # an in-process cluster and local shard folders instead of a remote scheduler and S3
     ("docs/scaling.md", 'Client("tcp://scheduler:8786")', "Client(processes=False)"),
     ("docs/scaling.md", '"s3://bucket/base/", "s3://bucket/int4/"', '"shards/base/", "shards/int4/"'),
-    ("docs/sources.md", "src.block(0, 4096)", "src.block(0, 64)"),
     # the elided names of the docs (L.npy holds no names)
     ("docs/llv.md", 'm.nearest("llama-3-8b", 5)', "m.nearest(m.names[0], 5)"),
     ("docs/llv.md", '{"quantized": [...], "base": [...]}', '{"quantized": m.names[1:], "base": m.names[:1]}'),
