@@ -358,6 +358,13 @@ def test_cli(tmp_path):
     assert "bits/param" in r.stdout and (tmp_path / "r.json").exists()
     r = run("dequantize", tmp_path / "q.safetensors", tmp_path / "back.safetensors")
     assert r.returncode == 0, r.stderr
+    # --no-progress changes nothing but the terminal
+    r = run("quantize", src, tmp_path / "q2.safetensors", "--recipe", "int4:g128", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "q2.safetensors").read_bytes() == (tmp_path / "q.safetensors").read_bytes()
+    r = run("dequantize", tmp_path / "q.safetensors", tmp_path / "back2.safetensors", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "back2.safetensors").read_bytes() == (tmp_path / "back.safetensors").read_bytes()
     r = run("quantize", src, tmp_path / "x.safetensors", "--recipe", "int4:nope")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown option" in r.stderr
     r = run("quantize", tmp_path / "missing.safetensors", tmp_path / "x.safetensors")

@@ -308,7 +308,7 @@ def _quantize(args: argparse.Namespace) -> int:
             rep = quantize_files(args.src, args.dst, args.recipe, client, report=args.report)
     else:
         rep = quantize_file(args.src, args.dst, args.recipe, report=args.report, stats=not args.no_stats,
-                            device=args.device)
+                            device=args.device, progress=False if args.no_progress else None)
     print(rep.to_table())
     return 0
 
@@ -316,7 +316,7 @@ def _quantize(args: argparse.Namespace) -> int:
 def _dequantize(args: argparse.Namespace) -> int:
     from .checkpoint import dequantize_file
 
-    dequantize_file(args.src, args.dst, device=args.device)
+    dequantize_file(args.src, args.dst, device=args.device, progress=False if args.no_progress else None)
     return 0
 
 
@@ -333,12 +333,14 @@ def _add_checkpoint_commands(commands: "argparse._SubParsersAction[argparse.Argu
                    help="run on a Dask cluster, one task per file of the set; DST is then an output folder")
     q.add_argument("--device", choices=("cpu", "gpu", "auto"), default="cpu",
                    help="where the encoding kernels run (default cpu; the output is the same byte for byte)")
-    q.set_defaults(run=_quantize)
     d = commands.add_parser("dequantize", help="restore float tensors from a file written by `quantize`")
     d.add_argument("src")
     d.add_argument("dst")
     d.add_argument("--device", choices=("cpu", "gpu", "auto"), default="cpu",
                    help="where the decoding kernels run (default cpu; the output is the same byte for byte)")
+    for p in (q, d):
+        p.add_argument("--no-progress", action="store_true", help="no progress bar (shown on a terminal)")
+    q.set_defaults(run=_quantize)
     d.set_defaults(run=_dequantize)
 
 
