@@ -44,15 +44,10 @@ def is_bfloat16(dtype: np.dtype) -> bool:
 
 SCORE_DTYPES = "float32, float64, float16 or bfloat16"
 
-# torch dtypes without a numpy equivalent, and the ml_dtypes type with their bits
-_TORCH_ML_DTYPES = {
-    "bfloat16": "bfloat16",
-    "float8_e4m3fn": "float8_e4m3fn",
-    "float8_e5m2": "float8_e5m2",
-    "float8_e4m3fnuz": "float8_e4m3fnuz",
-    "float8_e5m2fnuz": "float8_e5m2fnuz",
-    "float8_e8m0fnu": "float8_e8m0fnu",
-}
+# torch dtypes that numpy lacks; ml_dtypes has each under the same name
+_TORCH_ML_DTYPES = frozenset(
+    {"bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu"}
+)
 
 
 def from_torch(x: Any, name: str) -> Any:
@@ -75,11 +70,13 @@ def from_torch(x: Any, name: str) -> Any:
         raise InputError(f"{name} is a torch tensor on {t.device}; quantdrift reads CPU memory: "
                          f"pass {name}.cpu()")
     if t.is_conj() or t.is_neg():
+        # lazily conjugated or negated views: numpy cannot share them, so
+        # these (rare) ones are materialised
         t = t.resolve_conj().resolve_neg()
     kind = str(t.dtype).removeprefix("torch.")
     if kind in _TORCH_ML_DTYPES:
         bits = torch.int16 if t.element_size() == 2 else torch.uint8
-        return t.view(bits).numpy().view(as_dtype(_TORCH_ML_DTYPES[kind]))
+        return t.view(bits).numpy().view(as_dtype(kind))
     return t.numpy()
 
 
