@@ -685,3 +685,8 @@ def test_writers_show_progress_on_request_and_write_the_same_bytes(tmp_path, cap
         label, total = bars[name]
         assert err.startswith(f"\r{label}:") and f"/{total} " in err and "row/s" in err, (name, err)
         assert quiet.read_bytes() == shown.read_bytes(), name
+        # the default shows a bar only where tqdm sees a terminal or a notebook
+        write(tmp_path / f"default-{name}", None)
+        assert capsys.readouterr().err == "", name
+    qd.compare(logits, logits + 0.1, progress=True)  # progress=True is that default for compare
+    assert capsys.readouterr().err == ""

@@ -1,4 +1,4 @@
-"""Progress bars for long file jobs (quantize_file, the logit writers)."""
+"""Progress bars for long jobs (compare, quantize_file, the logit writers)."""
 
 from __future__ import annotations
 
@@ -17,18 +17,19 @@ class _Null:
 
 
 def progress_bar(total: int, desc: str, enabled: Optional[bool], unit: str = "B") -> Any:
-    """A tqdm bar of ``total`` units on stderr, or one that shows nothing.
+    """A tqdm bar of ``total`` units, or one that shows nothing.
 
-    ``enabled=None`` shows it when stderr is a terminal (so logs and pipes
-    stay clean); tqdm is a dependency, but a missing one only hides the bar.
-    ``unit="B"`` counts bytes with SI prefixes.
+    ``enabled=None`` lets tqdm decide: on stderr when it is a terminal (so
+    logs and pipes stay clean), and as a widget in a Jupyter notebook
+    (``tqdm.auto``); ``True`` always shows it, ``False`` never. tqdm is a
+    dependency, but a missing one only hides the bar. ``unit="B"`` counts
+    bytes with SI prefixes.
     """
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if enabled:
-        try:
-            from tqdm import tqdm  # type: ignore[import-untyped]
-        except ImportError:  # pragma: no cover - tqdm is a dependency
-            return _Null()
-        return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, leave=False, file=sys.stderr)
-    return _Null()
+    if enabled is False:
+        return _Null()
+    try:
+        from tqdm.auto import tqdm  # type: ignore[import-untyped]
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return _Null()
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, leave=False, file=sys.stderr,
+                disable=None if enabled is None else False)

@@ -1156,8 +1156,8 @@ def quantize_file(
             embeddings kept).
         report: write the report to this ``.json`` or ``.csv`` file.
         stats: compute the error columns (one more pass per tensor).
-        progress: show a progress bar (default: when stderr is a terminal
-            and tqdm is installed).
+        progress: show a progress bar (default: on a terminal or in a
+            notebook).
         device: ``"cpu"``, ``"gpu"`` or ``"auto"`` (chosen per tensor, see
             :mod:`quantdrift.gpu`) for the encoding kernels; the file is the
             same byte for byte on either device.

@@ -4,7 +4,6 @@ distributions, streamed from arrays or dumped files in bounded memory."""
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -12,6 +11,7 @@ import numpy as np
 from . import _core, gpu
 from ._arrays import as_scores
 from ._errors import InputError, ShapeError
+from ._progress import progress_bar
 from .report import Report
 from .sources import LogitSource, check_pair, check_token_ids, open_source, read_npy
 
@@ -69,7 +69,7 @@ def compare(
     * ``topk``: sizes of the top-k overlap statistic (1 = same top token),
       one int or several.
     * ``temperature``: softmax temperature applied to both sides.
-    * ``progress``: a progress bar (tqdm) on a terminal.
+    * ``progress``: a progress bar (tqdm) on a terminal or in a notebook.
     * ``device``: ``"cpu"`` (default), ``"gpu"`` or ``"auto"``
       (see :mod:`quantdrift.gpu`). On the GPU, dense float32/float16/bfloat16
       rows are compared by the GPU kernel (within 1e-5 relative of the CPU for
@@ -116,7 +116,8 @@ def compare(
     step = max(1, int(chunk_bytes) // max(row_bytes, 1))
     names = (b.name, o.name)
     parts = []
-    bar = _progress(progress, n, b.name)
+    # progress=True: shown where tqdm sees a terminal or a notebook
+    bar = progress_bar(n, "compare", None if progress else False, unit="tok")
     try:
         for start in range(0, n, step):
             stop = min(n, start + step)
@@ -126,7 +127,7 @@ def compare(
             if scored is not None:
                 select = np.flatnonzero(scored[start:stop]).astype(np.uint32)
                 if select.size == 0:
-                    _advance(bar, stop - start)
+                    bar.update(stop - start)
                     continue
             base_block, base16 = _kernel_block(b.block(start, stop), b)
             other_block, other16 = _kernel_block(o.block(start, stop), o)
@@ -152,10 +153,9 @@ def compare(
             del base_block, other_block
             b.release(start, stop)
             o.release(start, stop)
-            _advance(bar, stop - start)
+            bar.update(stop - start)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
 
     def column(key, dtype):
         if not parts:
@@ -367,16 +367,3 @@ def _scored(mask, prompt_lengths, starts, positions, n) -> Optional[np.ndarray]:
     return scored
 
 
-def _progress(enabled: bool, total: int, name: str):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return None
-    return tqdm(total=total, unit="tok", unit_scale=True, desc="compare", disable=None, file=sys.stderr)
-
-
-def _advance(bar, rows: int) -> None:
-    if bar is not None:
-        bar.update(rows)

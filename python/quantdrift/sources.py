@@ -1024,8 +1024,8 @@ def write_llamacpp_base(path: PathLike, logits: Any, tokens: Any, n_ctx: Optiona
         n_chunk: default ``len(tokens) // n_ctx``.
         gap: clamp below the top logit (16 as llama.cpp; 24 as ik_llama.cpp).
         dtype: what uint16 logits hold, as in :func:`open_source`.
-        progress: a progress bar of rows written (default: when stderr is
-            a terminal).
+        progress: a progress bar of rows written (default: on a terminal
+            or in a notebook).
     """
     src = open_source(logits, dtype=dtype)
     if src.layout != "dense":
@@ -1088,8 +1088,8 @@ def write_topk(path: PathLike, source: Any, k: int, *, rest: bool = True, tokens
         tokens: int token ids [rows] to store, each in ``[0, vocab)``
             (default: the source's).
         dtype: what uint16 data holds, as in :func:`open_source`.
-        progress: a progress bar of rows written (default: when stderr is
-            a terminal).
+        progress: a progress bar of rows written (default: on a terminal
+            or in a notebook).
 
     Raises:
         InputError: a row with NaN or +inf, or −inf everywhere (naming the
@@ -1204,8 +1204,8 @@ def write_safetensors(path: PathLike, source: Any, *, tensor: str = "logits", dt
                       progress: Optional[bool] = None) -> None:
     """Writes a source's rows as one safetensors tensor (its shape kept,
     llama.cpp rows decoded to float32 log-probs), streamed block by block,
-    with a progress bar of rows when ``progress`` (default: when stderr is a
-    terminal)."""
+    with a progress bar of rows when ``progress`` (default: on a terminal or
+    in a notebook)."""
     src = open_source(source, dtype=dtype)
     if src.layout == "topk":
         raise InputError(f"{src.name} is a top-k dump; it has no dense rows to write")
@@ -1219,7 +1219,7 @@ def write_npy(path: PathLike, source: Any, *, dtype: Optional[str] = None, progr
     """Writes a source's rows as a ``.npy`` (shape kept; bfloat16 as
     ml_dtypes' bfloat16, llama.cpp rows decoded to float32 log-probs),
     streamed block by block, with a progress bar of rows when ``progress``
-    (default: when stderr is a terminal)."""
+    (default: on a terminal or in a notebook)."""
     src = open_source(source, dtype=dtype)
     if src.layout == "topk":
         raise InputError(f"{src.name} is a top-k dump; it has no dense rows to write")
