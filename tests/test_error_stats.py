@@ -60,3 +60,33 @@ def test_edge_values_and_errors():
         qd.error_stats(x, x, clip="float9")
     with pytest.raises(qd.DtypeError):
         qd.error_stats(np.ones(2, np.int32), x)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, ml_dtypes.bfloat16, np.float64])
+def test_everything_matches_numpy_across_chunks_with_special_values(dtype):
+    # 70_001 elements span several of the kernel's chunks and end in a
+    # partial block; NaN, ±inf and zeros sit on both sides.
+    rng = np.random.default_rng(1)
+    n = 70_001
+    x = (rng.standard_normal(n) * 4).astype(dtype)
+    y = (x.astype(np.float64) + rng.standard_normal(n) * 0.1).astype(dtype)
+    for arr, k in ((x, 0), (y, 1)):
+        idx = rng.choice(n, 600, replace=False)
+        arr[idx[:150]] = np.nan
+        arr[idx[150:300]] = np.inf
+        arr[idx[300:450]] = -np.inf
+        arr[idx[450:]] = 0.0
+    a, b = x.astype(np.float64), y.astype(np.float64)
+    for clip in (None, 3.0):
+        s = qd.error_stats(x, y, clip=clip)
+        ok = np.isfinite(a) & np.isfinite(b)
+        d = a[ok] - b[ok]
+        bound = np.max(np.abs(b[np.isfinite(b)])) if clip is None else clip
+        assert s.n == n and s.n_finite == ok.sum()
+        assert s.mse == pytest.approx(np.mean(d * d), rel=1e-12)
+        assert s.max_abs == np.max(np.abs(d))
+        assert s.sqnr_db == pytest.approx(10 * np.log10(np.sum(a[ok] ** 2) / np.sum(d * d)), rel=1e-12)
+        assert s.cosine == pytest.approx(np.dot(a[ok], b[ok]) / np.linalg.norm(a[ok]) / np.linalg.norm(b[ok]), rel=1e-12)
+        assert s.n_saturated == (np.isfinite(a) & (np.abs(a) > bound)).sum()
+        assert s.n_flushed == (np.isfinite(a) & (a != 0) & (b == 0)).sum()
+        assert s.n_nan == np.isnan(b).sum() and s.n_inf == np.isinf(b).sum()

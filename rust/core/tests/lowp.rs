@@ -2,8 +2,8 @@
 //! inputs, plus a few values derived by hand from the format definitions.
 
 use quantdrift_core::lowp::{
-    self, format::PREDEFINED, mx, nvfp4, stats, Codes, Format, Options, Overflow, Rounded,
-    Rounding, Special, Values,
+    self, format::PREDEFINED, mx, nvfp4, Codes, Format, Options, Overflow, Rounded, Rounding,
+    Special, Values,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -338,7 +338,7 @@ fn nvfp4_round_trip_is_close() {
 #[test]
 fn error_stats_of_identical_arrays() {
     let x = [1.0f32, -2.0, 3.0];
-    let s = stats::error_stats(Values::F32(&x), Values::F32(&x), None).unwrap();
+    let s = quantdrift_core::stats::error_stats(Values::F32(&x), Values::F32(&x), None).unwrap();
     assert_eq!(s.mse, 0.0);
     assert_eq!(s.sqnr_db, f64::INFINITY);
     assert!((s.cosine - 1.0).abs() < 1e-15);

@@ -9,10 +9,9 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use quantdrift_core::buffers::Buffer;
 use quantdrift_core::lowp::{
-    self, mx, nvfp4, stats, Codes, CodesMut, Format, Options, Overflow, Rounded, Rounding, Special,
-    Values,
+    self, mx, nvfp4, Codes, CodesMut, Format, Options, Overflow, Rounded, Rounding, Special, Values,
 };
-use quantdrift_core::CoreError;
+use quantdrift_core::{stats, CoreError};
 
 use crate::array::buffer_into_pyarray;
 use crate::errors::Error;

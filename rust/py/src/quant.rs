@@ -14,7 +14,7 @@ use quantdrift_core::quant::{
     self, pack, Arith, Calibration, CodeType, Codes, CodesMut, CodesRef, Method, Options,
     Partition, QParams, Ranges, Style,
 };
-use quantdrift_core::CoreError;
+use quantdrift_core::{stats, CoreError};
 
 use crate::array::buffer_into_pyarray;
 use crate::errors::Error;
@@ -599,7 +599,7 @@ pub fn quant_error_sums<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let (xv, yv) = (x.values(x16, "x")?, y.values(y16, "y")?);
     let s = py
-        .detach(|| quant::stats::error_sums(xv, yv))
+        .detach(|| stats::error_sums(xv, yv, f64::INFINITY))
         .map_err(Error)?;
     let d = PyDict::new(py);
     d.set_item("n", s.n)?;

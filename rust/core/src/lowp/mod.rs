@@ -2,7 +2,7 @@
 //! and a rounding operator R: ℝ → F, for the formats ML uses (float16,
 //! bfloat16, the float8 family, float6, float4, e8m0) and any custom format
 //! of up to 16 bits; and the block-scaled formats built on them
-//! ([`mx`], [`nvfp4`]); and [`stats`], the error statistics of a rounding.
+//! ([`mx`], [`nvfp4`]). Their error statistics are in [`crate::stats`].
 //!
 //! * [`format`]: the format table ([`Format`], [`Special`]).
 //! * [`codec`]: rounding/overflow options resolved into a [`Codec`].
@@ -22,7 +22,6 @@ pub mod mx;
 pub mod nearest;
 pub mod nvfp4;
 pub mod reference;
-pub mod stats;
 
 use rayon::prelude::*;
 

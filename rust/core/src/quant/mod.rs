@@ -15,7 +15,6 @@
 //!   rayon), rounding nearest-even, nearest-away, toward zero, down, up, or
 //!   stochastic (seeded, counter-based: independent of the thread count).
 //! * [`pack`]: 1…8-bit codes packed LSB-first.
-//! * [`stats`]: mergeable error sums for chunked per-tensor reports.
 //!
 //! Arithmetic: by default x/s is one float64 division (what a float64
 //! oracle computes); [`Arith::Reciprocal32`] multiplies by the float32
@@ -41,7 +40,6 @@ pub mod calibrate;
 pub mod kernel;
 pub mod pack;
 pub mod partition;
-pub mod stats;
 
 pub use calibrate::{Calibration, Method, Ranges, Style};
 pub use kernel::CodeType;
