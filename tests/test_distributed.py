@@ -217,6 +217,11 @@ def test_loglik_matrix(client, tmp_path):
         loglik_matrix(models, tokens, lengths, client, topk=(1, 5))
     with pytest.raises(InputError, match="sequences="):
         loglik_matrix(models, tokens, None, client)
+    # A model whose file is cut short fails on its worker; the error names it.
+    raw = (tmp_path / "m1.npy").read_bytes()
+    (tmp_path / "m1.npy").write_bytes(raw[:-64])
+    with pytest.raises(ShardError, match="model 'm1' failed"):
+        loglik_matrix(models, tokens, lengths, client, retries=0)
 
 
 def test_fsspec_urls(client, tmp_path):

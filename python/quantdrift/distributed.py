@@ -72,6 +72,35 @@ class _Local:
                 pass
 
 
+def _client_or_none(client: Any) -> Any:
+    """The given client, else the current Dask client, else None (run here)."""
+    if client is not None:
+        return client
+    try:
+        return _distributed().get_client()
+    except (ValueError, ImportError):
+        return None
+
+
+def _run_all(client: Any, fn: Any, jobs: Sequence[tuple], labels: Sequence[str], retries: int) -> list:
+    """``fn(*job)`` for every job, results in order: in this process when
+    ``client`` is None (errors raise as they are), else as Dask tasks, where
+    a task that fails on every attempt cancels the others and raises
+    :class:`ShardError` naming its label."""
+    if client is None:
+        return [fn(*job) for job in jobs]
+    futures = [client.submit(fn, *job, pure=False, retries=retries) for job in jobs]
+    results = []
+    for label, future in zip(labels, futures):
+        try:
+            results.append(future.result())
+        except Exception as e:  # the task's own error, or a worker lost more often than `retries`
+            for f in futures:
+                f.cancel()
+            raise ShardError(f"{label} failed: {type(e).__name__}: {e}") from e
+    return results
+
+
 def _compare_shard(base: Any, other: Any, tokens: Any, opts: dict) -> Report:
     """Runs on a worker: one shard pair, compared where the files are."""
     from .compare import compare
@@ -137,25 +166,13 @@ def compare_shards(
     if "tokens" in compare_opts or "progress" in compare_opts:
         raise InputError("pass tokens per shard as the third element of each pair; progress is not used")
     shards = _normalise(pairs)
-    if client is None:
-        try:
-            client = _distributed().get_client()
-        except (ValueError, ImportError):
-            client = None
-    if client is None:
-        return Report.merge([_compare_shard(b, o, t, compare_opts) for b, o, t in shards])
-    futures = [
-        client.submit(_compare_shard, b, o, t, compare_opts, pure=False, retries=retries)
-        for b, o, t in shards
-    ]
-    reports = []
-    for (b, o, _), future in zip(shards, futures):
-        try:
-            reports.append(future.result())
-        except Exception as e:  # the shard's own error, or a worker lost more often than `retries`
-            for f in futures:
-                f.cancel()
-            raise ShardError(f"shard ({_label(b)}, {_label(o)}) failed: {type(e).__name__}: {e}") from e
+    reports = _run_all(
+        _client_or_none(client),
+        _compare_shard,
+        [(b, o, t, compare_opts) for b, o, t in shards],
+        [f"shard ({_label(b)}, {_label(o)})" for b, o, _ in shards],
+        retries,
+    )
     return Report.merge(reports)
 
 
@@ -257,24 +274,9 @@ def quantize_files(
     staging = tempfile.mkdtemp(prefix=".quantdrift-staging-", dir=dst_dir)
     try:
         outs = [os.path.join(staging, n) for n in names]
-        if client is None:
-            try:
-                client = _distributed().get_client()
-            except (ValueError, ImportError):
-                client = None
-        if client is None:
-            reports = [_quantize_shard(f, o, recipe) for f, o in zip(files, outs)]
-        else:
-            futures = [client.submit(_quantize_shard, f, o, recipe, pure=False, retries=retries)
-                       for f, o in zip(files, outs)]
-            reports = []
-            for f, future in zip(files, futures):
-                try:
-                    reports.append(future.result())
-                except Exception as e:
-                    for other in futures:
-                        other.cancel()
-                    raise ShardError(f"{f} failed: {type(e).__name__}: {e}") from e
+        reports = _run_all(
+            _client_or_none(client), _quantize_shard, [(f, o, recipe) for f, o in zip(files, outs)], files, retries
+        )
         for out, name in zip(outs, names):
             os.replace(out, os.path.join(dst_dir, name))
     finally:
@@ -372,22 +374,11 @@ def loglik_matrix(
         raise InputError("loglik_matrix: model names must be distinct")
     sources = [_as_path(x) for _, x in items]
     tokens, sequences = _as_path(tokens), _as_path(sequences)
-    if client is None:
-        try:
-            client = _distributed().get_client()
-        except (ValueError, ImportError):
-            client = None
-    if client is None:
-        rows = [_loglik_vector(s, tokens, sequences, compare_opts) for s in sources]
-    else:
-        futures = [client.submit(_loglik_vector, s, tokens, sequences, compare_opts, pure=False, retries=retries)
-                   for s in sources]
-        rows = []
-        for name, future in zip(names, futures):
-            try:
-                rows.append(future.result())
-            except Exception as e:
-                for other in futures:
-                    other.cancel()
-                raise ShardError(f"model {name!r} failed: {type(e).__name__}: {e}") from e
+    rows = _run_all(
+        _client_or_none(client),
+        _loglik_vector,
+        [(s, tokens, sequences, compare_opts) for s in sources],
+        [f"model {name!r}" for name in names],
+        retries,
+    )
     return np.vstack(rows), names
