@@ -7,7 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.deps-stamp
 
-.PHONY: test test-rust test-python test-gpu-fallback test-slow develop bench lint clean vulkan
+.PHONY: test test-rust test-python test-gpu-fallback test-slow develop bench lint typecheck clean vulkan
 
 # The GPU tests run on whatever Vulkan driver exists (Mesa's lavapipe, which
 # `vulkan` installs when there is none); a missing adapter fails them.
@@ -53,9 +53,16 @@ bench: develop
 	$(PY) benches/bench_llv.py
 	$(PY) benches/bench_gpu.py
 
-lint:
+lint: typecheck
 	cargo fmt --all --check
 	cargo clippy --workspace --release -- -D warnings
+
+# The Python package against its annotations and the extension's stubs
+# (_core.pyi); not part of `make test`, whose pass should not hang on the
+# next release of numpy's stubs.
+typecheck: $(STAMP)
+	$(PY) -m pip install --quiet "mypy>=1.10"
+	$(PY) -m mypy
 
 clean:
 	cargo clean

@@ -182,6 +182,11 @@ def test_streaming_writer_is_atomic(tmp_path):
         w.write_chunk(x[n_ctx // 2: n_ctx - 1])
     assert qd.open_source(path).n_rows == 6
     assert sorted(os.listdir(tmp_path)) == ["w.kld"]
+    # A closed writer refuses more rows and leaves the finished file as it is.
+    before = path.read_bytes()
+    with pytest.raises(qd.InputError, match="the writer is closed"):
+        w.write_chunk(x)
+    assert path.read_bytes() == before
     with pytest.raises(qd.InputError, match="outside the vocabulary"):
         LlamacppBaseWriter(tmp_path / "x.kld", tokens + 5, n_ctx, vocab)
     with pytest.raises(qd.InputError, match="NaN|nan"):

@@ -187,8 +187,8 @@ class _File:
             raise CheckpointError(f"{path}: header length {n} exceeds the file ({size} bytes); truncated or not safetensors")
         try:
             header = json.loads(self._fh.read(n).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path}: the header is not valid JSON ({e})") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{path}: the header is not valid JSON ({exc})") from None
         if not isinstance(header, dict):
             raise CheckpointError(f"{path}: the header is not a JSON object")
         self.data_start = 8 + n
@@ -512,7 +512,7 @@ class Recipe:
             try:
                 import tomllib  # type: ignore[import-not-found]
             except ModuleNotFoundError:  # Python < 3.11
-                import tomli as tomllib  # type: ignore[no-redef]
+                import tomli as tomllib  # type: ignore[no-redef,import-not-found]
             try:
                 return cls.from_dict(tomllib.loads(text))
             except tomllib.TOMLDecodeError as e:
@@ -561,6 +561,7 @@ def _matrix_shape(shape: Tuple[int, ...], scheme: Scheme) -> Tuple[int, int]:
 
 def _int_partition(scheme: Scheme, ndim: int):
     if scheme.granularity == "group":
+        assert scheme.group is not None  # parsing sets it with the granularity
         return groups(-1, scheme.group)
     if scheme.granularity == "channel" and ndim >= 2:
         return per_axis(0)
@@ -733,7 +734,7 @@ class _Writer:
             raise
 
     def write(self, name: str, offset: int, data: np.ndarray) -> None:
-        buf = memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8))
+        buf = np.ascontiguousarray(data).reshape(-1).view(np.uint8).data
         pos = self.data_start + self.offsets[name] + offset
         while len(buf):
             k = os.pwrite(self.fd, buf, pos)
@@ -823,9 +824,9 @@ def _encode_tensor(entry: _Entry, scheme: Scheme, outs: List[_Out], meta: Dict[s
     device = gpu.resolve(device, math.prod(shape))
     if scheme.kind == "keep":
         step = max(1, CHUNK_ELEMENTS * 4)
-        flat = x.reshape(-1).view(np.uint8)
-        for b in range(0, flat.size, step):
-            w.write(outs[0].name, b, flat[b : b + step])
+        raw = x.reshape(-1).view(np.uint8)
+        for b in range(0, raw.size, step):
+            w.write(outs[0].name, b, raw[b : b + step])
         if sums is not None:
             sums.n = math.prod(shape)
         return
@@ -863,6 +864,7 @@ def _encode_chunk(xc: np.ndarray, scheme: Scheme, meta: Dict[str, Any], state: D
     name = meta["codes"]
     cols = xc.shape[1]
     if scheme.kind == "cast":
+        assert scheme.fmt is not None  # a cast names its format
         codes = encode(xc, scheme.fmt, device=device) if scheme.fmt != "float32" else xc.astype(np.float32)
         w.write(name, r0 * cols * codes.dtype.itemsize, codes)
         y = codes.view(_st_dtypes()[_CASTS[scheme.fmt or ""]])
@@ -1355,8 +1357,8 @@ def _decode_tensor(ck: _Checkpoint, name: str, meta: Dict[str, Any], w: _Writer,
             s = np.float32(scale.reshape(()))
             for r0, r1 in _row_chunks(rows, cols):
                 c = m[r0:r1].view(np.uint8) if m.dtype.itemsize == 1 else m[r0:r1].view(np.uint16)
-                shape = (r1 - r0, cols) if packed else None
-                y = decode(c, meta["format"], packed=packed, shape=shape, device=device) * s
+                rows_shape = (r1 - r0, cols) if packed else None
+                y = decode(c, meta["format"], packed=packed, shape=rows_shape, device=device) * s
                 w.write(name, r0 * cols * out_dt.itemsize, y.astype(out_dt))
             return
         m = codes.reshape(rows, -1)

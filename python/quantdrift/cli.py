@@ -282,7 +282,7 @@ def _compare(args: argparse.Namespace) -> int:
 
         with atomic_path(args.columns) as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, **report.columns())
+                np.savez(f, **report.columns())  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
     return 0
 
 

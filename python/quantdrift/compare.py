@@ -259,16 +259,17 @@ def _array_argument(value: Any, argument: str) -> Tuple[np.ndarray, str]:
 
 def _sequence_starts(sequences: Any, b: LogitSource, o: LogitSource, n: int) -> Tuple[Optional[np.ndarray], bool]:
     """Row offsets where sequences start, and whether they are the sources' own."""
-    have = [src for src in (b, o) if getattr(src, "sequence_starts", None) is not None]
-    own, owner = (np.asarray(have[0].sequence_starts, dtype=np.int64), have[0]) if have else (None, None)
-    if len(have) == 2 and not np.array_equal(own, have[1].sequence_starts):
+    have = [(src, np.asarray(src.sequence_starts, dtype=np.int64)) for src in (b, o)
+            if getattr(src, "sequence_starts", None) is not None]
+    if len(have) == 2 and not np.array_equal(have[0][1], have[1][1]):
+        (_, sb), (_, so) = have
         raise InputError(
-            f"sequence mismatch: {b.name} has {b.sequence_starts.size} sequences, {o.name} "
-            f"{o.sequence_starts.size}, starting at rows {_few(np.asarray(b.sequence_starts))} and "
-            f"{_few(np.asarray(o.sequence_starts))}: the two sides split the rows differently"
+            f"sequence mismatch: {b.name} has {sb.size} sequences, {o.name} "
+            f"{so.size}, starting at rows {_few(sb)} and "
+            f"{_few(so)}: the two sides split the rows differently"
         )
     if sequences is None:
-        return own, own is not None
+        return (have[0][1], True) if have else (None, False)
     given = np.asarray(sequences)
     if given.dtype.kind not in "iu" or given.ndim > 1:
         got = repr(sequences) if given.ndim == 0 else f"a {given.ndim}-D array of dtype {given.dtype}"
@@ -287,8 +288,9 @@ def _sequence_starts(sequences: Any, b: LogitSource, o: LogitSource, n: int) -> 
                 f"sequences: lengths must be positive and sum to the row count {n}, got a sum of {int(given.sum())}"
             )
         starts = np.concatenate([[0], np.cumsum(given)[:-1]]).astype(np.int64)
-    if own is None:
+    if not have:
         return starts, False
+    owner, own = have[0]
     # A 3-D array, a llama.cpp file or a dump that stores sequences fixes both
     # the boundaries and each row's position (llama.cpp's start at n_ctx/2):
     # another split would give sequence ids and positions that disagree.

@@ -150,7 +150,7 @@ def svg_figure(results: Sequence[SchemeResult], kl_columns: Dict[str, np.ndarray
                    f'transform="rotate(-90 {x0 - 45} {pad + ph / 2})">{ylabel}</text>')
 
     # panel 1: mean KL vs bits/param
-    x0 = pad
+    x0: float = pad
     frame(x0, "mean KL per character vs storage", "bits per parameter", "mean KL (nats, log scale)")
     kls = [max(r.kl_mean, 1e-12) for r in results]
     lo, hi = math.floor(math.log10(min(kls))), math.ceil(math.log10(max(kls)))

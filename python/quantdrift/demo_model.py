@@ -36,7 +36,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Dict, Optional, Union
 
 import numpy as np
 
@@ -64,7 +64,7 @@ TRAIN_FRACTION = 0.9
 # window matrix to a few tens of MB whatever the input length.
 _CHUNK_ROWS = 4096
 
-_DTYPES = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8"), "F16": np.dtype("<f2")}
+_DTYPES: Dict[str, np.dtype] = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8"), "F16": np.dtype("<f2")}
 
 
 # ---------------------------------------------------------------------------
@@ -105,7 +105,7 @@ def read_safetensors(path: Union[str, Path]) -> tuple[dict[str, np.ndarray], dic
     tensors: dict[str, np.ndarray] = {}
     for name, info in header.items():
         dtype_name = info.get("dtype") if isinstance(info, dict) else None
-        dtype = _DTYPES.get(dtype_name) if dtype_name != "BF16" else _bfloat16()
+        dtype = _bfloat16() if dtype_name == "BF16" else _DTYPES.get(str(dtype_name))
         if dtype is None:
             raise InputError(f"{path}: tensor {name!r} has dtype {dtype_name!r}; supported: F32, F64, F16, BF16")
         shape = tuple(int(d) for d in info["shape"])

@@ -150,8 +150,8 @@ class FloatFormat:
             dropped, −0 merged with +0).
         """
         if self._values is None:
-            dtype = np.uint8 if self.bits <= 8 else np.uint16
-            codes = np.arange(1 << self.bits, dtype=np.uint32).astype(dtype)
+            every = np.arange(1 << self.bits, dtype=np.uint32)
+            codes = every.astype(np.uint8) if self.bits <= 8 else every.astype(np.uint16)
             decoded = _core.lowp_decode(codes, self._spec()).astype(np.float64)
             values = np.unique(decoded[np.isfinite(decoded)]) + 0.0  # one zero, +0
             values.setflags(write=False)

@@ -235,15 +235,15 @@ def decode(
         return _core.lowp_decode(unpacked, f._spec(), device=where).reshape(out_shape)
     if shape is not None:
         raise InputError("shape= is only used with packed=True")
-    want = np.uint8 if f.bits <= 8 else np.uint16
-    if arr.dtype != want:
+    code_dtype = np.uint8 if f.bits <= 8 else np.uint16
+    if arr.dtype != code_dtype:
         if arr.size and (arr.min() < 0 or int(arr.max()) >= 1 << f.bits):
             bad = arr.reshape(-1)[(arr.reshape(-1) < 0) | (arr.reshape(-1) >= 1 << f.bits)][0]
             raise InputError(
                 f"codes: code {int(bad)} is out of range for {f.name} "
                 f"({f.bits}-bit codes are 0..{(1 << f.bits) - 1})"
             )
-        arr = arr.astype(want)
+        arr = arr.astype(code_dtype)
     flat = np.ascontiguousarray(arr).reshape(-1)
     where = gpu.resolve(device, flat.size)
     return _core.lowp_decode(flat, f._spec(), device=where).reshape(arr.shape)

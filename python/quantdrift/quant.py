@@ -471,7 +471,7 @@ def _prepare(
         if fuse_pack is not None and one_pass:
             # Calibrated zero-points lie in [qmin, qmax]: the ranges decide the container.
             fused = _core.quant_quantize_calibrated(
-                flat, plan.spec, qmin, qmax, code_type=_code_type(*qspan, fuse_pack)[0],
+                flat, plan.spec, qmin, qmax, code_type=_code_type(qspan[0], qspan[1], fuse_pack)[0],
                 symmetric=bool(symmetric), style=style, eps=float(np.finfo(np.float32).eps),
                 scale_f32=scale_f32, rounding=rounding, seed=s, arith=arith, x16=x16,
             )
@@ -738,6 +738,7 @@ def quantize(
         rounding=rounding, seed=seed, percentile=percentile, restricted=restricted, compat=compat,
         device=device, fuse_pack=bool(pack),
     )
+    assert p.scale is not None and p.zero_point is not None  # only a fused fake leaves them out
     zlo, zhi = int(p.zero_point.min(initial=0)), int(p.zero_point.max(initial=0))
     lo, hi = min(p.qspan[0], zlo), max(p.qspan[1], zhi)
     code_type, width, signed = _code_type(lo, hi, pack)
@@ -815,6 +816,7 @@ def fake_quantize(
     if p.codes is not None:
         y = p.codes
     else:
+        assert p.scale is not None and p.zero_point is not None  # set unless the fake was fused
         y, _ = _core.quant_fake(
             p.flat, p.plan.spec, p.scale, p.zero_point, p.qmin, p.qmax, rounding=p.rounding, seed=p.seed,
             arith=p.arith, x16=p.x16, device=p.device,

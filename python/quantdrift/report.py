@@ -179,7 +179,7 @@ class Report:
     @property
     def delta_p(self) -> Optional[np.ndarray]:
         """p_other(token) − p_base(token) per token (float32), or None."""
-        if not self.has_tokens:
+        if self.nll_base is None or self.nll_other is None:
             return None
         p = np.exp(-self.nll_other.astype(np.float32))
         p_base = np.exp(-self.nll_base.astype(np.float32))
@@ -225,6 +225,7 @@ class Report:
         return out
 
     def _token_statistics(self) -> Dict[str, Any]:
+        assert self.nll_base is not None and self.nll_other is not None, "called only with tokens"
         nq = self.nll_other.astype(np.float64)
         nb = self.nll_base.astype(np.float64)
         # An NLL is unknown (NaN) only where a top-k base does not list the
@@ -264,7 +265,9 @@ class Report:
             "value": diff,
             "se": math.sqrt(_clamp0(u_q * u_q + u_b * u_b - 2 * ppl_q * ppl_b * cov)),
         }
-        dp = self.delta_p[known].astype(np.float64)
+        delta_p = self.delta_p
+        assert delta_p is not None
+        dp = delta_p[known].astype(np.float64)
         dp_mean, dp_se = mean_se(dp)
         dp2 = dp * dp
         rms = math.sqrt(float(dp2.mean()))
@@ -422,10 +425,11 @@ class Report:
         }
         for k, v in self.overlap.items():
             cols[f"top{k}_overlap"] = v
-        if self.has_tokens:
+        delta_p = self.delta_p
+        if self.nll_base is not None and self.nll_other is not None and delta_p is not None:
             cols["nll_base"] = self.nll_base
             cols["nll_other"] = self.nll_other
-            cols["delta_p"] = self.delta_p
+            cols["delta_p"] = delta_p
         if self.tokens is not None:
             cols["token"] = self.tokens
         cols["sequence"] = self.sequence

@@ -33,7 +33,7 @@ import mmap
 import os
 import struct
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, BinaryIO, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -67,7 +67,7 @@ _LLAMACPP_HEADER = struct.Struct("<8siii")
 _DENSE_DTYPES = ("float32", "float64", "float16", "bfloat16")
 _VALUES = ("logits", "logprobs")
 # safetensors dtype names <-> (numpy storage dtype, quantdrift dtype name)
-_ST_DTYPES = {
+_ST_DTYPES: Dict[str, Tuple[np.dtype, str]] = {
     "F32": (np.dtype("<f4"), "float32"),
     "F64": (np.dtype("<f8"), "float64"),
     "F16": (np.dtype("<f2"), "float16"),
@@ -343,7 +343,8 @@ class _Topk(LogitSource):
     def _spans(self, start: int, stop: int) -> List[Tuple["_Mapped", int, int]]:
         if self._mapped is None:
             return []
-        widths = (4 * self.topk, 4 * self.topk, 4)[: 2 if self._rest is None else 3]
+        k = int(self.topk or 0)
+        widths = (4 * k, 4 * k, 4)[: 2 if self._rest is None else 3]
         return [(self._mapped, offset + start * width, (stop - start) * width)
                 for offset, width in zip(self._offsets, widths)]
 
@@ -541,7 +542,7 @@ def _dense(arr: np.ndarray, dtype: Optional[str], values: str, name: str, fmt: s
         kind = stored
     elif have == np.uint16 or (have.kind == "V" and have.itemsize == 2):
         # uint16 bit patterns, or ml_dtypes' bfloat16 saved by np.save (descr '<V2')
-        kind = dtype or ("bfloat16" if have.kind == "V" else None)
+        kind = dtype or ("bfloat16" if have.kind == "V" else "")
         if kind not in ("bfloat16", "float16"):
             raise DtypeError(f"{name}: uint16 data needs dtype='bfloat16' or dtype='float16' "
                              "to say what it holds")
@@ -930,7 +931,7 @@ class LlamacppBaseWriter:
         self._atomic = atomic_path(self.path)
         self._tmp = self._atomic.__enter__()
         try:
-            self._file = open(self._tmp, "wb")
+            self._file: Optional[BinaryIO] = open(self._tmp, "wb")
             self._file.write(_LLAMACPP_HEADER.pack(LLAMACPP_MAGIC, n_ctx, vocab, n_chunk))
             self._file.write(tok.astype("<i4").tobytes())
         except BaseException as e:
@@ -939,6 +940,9 @@ class LlamacppBaseWriter:
 
     def write_rows(self, logits: Any) -> None:
         """Appends scored rows (float32/float64/float16/bfloat16 logits [rows, vocab])."""
+        out = self._file
+        if out is None:
+            raise InputError(f"{self.path}: the writer is closed; rows can no longer be written")
         try:
             arr = np.asarray(logits)
             if arr.ndim != 2 or arr.shape[1] != self.vocab:
@@ -957,7 +961,7 @@ class LlamacppBaseWriter:
                     raise
                 raise InputError(f"{self.path}: scored row {self.written + bad[0]} {bad[1]}; "
                                  "a base file needs finite logits (or -inf)") from None
-            self._file.write(packed.astype("<u2", copy=False).tobytes())
+            out.write(packed.astype("<u2", copy=False).tobytes())
             self.written += arr.shape[0]
         except BaseException as e:
             self._abort(e)
@@ -989,8 +993,9 @@ class LlamacppBaseWriter:
         self._atomic.__exit__(None, None, None)
 
     def _abort(self, exc: Optional[BaseException]) -> None:
-        if getattr(self, "_file", None) is not None:
-            self._file.close()
+        out = getattr(self, "_file", None)
+        if out is not None:
+            out.close()
         self._file = None
         e = exc if exc is not None else InputError("aborted")
         try:
@@ -1176,8 +1181,8 @@ def _safetensors_out(path: PathLike, tensors: Sequence[Tuple[str, str, Tuple[int
         maps = {}
         mm = None
         if offset:
-            f = open(tmp, "r+b")
-            mm = mmap.mmap(f.fileno(), 0)
+            g = open(tmp, "r+b")
+            mm = mmap.mmap(g.fileno(), 0)
         try:
             for key, dt, shape in tensors:
                 t = header[key]
@@ -1197,7 +1202,7 @@ def _safetensors_out(path: PathLike, tensors: Sequence[Tuple[str, str, Tuple[int
                     mm.close()
                 except BufferError:  # pragma: no cover - a caller kept a view
                     pass
-                f.close()
+                g.close()
 
 
 def write_safetensors(path: PathLike, source: Any, *, tensor: str = "logits", dtype: Optional[str] = None,
