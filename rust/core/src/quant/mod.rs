@@ -125,9 +125,7 @@ impl<'a> Resolved<'a> {
                 ("qmax", p.qmax.len()),
             ],
         )?;
-        let bounds_small =
-            all_of(p.qmin, within_f32_integers) && all_of(p.qmax, within_f32_integers);
-        Resolved::build(plan, p.scale, p.zero_point, (p.qmin, p.qmax), bounds_small)
+        Resolved::build(plan, p.scale, p.zero_point, (p.qmin, p.qmax))
     }
 
     /// Scales and zero-points without clip bounds (dequantization).
@@ -140,7 +138,7 @@ impl<'a> Resolved<'a> {
             plan,
             &[("scale", scale.len()), ("zero_point", zero_point.len())],
         )?;
-        Resolved::build(plan, scale, zero_point, (&[], &[]), true)
+        Resolved::build(plan, scale, zero_point, (&[], &[]))
     }
 
     fn build(
@@ -148,36 +146,42 @@ impl<'a> Resolved<'a> {
         scale: &'a [f64],
         zero_point: &'a [i32],
         (qmin, qmax): (&'a [i32], &'a [i32]),
-        bounds_small: bool,
     ) -> Result<Resolved<'a>> {
-        // The checks run as branch-free folds (vectorised: they see every
+        // The checks run as branch-free folds, vectorised (they see every
         // part of 10^5-group tensors on every call); a failure is then
         // located for its message.
-        let bad_scale = |s: &f64| !(*s > 0.0 && s.is_finite());
-        if !all_of(scale, |s| !bad_scale(s)) {
-            let j = scale.iter().position(bad_scale).unwrap_or(0);
+        let (lo, hi) = (f32::MIN_POSITIVE as f64, 2f64.powi(126));
+        let (bad_scale, crossed, fast32) = crate::simd::dispatch(crate::simd::Fold(|| {
+            (
+                !all_of(scale, |s| *s > 0.0 && s.is_finite()),
+                qmin.iter()
+                    .zip(qmax)
+                    .fold(false, |any, (a, b)| any | (a > b)),
+                all_of(qmin, within_f32_integers)
+                    & all_of(qmax, within_f32_integers)
+                    & all_of(zero_point, within_f32_integers)
+                    & all_of(scale, |s| {
+                        (*s as f32 as f64 == *s) & (*s >= lo) & (*s <= hi)
+                    }),
+            )
+        }));
+        if bad_scale {
+            let j = scale
+                .iter()
+                .position(|s| !(*s > 0.0 && s.is_finite()))
+                .unwrap_or(0);
             return Err(CoreError::Value(format!(
                 "scale of part {j} is {}; scales must be positive and finite",
                 scale[j]
             )));
         }
-        if qmin
-            .iter()
-            .zip(qmax)
-            .fold(false, |any, (a, b)| any | (a > b))
-        {
+        if crossed {
             let j = (0..qmin.len()).find(|&j| qmin[j] > qmax[j]).unwrap_or(0);
             return Err(CoreError::Value(format!(
                 "part {j}: qmin {} > qmax {}",
                 qmin[j], qmax[j]
             )));
         }
-        let (lo, hi) = (f32::MIN_POSITIVE as f64, 2f64.powi(126));
-        let fast32 = bounds_small
-            && all_of(zero_point, within_f32_integers)
-            && all_of(scale, |s| {
-                (*s as f32 as f64 == *s) & (*s >= lo) & (*s <= hi)
-            });
         let a32 = if plan.has_segments() {
             Vec::new()
         } else {
@@ -694,17 +698,20 @@ fn calibrated_tasks<O: Send>(
 /// zero-point (the check [`quantize`] makes).
 pub fn check_code_type(params: &QParams<'_>, code_type: CodeType) -> Result<()> {
     let (lo, hi) = container_range(code_type)?;
-    // Plain folds in i32, which vectorise (this sees every part of 10^5-
-    // group tensors on every call).
+    // Plain folds in i32, compiled per instruction set so that they
+    // vectorise (this sees every part of 10^5-group tensors on every call).
     let least = |v: &[i32]| v.iter().fold(i32::MAX, |m, &x| m.min(x)) as i64;
     let most = |v: &[i32]| v.iter().fold(i32::MIN, |m, &x| m.max(x)) as i64;
+    let zp = params.zero_point;
+    let (lo_min, hi_max, zp_min, zp_max) = crate::simd::dispatch(crate::simd::Fold(|| {
+        (least(params.qmin), most(params.qmax), least(zp), most(zp))
+    }));
     let (lo_min, hi_max) = if params.qmin.is_empty() {
         (0, 0)
     } else {
-        (least(params.qmin), most(params.qmax))
+        (lo_min, hi_max)
     };
-    let zp_bad = !params.zero_point.is_empty()
-        && (least(params.zero_point) < lo || most(params.zero_point) > hi);
+    let zp_bad = !zp.is_empty() && (zp_min < lo || zp_max > hi);
     if lo_min < lo || hi_max > hi || zp_bad {
         return Err(CoreError::Value(format!(
             "the integer range [{lo_min}, {hi_max}] (and zero-points) do not fit the code type {code_type:?}, which holds [{lo}, {hi}]"
