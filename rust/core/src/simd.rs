@@ -31,7 +31,12 @@ pub trait Kernel {
 /// A closure as a [`Kernel`]: folds over per-part arrays (the checks of
 /// 10^5 scales and bounds) compiled per instruction set like any kernel;
 /// in the baseline build they run two float64 or four int32 lanes at a time,
-/// or none (64-bit integer compares).
+/// or none (64-bit integer compares). Only for plain folds: the closure is
+/// a function of its own, compiled for the baseline target, that LLVM
+/// inlines into the dispatched copy because it is called once from an
+/// `#[inline(always)]` method; were it not inlined it would still be
+/// correct, only slower (the kernels proper avoid closures; see
+/// docs/architecture.md).
 pub struct Fold<F>(pub F);
 
 impl<T, F: FnOnce() -> T> Kernel for Fold<F> {
