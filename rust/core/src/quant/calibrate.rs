@@ -668,7 +668,7 @@ impl crate::simd::Kernel for MinMaxRuns<'_> {
         if let Values::F32(v) = self.x {
             if self.run.is_multiple_of(16) && crate::simd::has_avx2() {
                 // SAFETY: the CPU has AVX2; `v` holds every run of `out`.
-                done = unsafe { min_max_runs8_avx2(v, self.run, self.out) };
+                done = unsafe { min_max_runs8_avx2(v, self.run, self.out, &mut buf) };
             }
         }
         for (j, o) in self.out.iter_mut().enumerate().skip(done) {
@@ -687,7 +687,12 @@ impl crate::simd::Kernel for MinMaxRuns<'_> {
 /// [`min_max_f32`] does. Returns how many runs were done (whole batches).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn min_max_runs8_avx2(v: &[f32], run: usize, out: &mut [[f32; 2]]) -> usize {
+unsafe fn min_max_runs8_avx2(
+    v: &[f32],
+    run: usize,
+    out: &mut [[f32; 2]],
+    buf: &mut [f32; BUF],
+) -> usize {
     use std::arch::x86_64::*;
     /// Reduces eight vectors with `$op` lane-wise into one vector whose lane
     /// r is `$op` over all lanes of vector r.
@@ -713,7 +718,6 @@ unsafe fn min_max_runs8_avx2(v: &[f32], run: usize, out: &mut [[f32; 2]]) -> usi
         }};
     }
     let batches = out.len() / 8;
-    let mut buf = [0f32; BUF];
     for b in 0..batches {
         let (mut lo, mut hi) = ([_mm256_setzero_ps(); 8], [_mm256_setzero_ps(); 8]);
         for r in 0..8 {
@@ -759,7 +763,7 @@ unsafe fn min_max_runs8_avx2(v: &[f32], run: usize, out: &mut [[f32; 2]]) -> usi
         let mut infinite = _mm256_movemask_ps(infinite);
         while infinite != 0 {
             let j = 8 * b + infinite.trailing_zeros() as usize;
-            let (lo, hi) = min_max_f32(&Values::F32(v), j * run, run, &mut buf);
+            let (lo, hi) = min_max_f32(&Values::F32(v), j * run, run, buf);
             out[j] = [lo, hi];
             infinite &= infinite - 1;
         }
@@ -1001,21 +1005,29 @@ mod tests {
         }
     }
 
-    #[test]
-    fn lane_min_max_equals_a_scalar_fold_for_every_length_and_offset() {
-        let mut state = 7u32;
+    /// `n` values in (−500, 500) from a seeded LCG, with NaN, +inf, −inf,
+    /// −0 and +0 each about once in `one_in` (the zeros only with `zeros`).
+    fn with_specials(seed: u32, n: usize, one_in: u32, zeros: bool) -> Vec<f32> {
+        let mut state = seed;
         let mut next = || {
             state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             state
         };
-        let data: Vec<f32> = (0..5000)
-            .map(|_| match next() % 97 {
+        (0..n)
+            .map(|_| match next() % one_in {
                 0 => f32::NAN,
                 1 => f32::INFINITY,
                 2 => f32::NEG_INFINITY,
+                3 if zeros => -0.0,
+                4 if zeros => 0.0,
                 _ => (next() as f32 / u32::MAX as f32 - 0.5) * 1e3,
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn lane_min_max_equals_a_scalar_fold_for_every_length_and_offset() {
+        let data = with_specials(7, 5000, 97, false);
         let finite: Vec<f32> = data
             .iter()
             .map(|&e| if e.is_finite() { e } else { 1.0 })
@@ -1048,23 +1060,9 @@ mod tests {
 
     #[test]
     fn runs_in_batches_of_eight_equal_one_run_at_a_time() {
-        let mut state = 11u32;
-        let mut next = || {
-            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            state
-        };
-        // specials often enough that some batches have none and others
+        // specials rare enough that some batches have none and others
         // several; runs of only NaN and ±inf; zeros of both signs
-        let data: Vec<f32> = (0..40_000)
-            .map(|_| match next() % 600 {
-                0 => f32::NAN,
-                1 => f32::INFINITY,
-                2 => f32::NEG_INFINITY,
-                3 => -0.0,
-                4 => 0.0,
-                _ => (next() as f32 / u32::MAX as f32 - 0.5) * 1e3,
-            })
-            .collect();
+        let data = with_specials(11, 40_000, 600, true);
         let mut data_none = data.clone();
         data_none[32..64]
             .copy_from_slice(&[f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::NAN].repeat(8));
