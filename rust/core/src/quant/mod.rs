@@ -894,6 +894,75 @@ mod tests {
         assert_eq!(y, vec![0.02 * 13.0, 0.01 * -126.0, 0.02 * 13.0]);
     }
 
+    /// The parameter checks (one vectorised pass, then the failing part
+    /// located): each bad value named with its part, past the first lanes
+    /// and in a remainder lane; and when the float32 fast path applies.
+    #[test]
+    fn parameter_checks_name_the_part_and_decide_the_fast_path() {
+        let k = 37;
+        let plan = Plan::new(
+            &Partition::Tiles {
+                shape: vec![k, 2],
+                tile: vec![1, 2],
+            },
+            2 * k,
+        )
+        .unwrap();
+        let (s, zp, lo, hi) = (vec![0.5; k], vec![0; k], vec![-8; k], vec![7; k]);
+        fn params<'a>(
+            scale: &'a [f64],
+            zero_point: &'a [i32],
+            qmin: &'a [i32],
+            qmax: &'a [i32],
+        ) -> QParams<'a> {
+            QParams {
+                scale,
+                zero_point,
+                qmin,
+                qmax,
+            }
+        }
+        let r = Resolved::new(&plan, &params(&s, &zp, &lo, &hi)).unwrap();
+        assert!(r.fast32);
+        for (j, bad) in [(9, 0.0), (36, -1.0), (20, f64::NAN), (33, f64::INFINITY)] {
+            let mut sb = s.clone();
+            sb[j] = bad;
+            let e = Resolved::new(&plan, &params(&sb, &zp, &lo, &hi))
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains(&format!("scale of part {j} is")), "{e}");
+        }
+        let mut crossed = lo.clone();
+        crossed[35] = 8;
+        let e = Resolved::new(&plan, &params(&s, &zp, &crossed, &hi))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("part 35: qmin 8 > qmax 7"), "{e}");
+        // not a float32 value, beyond 2^126, a zero-point beyond 2^23: exact
+        // but not fast
+        let mut not32 = s.clone();
+        not32[17] = 0.1;
+        let mut huge = s.clone();
+        huge[3] = 2f64.powi(127);
+        let mut far = zp.clone();
+        far[36] = 1 << 24;
+        for (sc, z) in [(&not32, &zp), (&huge, &zp), (&s, &far)] {
+            let r = Resolved::new(&plan, &params(sc, z, &lo, &hi)).unwrap();
+            assert!(!r.fast32);
+        }
+        // the code-type check sees the zero-points and bounds of every part
+        let e = check_code_type(&params(&s, &far, &lo, &hi), CodeType::I8)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("do not fit the code type"), "{e}");
+        let mut wide = hi.clone();
+        wide[36] = 300;
+        assert!(check_code_type(&params(&s, &zp, &lo, &wide), CodeType::I8).is_err());
+        assert!(check_code_type(&params(&s, &zp, &lo, &hi), CodeType::I8).is_ok());
+    }
+
     #[test]
     fn packed_matches_unpacked() {
         let x: Vec<f32> = (0..1003).map(|i| ((i * 37) % 101) as f32 - 50.0).collect();
