@@ -144,14 +144,15 @@ fn calibrate_runs(
             let xs = x.slice(first * run, (first + s.len()) * run);
             let qmin = &ranges.qmin[first..first + s.len()];
             let qmax = &ranges.qmax[first..first + s.len()];
-            calibrate_batch(xs, run, qmin, qmax, c, s, b)
+            calibrate_batch(xs, run, qmin, qmax, c, s, b).map(|_| ())
         })?;
     Ok((scale, zero))
 }
 
 /// Full-range parameters of the runs of `run` elements that make up `x`
 /// (one per slot of `scale` and `zero`): their finite min and max in one
-/// vectorised pass, then the calibration's formulas.
+/// vectorised pass, then the calibration's formulas. Returns the ranges
+/// (min > max for a run with no finite value).
 pub(super) fn calibrate_batch(
     x: Values<'_>,
     run: usize,
@@ -160,7 +161,7 @@ pub(super) fn calibrate_batch(
     c: &Calibration<'_>,
     scale: &mut [f64],
     zero: &mut [i32],
-) -> Result<()> {
+) -> Result<Vec<[f32; 2]>> {
     let mut min_max = vec![[0f32; 2]; scale.len()];
     crate::simd::dispatch(MinMaxRuns {
         x,
@@ -175,7 +176,7 @@ pub(super) fn calibrate_batch(
         scale,
         zero,
     });
-    Ok(())
+    Ok(min_max)
 }
 
 /// The calibration's formulas ([`lecture_params`] or [`torchao_params`])

@@ -111,6 +111,10 @@ pub struct Resolved<'a> {
     /// [2^−126, 2^126] (so its reciprocal is a normal float32 too) and every
     /// zero-point and bound lies within ±2^23.
     pub fast32: bool,
+    /// Each part's finite [min, max] where a calibration has just found
+    /// them (min > max: none); otherwise empty. They let the kernels skip
+    /// the clip for parts whose extremes already quantize within bounds.
+    ranges32: &'a [[f32; 2]],
 }
 
 impl<'a> Resolved<'a> {
@@ -194,7 +198,21 @@ impl<'a> Resolved<'a> {
             qmax,
             a32,
             fast32,
+            ranges32: &[],
         })
+    }
+
+    /// The same parameters, with each part's finite [min, max] (one per
+    /// part) as a calibration found them.
+    pub(crate) fn with_ranges(self, ranges32: &'a [[f32; 2]]) -> Resolved<'a> {
+        debug_assert_eq!(ranges32.len(), self.scale.len());
+        Resolved { ranges32, ..self }
+    }
+
+    /// Part j's finite [min, max], where known.
+    #[inline(always)]
+    pub(crate) fn range32(&self, j: usize) -> Option<[f32; 2]> {
+        self.ranges32.get(j).copied()
     }
 
     /// s_j.
@@ -668,7 +686,7 @@ fn calibrated_tasks<O: Send>(
                 &ranges.qmin[first..first + parts],
                 &ranges.qmax[first..first + parts],
             );
-            calibrate::calibrate_batch(xs, run, qmin, qmax, c, s, b)?;
+            let ranges32 = calibrate::calibrate_batch(xs, run, qmin, qmax, c, s, b)?;
             let rows = Partition::Tiles {
                 shape: vec![parts, run],
                 tile: vec![1, run],
@@ -680,7 +698,7 @@ fn calibrated_tasks<O: Send>(
                 qmin,
                 qmax,
             };
-            let r = Resolved::new(&sub, &params)?;
+            let r = Resolved::new(&sub, &params)?.with_ranges(&ranges32);
             // The calibration of the next task (likely this thread's) reads
             // x from memory; fetching it while this one quantizes from
             // cache overlaps the two (a quarter less time for int8 rows).
@@ -1042,6 +1060,157 @@ mod tests {
         }
     }
 
+    /// One case of a fused calibration: the codes, parameters, clipped
+    /// count and fake-quantized values of [`quantize_calibrated_into`] and
+    /// [`fake_quantize_calibrated_into`] equal calibrating, then quantizing;
+    /// returns the clipped count.
+    fn fused_equals_two_steps(
+        x: &[f32],
+        (rows, cols): (usize, usize),
+        (group, bits, symmetric, style, arith, packed): (usize, i32, bool, Style, Arith, bool),
+        rounding: Rounding,
+    ) -> u64 {
+        let part = Partition::Tiles {
+            shape: vec![rows, cols],
+            tile: vec![1, group],
+        };
+        let k = rows * cols / group;
+        let (qlo, qhi) = if symmetric {
+            (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+        } else {
+            (0, (1 << bits) - 1)
+        };
+        let (lo, hi) = (vec![qlo; k], vec![qhi; k]);
+        let ranges = Ranges {
+            qmin: &lo,
+            qmax: &hi,
+        };
+        let opts = Options {
+            arith,
+            rounding,
+            ..Options::default()
+        };
+        let c = Calibration {
+            method: Method::Range,
+            style,
+            symmetric,
+            scale_f32: true,
+            weights: None,
+            options: opts,
+        };
+        let xs = Values::F32(x);
+        assert!(fuses(&xs, &part, &c, &opts).unwrap());
+        let (scale, zero) = calibrate(xs, &part, &ranges, &c).unwrap();
+        let qp = QParams {
+            scale: &scale,
+            zero_point: &zero,
+            qmin: &lo,
+            qmax: &hi,
+        };
+        let ct = if packed {
+            CodeType::Packed {
+                bits: bits as u32,
+                signed: symmetric,
+            }
+        } else if symmetric {
+            CodeType::I8
+        } else {
+            CodeType::U8
+        };
+        let (mut want, want_clipped) = quantize(xs, &part, &qp, ct, &opts).unwrap();
+        let mut got = want.clone();
+        match got.as_mut() {
+            CodesMut::I8(o) => o.fill(0x55),
+            CodesMut::U8(o) | CodesMut::Packed { data: o, .. } => o.fill(0x55),
+            _ => unreachable!(),
+        }
+        let (mut s2, mut z2) = (vec![-1.0; scale.len()], vec![-1; zero.len()]);
+        let clipped = quantize_calibrated_into(
+            xs,
+            &part,
+            &ranges,
+            &c,
+            &opts,
+            got.as_mut(),
+            &mut s2,
+            &mut z2,
+        )
+        .unwrap();
+        assert_eq!((&s2, &z2, clipped), (&scale, &zero, want_clipped));
+        assert_eq!(got, want);
+        let _ = want.as_mut();
+        // The fake-quantized values: the same as fake_quantize_into
+        // with the calibrated parameters, bit for bit.
+        let mut fake_want = vec![0f32; x.len()];
+        let fake_clipped = fake_quantize_into(xs, &part, &qp, &opts, &mut fake_want).unwrap();
+        let mut fake_got = vec![-1f32; x.len()];
+        let (mut s3, mut z3) = (vec![-1.0; scale.len()], vec![-1; zero.len()]);
+        let clipped = fake_quantize_calibrated_into(
+            xs,
+            &part,
+            &ranges,
+            &c,
+            &opts,
+            &mut fake_got,
+            &mut s3,
+            &mut z3,
+        )
+        .unwrap();
+        assert_eq!((&s3, &z3, clipped), (&scale, &zero, fake_clipped));
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&fake_got), bits(&fake_want));
+        want_clipped
+    }
+
+    #[test]
+    fn fused_paths_leave_out_the_clip_only_where_no_code_clips() {
+        // Runs of the lengths the kernel unrolls (32, 64, 128) and others
+        // (256, 48), every deterministic rounding, symmetric and asymmetric
+        // ranges: the parts whose extremes quantize within bounds skip the
+        // clip, the rest (asymmetric zero-points, upward rounding of the
+        // symmetric maximum) clip and count as the two steps do.
+        let (rows, cols) = (300, 768);
+        let mut x: Vec<f32> = (0..rows * cols)
+            .map(|i| {
+                let r = (i / cols) as f32;
+                (((i * 7919) % 4001) as f32 / 200.0 - 10.0 + r / 7.0) * (1.0 + r / 3.0)
+            })
+            .collect();
+        x[5] = f32::NAN;
+        x[cols + 300] = f32::INFINITY;
+        x[2 * cols + 10] = f32::NEG_INFINITY;
+        x[3 * cols..4 * cols].fill(0.25);
+        x[4 * cols..4 * cols + 64].fill(f32::NAN);
+        let mut clipped = 0;
+        for case in [
+            (128, 4, false, Style::Lecture, Arith::Divide, true),
+            (128, 4, true, Style::Lecture, Arith::Divide, true),
+            (64, 8, false, Style::Lecture, Arith::Divide, false),
+            (32, 3, false, Style::Lecture, Arith::Divide, true),
+            (256, 8, false, Style::Lecture, Arith::Divide, false),
+            (48, 8, true, Style::Lecture, Arith::Divide, false),
+            (
+                128,
+                4,
+                false,
+                Style::Torchao { eps: f32::EPSILON },
+                Arith::Reciprocal32,
+                true,
+            ),
+        ] {
+            for rounding in [
+                Rounding::NearestEven,
+                Rounding::NearestAway,
+                Rounding::TowardZero,
+                Rounding::Down,
+                Rounding::Up,
+            ] {
+                clipped += fused_equals_two_steps(&x, (rows, cols), case, rounding);
+            }
+        }
+        assert!(clipped > 0, "some parts clip");
+    }
+
     #[test]
     fn fused_calibrate_and_quantize_equals_the_two_steps() {
         let (rows, cols) = (700, 96); // two tasks for every group size
@@ -1051,7 +1220,7 @@ mod tests {
         x[3] = f32::NAN;
         x[200] = f32::NEG_INFINITY;
         x[96..192].fill(f32::INFINITY);
-        for (group, bits, symmetric, style, arith, packed) in [
+        for case in [
             (96, 8, true, Style::Lecture, Arith::Divide, false),
             (32, 4, false, Style::Lecture, Arith::Divide, true),
             (
@@ -1072,94 +1241,7 @@ mod tests {
             ),
             (96, 8, false, Style::Lecture, Arith::Divide, false),
         ] {
-            let part = Partition::Tiles {
-                shape: vec![rows, cols],
-                tile: vec![1, group],
-            };
-            let k = rows * cols / group;
-            let (qlo, qhi) = if symmetric {
-                (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
-            } else {
-                (0, (1 << bits) - 1)
-            };
-            let (lo, hi) = (vec![qlo; k], vec![qhi; k]);
-            let ranges = Ranges {
-                qmin: &lo,
-                qmax: &hi,
-            };
-            let opts = Options {
-                arith,
-                ..Options::default()
-            };
-            let c = Calibration {
-                method: Method::Range,
-                style,
-                symmetric,
-                scale_f32: true,
-                weights: None,
-                options: opts,
-            };
-            let xs = Values::F32(&x);
-            assert!(fuses(&xs, &part, &c, &opts).unwrap());
-            let (scale, zero) = calibrate(xs, &part, &ranges, &c).unwrap();
-            let qp = QParams {
-                scale: &scale,
-                zero_point: &zero,
-                qmin: &lo,
-                qmax: &hi,
-            };
-            let ct = if packed {
-                CodeType::Packed {
-                    bits: bits as u32,
-                    signed: symmetric,
-                }
-            } else if symmetric {
-                CodeType::I8
-            } else {
-                CodeType::U8
-            };
-            let (mut want, want_clipped) = quantize(xs, &part, &qp, ct, &opts).unwrap();
-            let mut got = want.clone();
-            match got.as_mut() {
-                CodesMut::I8(o) => o.fill(0x55),
-                CodesMut::U8(o) | CodesMut::Packed { data: o, .. } => o.fill(0x55),
-                _ => unreachable!(),
-            }
-            let (mut s2, mut z2) = (vec![-1.0; scale.len()], vec![-1; zero.len()]);
-            let clipped = quantize_calibrated_into(
-                xs,
-                &part,
-                &ranges,
-                &c,
-                &opts,
-                got.as_mut(),
-                &mut s2,
-                &mut z2,
-            )
-            .unwrap();
-            assert_eq!((&s2, &z2, clipped), (&scale, &zero, want_clipped));
-            assert_eq!(got, want);
-            let _ = want.as_mut();
-            // The fake-quantized values: the same as fake_quantize_into
-            // with the calibrated parameters, bit for bit.
-            let mut fake_want = vec![0f32; x.len()];
-            let fake_clipped = fake_quantize_into(xs, &part, &qp, &opts, &mut fake_want).unwrap();
-            let mut fake_got = vec![-1f32; x.len()];
-            let (mut s3, mut z3) = (vec![-1.0; scale.len()], vec![-1; zero.len()]);
-            let clipped = fake_quantize_calibrated_into(
-                xs,
-                &part,
-                &ranges,
-                &c,
-                &opts,
-                &mut fake_got,
-                &mut s3,
-                &mut z3,
-            )
-            .unwrap();
-            assert_eq!((&s3, &z3, clipped), (&scale, &zero, fake_clipped));
-            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&fake_got), bits(&fake_want));
+            fused_equals_two_steps(&x, (rows, cols), case, Rounding::NearestEven);
         }
         // Stochastic rounding and labels do not fuse.
         let part = Partition::Tiles {
