@@ -21,11 +21,19 @@ use std::sync::{Mutex, OnceLock};
 use crate::{CoreError, Result};
 
 /// Buffers smaller than this are freed as usual: small allocations are
-/// cheap and the allocator recycles them itself.
-pub const MIN_CACHED_BYTES: usize = 1 << 20;
+/// cheap and the allocator recycles them itself. Larger ones are not cheap
+/// even below the allocator's own mapping threshold: glibc serves them from
+/// the top of its heap and gives that back to the system as soon as they
+/// are freed, so each call faults the pages in again (measured: the
+/// half-MiB per-part arrays of an int4 quantization in groups of 128 of a
+/// 4096×4096 matrix, ~250 faults and 1.5 ms of system time per
+/// quantize-and-dequantize round, ~15% of it, with a 1 MiB floor here).
+pub const MIN_CACHED_BYTES: usize = 128 << 10;
 
-/// The most buffers the cache holds at once.
-pub const MAX_CACHED: usize = 4;
+/// The most buffers the cache holds at once: a quantize-and-dequantize
+/// round holds seven (codes, scales in float64 and float32, zero-points,
+/// their widened copies, the output).
+pub const MAX_CACHED: usize = 8;
 
 /// Alignment of every allocation: enough for any element type, and no more
 /// than malloc's own, so that a zeroed allocation is `calloc`, whose large
